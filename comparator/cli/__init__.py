@@ -1,0 +1,17 @@
+"""The ``dumpcmp`` command line: a thin typer layer over the library.
+
+Each command lives in its own module and registers itself on ``app``. Command
+modules import torch and the heavy parts of the library inside the command
+function, so that ``dumpcmp --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+from comparator.cli.app import app
+from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

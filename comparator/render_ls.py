@@ -1,0 +1,65 @@
+"""Rich rendering of a RunSummary for ``dumpcmp ls``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from comparator.inventory import RunSummary
+
+
+def _human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "-"
+    parts = []
+    start = prev = values[0]
+    for value in values[1:]:
+        if value == prev + 1:
+            prev = value
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        start = prev = value
+    parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ",".join(parts)
+
+
+def render_summary(summary: RunSummary, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"[bold]{summary.path}[/]  format={summary.format} mode={summary.mode} world_size={summary.world_size}")
+    if summary.command:
+        console.print(f"command: {' '.join(summary.command)}", highlight=False)
+    ranks = Table(title="ranks", title_justify="left")
+    for column in ("dir", "rank", "status", "records", "steps", "parallel"):
+        ranks.add_column(column)
+    for rank in summary.ranks:
+        parallel = " ".join(f"{axis}={info['rank']}/{info['size']}" for axis, info in sorted(rank.parallel.items()))
+        ranks.add_row(rank.directory, str(rank.rank), rank.status, str(rank.records), _ranges(rank.steps), parallel or "-")
+    console.print(ranks)
+    tensors = Table(title="tensors", title_justify="left")
+    for column in ("name", "tags", "dtype", "shape", "dims", "steps", "ranks", "bytes"):
+        tensors.add_column(column)
+    for tensor in summary.tensors:
+        tags = " ".join(f"{k}={v}" for k, v in sorted(tensor.tags.items()))
+        shapes = " | ".join("[" + ", ".join(map(str, s)) + "]" for s in tensor.shapes[:3])
+        if len(tensor.shapes) > 3:
+            shapes += f" (+{len(tensor.shapes) - 3})"
+        tensors.add_row(
+            tensor.name, tags or "-", tensor.dtype, shapes, tensor.dims or "-",
+            _ranges(tensor.steps), _ranges(tensor.ranks), _human_bytes(tensor.bytes),
+        )
+    console.print(tensors)
+    if summary.problems:
+        console.print(f"[bold yellow]incomplete run: {len(summary.problems)} problem(s)[/]")
+        for problem in summary.problems:
+            console.print(f"  - {problem}", highlight=False, markup=False)
+    else:
+        console.print("[green]complete: every rank closed, no gaps[/]")

@@ -1,0 +1,397 @@
+"""The dumper object engines call: ``from dumper import dumper``.
+
+``dumper.dump(name, value, dims=..., **tags)`` is a no-op costing one attribute
+test when dumping is off. When on, the engine thread filters the call, snapshots
+the tensor and hands it to this process's background writer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+from dumper.config import DumpConfig, config_from_env
+from dumper.errors import ConfigError, DumpcmpError, RunConflictError
+from dumper.filters import DumpFilter, parse_filter
+from dumper.format import (
+    PROC_DIR_PREFIX,
+    RANK_INFO_FILE,
+    RUN_INFO_FILE,
+    SCHEMA_VERSION,
+    TOOL_VERSION,
+    RankInfo,
+    RunInfo,
+    rank_dir_name,
+)
+from dumper.parallel import ParallelState, Provider
+
+log = logging.getLogger(__name__)
+
+
+class _StickyTags(contextlib.ContextDecorator):
+    """``with dumper.tags(layer=3):`` or ``@dumper.tags(layer=3)``."""
+
+    def __init__(self, owner: "Dumper", tags: dict[str, Any]) -> None:
+        self._owner = owner
+        self._tags = tags
+        self._saved: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "_StickyTags":
+        local = self._owner._local
+        current = getattr(local, "tags", {})
+        self._saved.append(current)
+        local.tags = {**current, **self._tags}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._local.tags = self._saved.pop()
+
+
+class Dumper:
+    def __init__(self) -> None:
+        # Hot-path flag: dump() tests only this when off.
+        self.enabled = False
+        self._config = DumpConfig()
+        self._step = 0
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._parallel = ParallelState()
+        self._writer = None
+        self._rank_dir: str | None = None
+        self._snapshotter = None
+        self._warned: set[str] = set()
+        self._exit_hook_installed = False
+
+    # ----------------------------------------------------------------- config
+    @property
+    def config(self) -> DumpConfig:
+        return self._config
+
+    def configure(self, config: DumpConfig | None = None, /, **changes: Any) -> None:
+        """Replace the configuration (from code); ``dir=`` turns dumping on.
+
+        ``filter`` accepts a ``DumpFilter`` or an expression string.
+        """
+        if isinstance(changes.get("filter"), str):
+            changes["filter"] = parse_filter(changes["filter"])
+        base = config if config is not None else self._config
+        new = base.with_changes(**changes) if changes else base
+        if self._writer is not None and (new.dir != self._config.dir or new.mode != self._config.mode):
+            self.close()
+        self._config = new
+        self.enabled = new.active
+
+    def configure_from_env(self) -> None:
+        """Read ``DUMPCMP_*``; a bad value warns once and leaves dumping off."""
+        try:
+            config = config_from_env()
+        except ConfigError as exc:
+            self._warn_once("config", f"dumpcmp: dumping disabled: {exc}")
+            self.enabled = False
+            return
+        if config.dir is not None and config.run_id is None:
+            # Children started later (spawn, subprocess) join this run.
+            run_id = uuid.uuid4().hex[:12]
+            os.environ["DUMPCMP_RUN_ID"] = run_id
+            config = config.with_changes(run_id=run_id)
+        self.configure(config)
+
+    def enable(self) -> None:
+        self._config = self._config.with_changes(enable=True)
+        self.enabled = self._config.active
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def current_step(self) -> int:
+        return self._step
+
+    def step(self) -> int:
+        """Advance the step counter (one forward pass); returns the new step."""
+        self._step += 1
+        self._parallel.invalidate()
+        return self._step
+
+    def set_step(self, step: int) -> None:
+        self._step = int(step)
+        self._parallel.invalidate()
+
+    # ------------------------------------------------------------------- tags
+    def tags(self, **tags: Any) -> _StickyTags:
+        return _StickyTags(self, tags)
+
+    # --------------------------------------------------------------- parallel
+    def set_parallel(self, **axes: tuple[int, int] | None) -> None:
+        """``set_parallel(tp=(rank, size), ep=(rank, size))``; ``None`` forgets an axis."""
+        self._parallel.set_axes(**axes)
+
+    def register_parallel_provider(self, provider: Provider) -> None:
+        """An engine plugin returning ``{axis: (rank, size)}``, asked once per step."""
+        self._parallel.register_provider(provider)
+
+    @property
+    def parallel(self):
+        return self._parallel.current()
+
+    # ------------------------------------------------------------------- dump
+    def dump(self, name: str, value: Any, *, dims: str | None = None, **tags: Any) -> None:
+        if not self.enabled:
+            return
+        try:
+            self._dump(name, value, dims, tags)
+        except DumpcmpError as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - never break the engine
+            self._fail(exc)
+
+    def _dump(self, name: str, value: Any, dims: str | None, tags: dict[str, Any]) -> None:
+        sticky = getattr(self._local, "tags", None)
+        all_tags = {**sticky, **tags} if sticky else tags
+        info = self._parallel.current()
+        if not self._config.filter.keeps(name=name, step=self._step, rank=info.rank, tags=all_tags):
+            return
+        if callable(value) and not _is_tensor(value):
+            value = value()
+        self._dump_value(name, value, dims, all_tags, info)
+
+    def _dump_value(self, name: str, value: Any, dims: str | None, tags: dict[str, Any], info) -> None:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            self._enqueue(name, value, dims, tags, info)
+        elif isinstance(value, (tuple, list)):
+            for position, item in enumerate(value):
+                if item is not None:
+                    self._dump_value(f"{name}.{position}", item, dims, tags, info)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if item is not None:
+                    self._dump_value(f"{name}.{key}", item, dims, tags, info)
+        elif isinstance(value, (bool, int, float)):
+            self._enqueue(name, torch.tensor(value), dims, tags, info)
+        elif value is None:
+            return
+        else:
+            self._warn_once(
+                f"type:{name}",
+                f"dumpcmp: not dumping {name!r}: a {type(value).__name__} is not a tensor "
+                "(pass a tensor, a tuple/list/dict of tensors, a number, or a callable returning one)",
+            )
+
+    def _enqueue(self, name: str, tensor: Any, dims: str | None, tags: dict[str, Any], info) -> None:
+        import torch
+
+        if tensor.is_complex() or tensor.layout != torch.strided:
+            self._warn_once(
+                f"dtype:{name}",
+                f"dumpcmp: not dumping {name!r}: {tensor.dtype} / {tensor.layout} tensors are not supported "
+                "(dump .real/.imag or .to_dense())",
+            )
+            return
+        writer = self._writer or self._start_writer(info)
+        if writer is None:
+            return
+        from dumper.writer import PendingRecord
+
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+        snapshot = self._snapshotter.take(tensor)
+        writer.submit(
+            PendingRecord(
+                seq=seq,
+                step=self._step,
+                name=name,
+                tags=dict(tags),
+                rank=info.rank,
+                world_size=info.world_size,
+                parallel=dict(info.axes),
+                dims=dims,
+                time=time.time(),
+                snapshot=snapshot,
+                nbytes=tensor.numel() * tensor.element_size(),
+            )
+        )
+
+    # ---------------------------------------------------------------- writer
+    def _start_writer(self, info):
+        from dumper.snapshot import Snapshotter
+        from dumper.writer import RankWriter
+
+        with self._lock:
+            if self._writer is not None:
+                return self._writer
+            config = self._config
+            run_dir = os.path.abspath(config.dir)
+            run_id = config.run_id or uuid.uuid4().hex[:12]
+            rank_dir = _claim_rank_dir(run_dir, info, config, run_id)
+            self._snapshotter = Snapshotter()
+            rank_info = RankInfo(
+                rank=info.rank,
+                world_size=info.world_size,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                argv=list(sys.argv),
+                run_id=run_id,
+                start_time=time.time(),
+                parallel={axis: a.to_json() for axis, a in info.axes.items()},
+                status="running",
+            )
+            self._writer = RankWriter(
+                rank_dir=rank_dir,
+                rank_info=rank_info,
+                mode=config.mode,
+                queue_bytes=config.queue_bytes,
+                file_bytes=config.file_bytes,
+                on_failure=self._fail,
+            )
+            self._rank_dir = rank_dir
+            self._install_exit_hook()
+            return self._writer
+
+    def _install_exit_hook(self) -> None:
+        if self._exit_hook_installed:
+            return
+        self._exit_hook_installed = True
+        atexit.register(self.close)
+        # multiprocessing children leave through os._exit, which skips atexit but
+        # runs multiprocessing's own finalizers.
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(self, Dumper.close, args=(self,), exitpriority=100)
+
+    @property
+    def rank_dir(self) -> str | None:
+        return self._rank_dir
+
+    def flush(self) -> None:
+        """Write everything queued so far; dumping stays on."""
+        writer = self._writer
+        if writer is not None:
+            writer.close()
+            self._writer = None
+
+    def close(self) -> None:
+        """Flush and stop the writer; called at process exit. Dumping may restart later."""
+        self.flush()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.enabled = False
+        self._warn_once(
+            "failure",
+            f"dumpcmp: dumping disabled after an error ({type(exc).__name__}: {exc}); the engine continues",
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(message)
+
+    def _reset_after_fork(self) -> None:
+        # The parent's writer thread does not exist in the child, and its rank
+        # directory is the parent's: start over with the same configuration.
+        self._writer = None
+        self._rank_dir = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._parallel.invalidate()
+        self._exit_hook_installed = False
+        self._seq = 0
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> str:
+    """Create this process's directory, refusing to mix with an earlier run's files."""
+    from dumper.format import write_json_atomic
+    import json
+
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create dump directory {run_dir}: {exc.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"dump directory {run_dir} is not writable")
+    run_info_path = os.path.join(run_dir, RUN_INFO_FILE)
+    run_info = RunInfo(
+        schema_version=SCHEMA_VERSION,
+        tool_version=TOOL_VERSION,
+        run_id=run_id,
+        command=list(config.command) or list(sys.argv),
+        mode=config.mode,
+        start_time=time.time(),
+    )
+    if not _create_exclusive_json(run_info_path, run_info.to_json()):
+        try:
+            with open(run_info_path, encoding="utf-8") as handle:
+                existing_id = json.load(handle).get("run_id")
+        except (OSError, ValueError):
+            existing_id = None
+        if config.run_id is not None and existing_id != config.run_id:
+            if not config.overwrite:
+                raise RunConflictError(
+                    f"{run_dir} already holds an earlier run (run id {existing_id}); "
+                    "choose a new directory or set DUMPCMP_OVERWRITE=1 (dumpcmp run --overwrite)"
+                )
+            write_json_atomic(run_info_path, run_info.to_json())
+    rank_dir = os.path.join(run_dir, rank_dir_name(info.rank))
+    try:
+        os.mkdir(rank_dir)
+        return rank_dir
+    except FileExistsError:
+        pass
+    try:
+        with open(os.path.join(rank_dir, RANK_INFO_FILE), encoding="utf-8") as handle:
+            owner = json.load(handle)
+    except (OSError, ValueError):
+        owner = {}
+    same_run = config.run_id is not None and owner.get("run_id") == run_id
+    if same_run:
+        # A sibling process of this run already holds this rank (e.g. a launcher and
+        # its worker, both rank 0): keep both, keyed by process id.
+        proc_dir = os.path.join(run_dir, f"{PROC_DIR_PREFIX}{os.getpid()}")
+        os.makedirs(proc_dir, exist_ok=True)
+        return proc_dir
+    if not config.overwrite:
+        raise RunConflictError(
+            f"{rank_dir} already holds an earlier run's files for rank {info.rank}; "
+            "choose a new directory or set DUMPCMP_OVERWRITE=1 (dumpcmp run --overwrite)"
+        )
+    shutil.rmtree(rank_dir)
+    os.mkdir(rank_dir)
+    return rank_dir
+
+
+def _create_exclusive_json(path: str, data: dict[str, Any]) -> bool:
+    """Create ``path`` with full content, or return False if it already exists."""
+    from dumper.format import write_json_atomic
+
+    tmp = f"{path}.new-{os.getpid()}"
+    write_json_atomic(tmp, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+dumper = Dumper()
+os.register_at_fork(after_in_child=dumper._reset_after_fork)

@@ -1,0 +1,117 @@
+"""Dumper configuration, from ``DUMPCMP_*`` environment variables or from code.
+
+``DUMPCMP_DIR`` alone turns dumping on. The others (all optional):
+
+==========================  ===========================================================
+DUMPCMP_DIR                 run directory; dumping is on when it is set
+DUMPCMP_MODE                ``tensor`` (default) or ``stats`` (index only, no data files)
+DUMPCMP_FILTER              filter expression, see :mod:`dumper.filters`
+DUMPCMP_QUEUE_MB            bytes waiting for the writer before dump() blocks (default 1024)
+DUMPCMP_FILE_MB             target size of one data file (default 256)
+DUMPCMP_OVERWRITE           ``1``: replace an earlier run's files for the same rank
+DUMPCMP_RUN_ID              identifies one run across its processes (``dumpcmp run`` sets it)
+DUMPCMP_ENABLE              ``0``: configured but off until ``dumper.enable()``
+DUMPCMP_PATCH               patch files to apply in every process (``os.pathsep``-separated)
+DUMPCMP_REQUIRE_ENGINES     tests only: a missing engine fails instead of skipping
+==========================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Literal, Mapping
+
+from dumper.errors import ConfigError
+from dumper.filters import DumpFilter, parse_filter
+
+Mode = Literal["tensor", "stats"]
+MODES: tuple[str, ...] = ("tensor", "stats")
+
+KNOWN_ENV = (
+    "DUMPCMP_DIR",
+    "DUMPCMP_MODE",
+    "DUMPCMP_FILTER",
+    "DUMPCMP_QUEUE_MB",
+    "DUMPCMP_FILE_MB",
+    "DUMPCMP_OVERWRITE",
+    "DUMPCMP_RUN_ID",
+    "DUMPCMP_ENABLE",
+    "DUMPCMP_PATCH",
+    "DUMPCMP_REQUIRE_ENGINES",
+    "DUMPCMP_COMMAND",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DumpConfig:
+    dir: str | None = None
+    mode: Mode = "tensor"
+    filter: DumpFilter = DumpFilter()
+    queue_bytes: int = 1024 << 20
+    file_bytes: int = 256 << 20
+    overwrite: bool = False
+    run_id: str | None = None
+    enable: bool = True
+    command: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.queue_bytes <= 0 or self.file_bytes <= 0:
+            raise ConfigError("queue and file sizes must be positive")
+
+    @property
+    def active(self) -> bool:
+        return self.dir is not None and self.enable
+
+    def with_changes(self, **changes: object) -> "DumpConfig":
+        return replace(self, **changes)
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={text!r} is not a boolean; use 1 or 0")
+
+
+def _parse_mb(name: str, text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number of megabytes (e.g. {name}=512)") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={text!r} must be positive")
+    return int(value * (1 << 20))
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    return sorted(k for k in environ if k.startswith("DUMPCMP_") and k not in KNOWN_ENV)
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
+    """Build a config from ``DUMPCMP_*`` variables; raises ConfigError on a bad value."""
+    env = os.environ if environ is None else environ
+    unknown = unknown_env_names(env)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]}; valid DUMPCMP_* variables: {', '.join(KNOWN_ENV)}"
+        )
+    mode = env.get("DUMPCMP_MODE", "tensor").strip() or "tensor"
+    if mode not in MODES:
+        raise ConfigError(f"DUMPCMP_MODE={mode!r} is not a mode; valid modes: {', '.join(MODES)}")
+    command = tuple(env["DUMPCMP_COMMAND"].split("\x1f")) if env.get("DUMPCMP_COMMAND") else ()
+    return DumpConfig(
+        dir=env.get("DUMPCMP_DIR") or None,
+        mode=mode,  # type: ignore[arg-type]
+        filter=parse_filter(env.get("DUMPCMP_FILTER", "")),
+        queue_bytes=_parse_mb("DUMPCMP_QUEUE_MB", env["DUMPCMP_QUEUE_MB"]) if "DUMPCMP_QUEUE_MB" in env else 1024 << 20,
+        file_bytes=_parse_mb("DUMPCMP_FILE_MB", env["DUMPCMP_FILE_MB"]) if "DUMPCMP_FILE_MB" in env else 256 << 20,
+        overwrite=_parse_bool("DUMPCMP_OVERWRITE", env.get("DUMPCMP_OVERWRITE", "0")),
+        run_id=env.get("DUMPCMP_RUN_ID") or None,
+        enable=_parse_bool("DUMPCMP_ENABLE", env.get("DUMPCMP_ENABLE", "1")),
+        command=command,
+    )

@@ -1,0 +1,220 @@
+"""The run directory format: names, versions and the typed index record.
+
+Layout (documented in docs/format.md)::
+
+    RUN/run.json                  RunInfo: schema, tool version, command, start time
+    RUN/rank-00000/rank.json      RankInfo: who wrote this rank, and how it ended
+    RUN/rank-00000/index.jsonl    one IndexRecord per line, in execution order
+    RUN/rank-00000/data-*.safetensors   tensor data, several records per file
+
+Everything is JSON or safetensors; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+TOOL_VERSION = "0.1.0"
+
+RUN_INFO_FILE = "run.json"
+RANK_INFO_FILE = "rank.json"
+INDEX_FILE = "index.jsonl"
+RANK_DIR_PREFIX = "rank-"
+PROC_DIR_PREFIX = "proc-"  # a process whose rank 0 was already claimed: keyed by pid
+
+
+def rank_dir_name(rank: int) -> str:
+    return f"{RANK_DIR_PREFIX}{rank:05d}"
+
+
+def data_file_name(number: int) -> str:
+    return f"data-{number:06d}.safetensors"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AxisInfo:
+    rank: int
+    size: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"rank": self.rank, "size": self.size}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorStats:
+    """Summary statistics of one tensor, over its finite values, in float64.
+
+    ``min``/``max``/``mean``/... are ``None`` when the tensor has no finite value.
+    """
+
+    numel: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    abs_mean: float | None
+    std: float | None
+    l2: float | None
+    nan: int
+    inf: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TensorStats":
+        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexRecord:
+    """One dumped tensor, as one line of ``index.jsonl``."""
+
+    seq: int
+    step: int
+    name: str
+    tags: dict[str, Any]
+    rank: int
+    world_size: int
+    parallel: dict[str, AxisInfo]
+    dtype: str  # torch dtype name without the "torch." prefix, e.g. "bfloat16"
+    shape: tuple[int, ...]
+    dims: str | None
+    stats: TensorStats
+    checksum: str  # "crc32:xxxxxxxx" over the tensor's raw bytes (C order)
+    file: str | None  # data file, relative to the rank directory; None in stats mode
+    key: str | None  # safetensors key inside ``file``
+    nbytes: int
+    time: float  # seconds since the epoch, when the engine called dump()
+    # Set by the reader, never written: which directory the record came from.
+    source: str = field(default="", compare=False)
+
+    @property
+    def identity(self) -> tuple[str, int, tuple[tuple[str, str], ...]]:
+        """Name, step and tags: what makes records on different ranks one logical tensor."""
+        return (self.name, self.step, tuple(sorted((k, json.dumps(v)) for k, v in self.tags.items())))
+
+    def to_json_line(self) -> str:
+        data = {
+            "seq": self.seq,
+            "step": self.step,
+            "name": self.name,
+            "tags": self.tags,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "parallel": {axis: info.to_json() for axis, info in self.parallel.items()},
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "dims": self.dims,
+            "stats": self.stats.to_json(),
+            "checksum": self.checksum,
+            "file": self.file,
+            "key": self.key,
+            "nbytes": self.nbytes,
+            "time": self.time,
+        }
+        return json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, source: str = "") -> "IndexRecord":
+        return cls(
+            seq=int(data["seq"]),
+            step=int(data["step"]),
+            name=str(data["name"]),
+            tags=dict(data.get("tags") or {}),
+            rank=int(data["rank"]),
+            world_size=int(data.get("world_size", 1)),
+            parallel={
+                str(axis): AxisInfo(rank=int(info["rank"]), size=int(info["size"]))
+                for axis, info in (data.get("parallel") or {}).items()
+            },
+            dtype=str(data["dtype"]),
+            shape=tuple(int(s) for s in data["shape"]),
+            dims=data.get("dims"),
+            stats=TensorStats.from_json(data.get("stats") or {}),
+            checksum=str(data.get("checksum", "")),
+            file=data.get("file"),
+            key=data.get("key"),
+            nbytes=int(data.get("nbytes", 0)),
+            time=float(data.get("time", 0.0)),
+            source=source,
+        )
+
+
+def _json_default(value: Any) -> Any:
+    """Tags may hold numpy/torch scalars or sets; store them as plain JSON."""
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    schema_version: int
+    tool_version: str
+    run_id: str
+    command: list[str]
+    mode: str
+    start_time: float
+    engine: str | None = None
+    world_size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunInfo":
+        return cls(
+            schema_version=int(data["schema_version"]),
+            tool_version=str(data.get("tool_version", "?")),
+            run_id=str(data.get("run_id", "")),
+            command=list(data.get("command") or []),
+            mode=str(data.get("mode", "tensor")),
+            start_time=float(data.get("start_time", 0.0)),
+            engine=data.get("engine"),
+            world_size=data.get("world_size"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankInfo:
+    rank: int
+    world_size: int
+    pid: int
+    host: str
+    argv: list[str]
+    run_id: str
+    start_time: float
+    parallel: dict[str, dict[str, int]]
+    status: str  # "running", "closed", "failed"
+    records: int = 0
+    last_step: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RankInfo":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True, default=_json_default)
+        handle.write("\n")
+    os.replace(tmp, path)

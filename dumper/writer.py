@@ -1,0 +1,218 @@
+"""The per-process background writer: snapshots in, safetensors files and index lines out.
+
+The engine thread only enqueues snapshots. This thread waits for any device copy,
+computes stats and the checksum, writes a batch of tensors as one safetensors file
+(temp name, then rename), and only then appends their index lines: every line in an
+index points at data that is already complete on disk.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dumper.format import (
+    INDEX_FILE,
+    RANK_INFO_FILE,
+    AxisInfo,
+    IndexRecord,
+    RankInfo,
+    data_file_name,
+    write_json_atomic,
+)
+from dumper.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class PendingRecord:
+    seq: int
+    step: int
+    name: str
+    tags: dict[str, Any]
+    rank: int
+    world_size: int
+    parallel: dict[str, AxisInfo]
+    dims: str | None
+    time: float
+    snapshot: Snapshot
+    nbytes: int
+
+
+class RankWriter:
+    """Owns one rank directory. Thread-safe ``submit``; ``close`` flushes everything."""
+
+    def __init__(
+        self,
+        *,
+        rank_dir: str,
+        rank_info: RankInfo,
+        mode: str,
+        queue_bytes: int,
+        file_bytes: int,
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.rank_dir = rank_dir
+        self._rank_info = rank_info
+        self._mode = mode
+        self._queue_limit = queue_bytes
+        self._file_limit = file_bytes
+        self._on_failure = on_failure
+        self._queue: collections.deque[PendingRecord | None] = collections.deque()
+        self._queued_bytes = 0
+        self._cond = threading.Condition()
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._records_written = 0
+        self._last_step: int | None = None
+        self._next_file = 0
+        self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
+        write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json())
+        self._thread = threading.Thread(target=self._run, name="dumpcmp-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    def submit(self, record: PendingRecord) -> None:
+        with self._cond:
+            # A record larger than the whole budget still goes through, alone.
+            while (
+                self._queued_bytes > 0
+                and self._queued_bytes + record.nbytes > self._queue_limit
+                and self._failed is None
+            ):
+                self._cond.wait()
+            if self._failed is not None or self._closed:
+                return
+            self._queue.append(record)
+            self._queued_bytes += record.nbytes
+            self._cond.notify_all()
+
+    def close(self, *, timeout: float | None = None) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.append(None)
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        status = "failed" if self._failed is not None else "closed"
+        self._write_rank_info(status=status)
+        try:
+            self._index.close()
+        except OSError:
+            pass
+
+    def _write_rank_info(self, *, status: str) -> None:
+        info = RankInfo(
+            **{
+                **self._rank_info.to_json(),
+                "status": status,
+                "records": self._records_written,
+                "last_step": self._last_step,
+                "error": None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}",
+            }
+        )
+        try:
+            write_json_atomic(os.path.join(self.rank_dir, RANK_INFO_FILE), info.to_json())
+        except OSError as exc:
+            log.warning("dumpcmp: could not update %s: %s", RANK_INFO_FILE, exc)
+
+    def _take_batch(self) -> tuple[list[PendingRecord], bool]:
+        with self._cond:
+            while not self._queue:
+                self._cond.wait()
+            batch: list[PendingRecord] = []
+            batch_bytes = 0
+            while self._queue:
+                item = self._queue[0]
+                if item is None:
+                    self._queue.popleft()
+                    return batch, True
+                if batch and batch_bytes + item.nbytes > self._file_limit:
+                    break
+                self._queue.popleft()
+                batch.append(item)
+                batch_bytes += item.nbytes
+            return batch, False
+
+    def _release(self, batch: list[PendingRecord]) -> None:
+        with self._cond:
+            self._queued_bytes -= sum(item.nbytes for item in batch)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            batch, done = self._take_batch()
+            if batch and self._failed is None:
+                try:
+                    self._write_batch(batch)
+                except BaseException as exc:  # noqa: BLE001 - the engine must never see it
+                    self._fail(exc)
+            self._release(batch)
+            if done:
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failed = exc
+            dropped = [item for item in self._queue if item is not None]
+            self._queue = collections.deque(item for item in self._queue if item is None)
+            self._queued_bytes -= sum(item.nbytes for item in dropped)
+            self._cond.notify_all()
+        self._write_rank_info(status="failed")
+        self._on_failure(exc)
+
+    def _write_batch(self, batch: list[PendingRecord]) -> None:
+        # Imported here so that importing dumper never pays for them.
+        from dumper.stats import checksum, tensor_stats
+
+        tensors = {}
+        lines = []
+        file_name = None
+        if self._mode == "tensor":
+            file_name = data_file_name(self._next_file)
+        for item in batch:
+            tensor = item.snapshot.wait()
+            key = f"{item.seq}" if file_name else None
+            if file_name:
+                tensors[key] = tensor
+            record = IndexRecord(
+                seq=item.seq,
+                step=item.step,
+                name=item.name,
+                tags=item.tags,
+                rank=item.rank,
+                world_size=item.world_size,
+                parallel=item.parallel,
+                dtype=str(tensor.dtype).removeprefix("torch."),
+                shape=tuple(tensor.shape),
+                dims=item.dims,
+                stats=tensor_stats(tensor),
+                checksum=checksum(tensor),
+                file=file_name,
+                key=key,
+                nbytes=item.nbytes,
+                time=item.time,
+            )
+            lines.append(record.to_json_line())
+            self._last_step = item.step
+        if file_name:
+            from safetensors.torch import save_file
+
+            final_path = os.path.join(self.rank_dir, file_name)
+            tmp_path = final_path + ".tmp"
+            save_file(tensors, tmp_path)
+            os.replace(tmp_path, final_path)
+            self._next_file += 1
+        self._index.write("\n".join(lines) + "\n")
+        self._index.flush()
+        self._records_written += len(batch)
