@@ -71,6 +71,7 @@ class Dumper:
         self._snapshotter = None
         self._warned: set[str] = set()
         self._exit_hook_installed = False
+        self._generated_run_id: str | None = None
 
     # ----------------------------------------------------------------- config
     @property
@@ -100,10 +101,11 @@ class Dumper:
             self.enabled = False
             return
         if config.dir is not None and config.run_id is None:
-            # Children started later (spawn, subprocess) join this run.
-            run_id = uuid.uuid4().hex[:12]
-            os.environ["DUMPCMP_RUN_ID"] = run_id
-            config = config.with_changes(run_id=run_id)
+            # Children started later (spawn, subprocess) inherit this id and so join
+            # this process's run; this process itself still joins whatever run.json
+            # its siblings (e.g. other torchrun ranks) already wrote.
+            self._generated_run_id = uuid.uuid4().hex[:12]
+            os.environ["DUMPCMP_RUN_ID"] = self._generated_run_id
         self.configure(config)
 
     def enable(self) -> None:
@@ -235,8 +237,11 @@ class Dumper:
                 return self._writer
             config = self._config
             run_dir = os.path.abspath(config.dir)
-            run_id = config.run_id or uuid.uuid4().hex[:12]
-            rank_dir = _claim_rank_dir(run_dir, info, config, run_id)
+            run_id = config.run_id or self._generated_run_id or uuid.uuid4().hex[:12]
+            rank_dir, run_id = _claim_rank_dir(run_dir, info, config, run_id)
+            if config.run_id is None:
+                # Children started from now on must join the run this process joined.
+                os.environ["DUMPCMP_RUN_ID"] = run_id
             self._snapshotter = Snapshotter()
             rank_info = RankInfo(
                 rank=info.rank,
@@ -317,8 +322,15 @@ def _is_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> str:
-    """Create this process's directory, refusing to mix with an earlier run's files."""
+def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> tuple[str, str]:
+    """Create this process's directory, refusing to mix with an earlier run's files.
+
+    Returns the directory and the run id this process belongs to. With an explicit
+    run id (``DUMPCMP_RUN_ID``, set by ``dumpcmp run`` or inherited from a parent),
+    a run.json of another id is an earlier run. Without one, the process joins the
+    run.json it finds (its siblings may have written it) and only an existing
+    directory for its own rank counts as an earlier run.
+    """
     from dumper.format import write_json_atomic
     import json
 
@@ -350,10 +362,12 @@ def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> str:
                     "choose a new directory or set DUMPCMP_OVERWRITE=1 (dumpcmp run --overwrite)"
                 )
             write_json_atomic(run_info_path, run_info.to_json())
+        elif config.run_id is None and existing_id:
+            run_id = existing_id
     rank_dir = os.path.join(run_dir, rank_dir_name(info.rank))
     try:
         os.mkdir(rank_dir)
-        return rank_dir
+        return rank_dir, run_id
     except FileExistsError:
         pass
     try:
@@ -367,7 +381,7 @@ def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> str:
         # its worker, both rank 0): keep both, keyed by process id.
         proc_dir = os.path.join(run_dir, f"{PROC_DIR_PREFIX}{os.getpid()}")
         os.makedirs(proc_dir, exist_ok=True)
-        return proc_dir
+        return proc_dir, run_id
     if not config.overwrite:
         raise RunConflictError(
             f"{rank_dir} already holds an earlier run's files for rank {info.rank}; "
@@ -375,7 +389,7 @@ def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> str:
         )
     shutil.rmtree(rank_dir)
     os.mkdir(rank_dir)
-    return rank_dir
+    return rank_dir, run_id
 
 
 def _create_exclusive_json(path: str, data: dict[str, Any]) -> bool:

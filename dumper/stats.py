@@ -35,7 +35,9 @@ def tensor_stats(tensor: torch.Tensor) -> TensorStats:
     mean = 0.0
     m2 = 0.0  # sum of squared deviations (Chan et al. merge of chunk moments)
     abs_sum = 0.0
-    square_sum = 0.0
+    # L2 kept as scale * sqrt(scaled_squares) so squares of huge values never overflow.
+    norm_scale = 0.0
+    scaled_squares = 0.0
     for start in range(0, numel, _CHUNK):
         chunk = flat[start : start + _CHUNK]
         if chunk.dtype == torch.bool or chunk.dtype.is_floating_point and chunk.element_size() == 1:
@@ -59,12 +61,17 @@ def tensor_stats(tensor: torch.Tensor) -> TensorStats:
         m2 += chunk_m2 + delta * delta * count * n_finite / total
         count = total
         abs_sum += float(chunk.abs().sum())
-        # Scale before squaring so that values near the float64 limit do not overflow.
-        scale = max(abs(float(chunk.min())), abs(float(chunk.max())), 1e-300)
-        square_sum += float(((chunk / scale) ** 2).sum()) * scale * scale
+        chunk_scale = float(chunk.abs().max())
+        if chunk_scale > 0:
+            chunk_squares = float(((chunk / chunk_scale) ** 2).sum())
+            if chunk_scale > norm_scale:
+                scaled_squares = scaled_squares * (norm_scale / chunk_scale) ** 2 + chunk_squares
+                norm_scale = chunk_scale
+            else:
+                scaled_squares += chunk_squares * (chunk_scale / norm_scale) ** 2
     if count == 0:
         return TensorStats(numel=numel, min=None, max=None, mean=None, abs_mean=None, std=None, l2=None, nan=nan, inf=inf)
-    l2 = math.sqrt(square_sum) if math.isfinite(square_sum) else math.inf
+    l2 = norm_scale * math.sqrt(scaled_squares)
     return TensorStats(
         numel=numel,
         min=low,
