@@ -87,8 +87,9 @@ class Dumper:
             changes["filter"] = parse_filter(changes["filter"])
         base = config if config is not None else self._config
         new = base.with_changes(**changes) if changes else base
-        if self._writer is not None and (new.dir != self._config.dir or new.mode != self._config.mode):
+        if new.dir != self._config.dir or new.mode != self._config.mode:
             self.close()
+            self._rank_dir = None
         self._config = new
         self.enabled = new.active
 
@@ -236,13 +237,15 @@ class Dumper:
             if self._writer is not None:
                 return self._writer
             config = self._config
+            if self._rank_dir is not None and os.path.isdir(self._rank_dir):
+                return self._reopen_writer(config)
             run_dir = os.path.abspath(config.dir)
             run_id = config.run_id or self._generated_run_id or uuid.uuid4().hex[:12]
             rank_dir, run_id = _claim_rank_dir(run_dir, info, config, run_id)
             if config.run_id is None:
                 # Children started from now on must join the run this process joined.
                 os.environ["DUMPCMP_RUN_ID"] = run_id
-            self._snapshotter = Snapshotter()
+            self._snapshotter = Snapshotter(pool_bytes=config.queue_bytes)
             rank_info = RankInfo(
                 rank=info.rank,
                 world_size=info.world_size,
@@ -254,17 +257,23 @@ class Dumper:
                 parallel={axis: a.to_json() for axis, a in info.axes.items()},
                 status="running",
             )
-            self._writer = RankWriter(
-                rank_dir=rank_dir,
-                rank_info=rank_info,
-                mode=config.mode,
-                queue_bytes=config.queue_bytes,
-                file_bytes=config.file_bytes,
-                on_failure=self._fail,
-            )
+            self._rank_info = rank_info
             self._rank_dir = rank_dir
-            self._install_exit_hook()
-            return self._writer
+            return self._reopen_writer(config)
+
+    def _reopen_writer(self, config: DumpConfig):
+        from dumper.writer import RankWriter
+
+        self._writer = RankWriter(
+            rank_dir=self._rank_dir,
+            rank_info=self._rank_info,
+            mode=config.mode,
+            queue_bytes=config.queue_bytes,
+            file_bytes=config.file_bytes,
+            on_failure=self._fail,
+        )
+        self._install_exit_hook()
+        return self._writer
 
     def _install_exit_hook(self) -> None:
         if self._exit_hook_installed:
@@ -282,15 +291,20 @@ class Dumper:
         return self._rank_dir
 
     def flush(self) -> None:
-        """Write everything queued so far; dumping stays on."""
+        """Block until everything dumped so far is on disk; dumping stays on."""
         writer = self._writer
         if writer is not None:
-            writer.close()
-            self._writer = None
+            writer.flush()
 
     def close(self) -> None:
-        """Flush and stop the writer; called at process exit. Dumping may restart later."""
-        self.flush()
+        """Flush and stop the writer; called at process exit.
+
+        Dumping may go on afterwards: a new writer appends to the same rank directory.
+        """
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            writer.close()
 
     def _fail(self, exc: BaseException) -> None:
         self.enabled = False

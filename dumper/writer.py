@@ -69,9 +69,11 @@ class RankWriter:
         self._cond = threading.Condition()
         self._failed: BaseException | None = None
         self._closed = False
-        self._records_written = 0
-        self._last_step: int | None = None
-        self._next_file = 0
+        self._records_written = _count_lines(os.path.join(rank_dir, INDEX_FILE))
+        self._last_step: int | None = rank_info.last_step
+        # A writer restarted after close() (dumping turned off and on) appends.
+        self._next_file = sum(1 for n in os.listdir(rank_dir) if n.startswith("data-") and n.endswith(".safetensors"))
+        self._busy = False
         self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
         write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json())
         self._thread = threading.Thread(target=self._run, name="dumpcmp-writer", daemon=True)
@@ -95,6 +97,12 @@ class RankWriter:
             self._queue.append(record)
             self._queued_bytes += record.nbytes
             self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Block until everything submitted so far is on disk (or dropped by a failure)."""
+        with self._cond:
+            while (self._queue or self._busy) and self._failed is None and self._thread.is_alive():
+                self._cond.wait(0.1)
 
     def close(self, *, timeout: float | None = None) -> None:
         with self._cond:
@@ -142,11 +150,13 @@ class RankWriter:
                 self._queue.popleft()
                 batch.append(item)
                 batch_bytes += item.nbytes
+            self._busy = True
             return batch, False
 
     def _release(self, batch: list[PendingRecord]) -> None:
         with self._cond:
             self._queued_bytes -= sum(item.nbytes for item in batch)
+            self._busy = False
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -216,3 +226,14 @@ class RankWriter:
         self._index.write("\n".join(lines) + "\n")
         self._index.flush()
         self._records_written += len(batch)
+        del tensors
+        for item in batch:
+            item.snapshot.release()
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
