@@ -1,0 +1,73 @@
+"""``python -m examples.moe_engine --tp 2 --ep 2 [--dp-attention 2] [--fusion] [--bug NAME] ...``"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from examples.moe_engine.config import BUG_NAMES, DEFAULT_PROMPT_LENS, EngineConfig, EngineConfigError, ModelConfig
+
+
+def _prompt_lens(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated lengths such as 5,3,7,2, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.moe_engine",
+        description="A tiny MoE transformer engine with TP, EP, DP-attention and all-reduce fusion, "
+                    "and the five seed bugs of dumpcmp as switches. World size = tp * ep.",
+    )
+    parallel = parser.add_argument_group("parallel layout")
+    parallel.add_argument("--tp", type=int, default=1, help="TP size of each expert's weights (moe-TP)")
+    parallel.add_argument("--ep", type=int, default=1, help="expert-parallel size")
+    parallel.add_argument("--dp-attention", type=int, default=1, metavar="N",
+                          help="DP-attention size: attention runs in N data-parallel groups of world/N TP ranks")
+    parallel.add_argument("--dense-tp", action="store_true",
+                          help="split the dense MLP over the attention-TP group (else it is replicated)")
+    parallel.add_argument("--fusion", action="store_true",
+                          help="defer the MoE output's all-reduce into the next residual-add + norm")
+    parser.add_argument("--bug", choices=BUG_NAMES, default=None, help="switch on one seed bug")
+    parser.add_argument("--steps", type=int, default=3, help="greedy decode steps after the prefill (default 3)")
+    parser.add_argument("--prompt-lens", type=_prompt_lens, default=DEFAULT_PROMPT_LENS, metavar="N,N,...",
+                        help="one request per length (default %(default)s)")
+    parser.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="number of layers")
+    parser.add_argument("--dense-layers", type=int, default=ModelConfig.num_dense_layers,
+                        help="how many of the first layers use a dense MLP instead of a MoE block")
+    parser.add_argument("--seed", type=int, default=ModelConfig.seed, help="seed of every weight")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--save-logits", metavar="PATH",
+                        help="write every request's per-step logits and tokens to PATH (safetensors)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    model = ModelConfig(num_layers=args.layers, num_dense_layers=args.dense_layers, seed=args.seed)
+    return EngineConfig(
+        tp=args.tp, ep=args.ep, dp_attention=args.dp_attention, dense_tp=args.dense_tp, fusion=args.fusion,
+        bug=args.bug, steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
+        save_logits=args.save_logits, model=model,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from examples.moe_engine.launch import WorkerFailed, run
+
+    try:
+        run(config_from_args(args))
+    except EngineConfigError as exc:
+        print(f"moe_engine: error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerFailed as exc:
+        print(f"moe_engine: a worker failed:\n{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""What to run: the model's sizes, the parallel layout, and which seed bug to switch on.
+
+``EngineConfig`` is validated once, in the launching process, so a bad combination is
+one clear message before any worker starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+BugName = Literal[
+    "ep_reduce_skipped_under_fusion",
+    "double_reduce",
+    "shared_expert_double_reduce",
+    "dense_tp_missing_reduce",
+]
+BUG_NAMES: tuple[str, ...] = get_args(BugName)
+
+# Which seed of SEEDS.md each switch reproduces, and what it needs to be reachable.
+BUG_SEEDS: dict[str, int] = {
+    "ep_reduce_skipped_under_fusion": 1,
+    "double_reduce": 2,
+    "shared_expert_double_reduce": 3,
+    "dense_tp_missing_reduce": 4,
+}
+
+Device = Literal["cpu", "cuda"]
+DType = Literal["float32", "bfloat16"]
+
+DEFAULT_PROMPT_LENS = (5, 3, 7, 2)
+
+
+class EngineConfigError(ValueError):
+    """A configuration the engine cannot run; the message says what would work."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Sizes of the tiny model; every weight derives from ``seed``."""
+
+    vocab_size: int = 128
+    hidden_size: int = 64
+    num_heads: int = 4
+    head_dim: int = 16
+    num_layers: int = 3
+    # The first ``num_dense_layers`` layers use a dense MLP, the rest a MoE block
+    # (DeepSeek's first_k_dense_replace).
+    num_dense_layers: int = 1
+    dense_intermediate_size: int = 128
+    num_experts: int = 8
+    top_k: int = 2
+    expert_intermediate_size: int = 32
+    shared_intermediate_size: int = 64
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "hidden_size", "num_heads", "head_dim", "num_layers", "dense_intermediate_size",
+                    "num_experts", "top_k", "expert_intermediate_size", "shared_intermediate_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise EngineConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.num_dense_layers <= self.num_layers:
+            raise EngineConfigError(
+                f"num_dense_layers must be in [0, num_layers={self.num_layers}], got {self.num_dense_layers}"
+            )
+        if self.top_k > self.num_experts:
+            raise EngineConfigError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+
+    def is_moe_layer(self, layer_id: int) -> bool:
+        return layer_id >= self.num_dense_layers
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """One run of the engine.
+
+    The world is ``tp * ep`` processes. The MoE block splits experts over ``ep`` ranks
+    and each expert's weights over ``tp`` ranks (moe-TP). Attention uses the whole world:
+    ``dp_attention`` data-parallel groups of ``world / dp_attention`` TP ranks each.
+    """
+
+    tp: int = 1
+    ep: int = 1
+    dp_attention: int = 1
+    dense_tp: bool = False
+    fusion: bool = False
+    bug: BugName | None = None
+    steps: int = 3
+    prompt_lens: tuple[int, ...] = DEFAULT_PROMPT_LENS
+    dtype: DType = "float32"
+    device: Device = "cpu"
+    save_logits: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "ep", "dp_attention"):
+            if getattr(self, name) < 1:
+                raise EngineConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise EngineConfigError(f"--steps must be 0 or more (decode steps after the prefill), got {self.steps}")
+        if not self.prompt_lens or any(length < 1 for length in self.prompt_lens):
+            raise EngineConfigError(f"--prompt-lens needs one or more positive lengths, got {list(self.prompt_lens)}")
+        if self.dtype not in get_args(DType):
+            raise EngineConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(get_args(DType))}")
+        if self.device not in get_args(Device):
+            raise EngineConfigError(f"unknown device {self.device!r}; valid: {', '.join(get_args(Device))}")
+        if self.bug is not None and self.bug not in BUG_NAMES:
+            raise EngineConfigError(f"unknown bug {self.bug!r}; valid: {', '.join(BUG_NAMES)}")
+        self._check_layout()
+        self._check_bug_reachable()
+
+    # ------------------------------------------------------------ derived sizes
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.ep
+
+    @property
+    def attn_tp(self) -> int:
+        return self.world_size // self.dp_attention
+
+    def replace(self, **changes) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --------------------------------------------------------------- validation
+    def _check_layout(self) -> None:
+        model, world = self.model, self.world_size
+        if world % self.dp_attention:
+            raise EngineConfigError(
+                f"--dp-attention {self.dp_attention} must divide the world size tp*ep={world}"
+            )
+        divisible = [
+            (model.num_heads, self.attn_tp, "num_heads", "the attention TP size (world/dp-attention)"),
+            (model.num_experts, self.ep, "num_experts", "--ep"),
+            (model.expert_intermediate_size, self.tp, "expert_intermediate_size", "--tp"),
+            (model.shared_intermediate_size, world, "shared_intermediate_size", "the world size tp*ep"),
+        ]
+        if self.dense_tp:
+            divisible.append((model.dense_intermediate_size, self.attn_tp, "dense_intermediate_size",
+                              "the attention TP size (--dense-tp)"))
+        for size, parts, what, by in divisible:
+            if size % parts:
+                raise EngineConfigError(f"{what}={size} cannot be split over {by}={parts}; choose sizes that divide it")
+        if self.fusion and self.dp_attention > 1:
+            raise EngineConfigError(
+                "--fusion with --dp-attention is not supported: the deferred reduction would have to be a "
+                "reduce-scatter over the gathered tokens; use one or the other"
+            )
+
+    def _check_bug_reachable(self) -> None:
+        # NOTE: a bug switch that its configuration never reaches would make a healthy
+        # run look like a reproduced bug; say what reaches it instead.
+        bug = self.bug
+        if bug == "ep_reduce_skipped_under_fusion" and not (self.fusion and self.ep > 1):
+            raise EngineConfigError(f"--bug {bug} needs --fusion and --ep 2 or more, e.g. --ep 2 --fusion --bug {bug}")
+        if bug == "double_reduce" and not (self.ep > 1 and not self.fusion):
+            raise EngineConfigError(
+                f"--bug {bug} needs --ep 2 or more without --fusion (the MoE block's EP and TP reductions "
+                f"then both run), e.g. --ep 2 --bug {bug}"
+            )
+        if bug == "shared_expert_double_reduce" and self.world_size < 2:
+            raise EngineConfigError(f"--bug {bug} needs a MoE group of 2 ranks or more, e.g. --tp 2 --bug {bug}")
+        if bug == "dense_tp_missing_reduce" and not (self.dense_tp and self.attn_tp > 1 and self.model.num_dense_layers):
+            raise EngineConfigError(
+                f"--bug {bug} needs --dense-tp, an attention TP size of 2 or more and a dense layer, "
+                f"e.g. --tp 2 --dense-tp --bug {bug}"
+            )

@@ -1,0 +1,122 @@
+"""The engine: requests, greedy generation, and one ``forward_step`` per step.
+
+``Engine.forward_step`` is the step boundary a patch marks with ``step: true``; the
+per-step token metadata the token aligners need is in its local variables right before
+``logits = self.model(input_ids, batch)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from examples.moe_engine.batch import ForwardBatch, ForwardMode, KVCache, Request, build_batch
+from examples.moe_engine.config import EngineConfig
+from examples.moe_engine.model import MoEModel
+from examples.moe_engine.parallel import Comm
+from examples.moe_engine.weights import generate_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# Prompts come from their own seed so that changing the model's seed keeps them.
+PROMPT_SEED = 1234
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestResult:
+    req_id: int
+    prompt: list[int]
+    tokens: list[int]  # one greedy token per step: prefill, then each decode step
+    logits: torch.Tensor  # [steps + 1, vocab] float32, on the CPU
+
+
+def make_prompts(config: EngineConfig) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(PROMPT_SEED)
+    vocab = config.model.vocab_size
+    # Token 0 is the padding token; prompts never use it.
+    return [torch.randint(1, vocab, (length,), generator=generator).tolist() for length in config.prompt_lens]
+
+
+def requests_of_dp_rank(num_requests: int, dp_size: int, dp_rank: int) -> range:
+    """Contiguous blocks, so that DP ranks' tokens, concatenated in rank order, keep the request order."""
+    per_rank = math.ceil(num_requests / dp_size)
+    return range(min(dp_rank * per_rank, num_requests), min((dp_rank + 1) * per_rank, num_requests))
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, comm: Comm, device: torch.device) -> None:
+        self.config = config
+        self.comm = comm
+        self.device = device
+        layout = comm.layout
+        self.model = MoEModel(config, generate_weights(config.model), comm=comm)
+        self.model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+        prompts = make_prompts(config)
+        self.dp_rank = layout.attn_dp_rank
+        self.dp_size = layout.dp_attention
+        self.requests_per_dp_rank = [
+            [Request(req_id=req_id, prompt=prompts[req_id], output=[])
+             for req_id in requests_of_dp_rank(len(prompts), self.dp_size, dp_rank)]
+            for dp_rank in range(self.dp_size)
+        ]
+        self.requests = self.requests_per_dp_rank[self.dp_rank]
+        self.kv_cache = KVCache(
+            num_layers=config.model.num_layers,
+            num_local_heads=config.model.num_heads // layout.attn_tp_size,
+            head_dim=config.model.head_dim,
+            dtype=DTYPES[config.dtype],
+            device=device,
+        )
+        for request in self.requests:
+            self.kv_cache.allocate(request.req_id, len(request.prompt) + config.steps)
+
+    @torch.inference_mode()
+    def generate(self) -> list[RequestResult]:
+        """Prefill, then ``config.steps`` greedy decode steps; the results of this DP rank's requests."""
+        logits_per_step: list[torch.Tensor] = []
+        for step in range(self.config.steps + 1):
+            batch = self.schedule("prefill" if step == 0 else "decode")
+            logits = self.forward_step(batch)
+            next_tokens = logits.argmax(dim=-1).tolist()
+            for request, token in zip(self.requests, next_tokens):
+                request.output.append(token)
+            logits_per_step.append(logits.cpu())
+        return [
+            RequestResult(req_id=request.req_id, prompt=list(request.prompt), tokens=list(request.output),
+                          logits=torch.stack([step_logits[index] for step_logits in logits_per_step]))
+            for index, request in enumerate(self.requests)
+        ]
+
+    def schedule(self, forward_mode: ForwardMode) -> ForwardBatch:
+        """This DP rank's batch for the step, with every DP rank's real token count.
+
+        NOTE: every rank knows every request's prompt length (the scheduler is
+        deterministic), so the counts need no collective.
+        """
+        num_tokens_per_dp_rank = [
+            sum(len(r.prompt) for r in requests) if forward_mode == "prefill" else len(requests)
+            for requests in self.requests_per_dp_rank
+        ]
+        return build_batch(
+            self.requests,
+            forward_mode=forward_mode,
+            num_tokens_per_dp_rank=num_tokens_per_dp_rank,
+            dp_rank=self.dp_rank,
+            kv_cache=self.kv_cache,
+            device=self.device,
+        )
+
+    def forward_step(self, batch: ForwardBatch) -> torch.Tensor:
+        """One forward pass (a step): logits [this DP rank's requests, vocab] in float32."""
+        # Token metadata, one local each, for a patch to dump before the model runs:
+        input_ids = batch.input_ids
+        positions = batch.positions
+        token_req_ids = batch.token_req_ids
+        req_ids = batch.req_ids
+        seq_lens = batch.seq_lens
+        extend_lens = batch.extend_lens
+        num_tokens_per_dp_rank = batch.num_tokens_per_dp_rank
+        logits = self.model(input_ids, batch)
+        return logits
