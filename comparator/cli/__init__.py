@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from comparator.cli.app import app
 from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
+from comparator.cli import patch as _patch  # noqa: F401  (registers the command)
+from comparator.cli import run as _run  # noqa: F401  (registers the command)
 
 __all__ = ["app", "main"]
 

@@ -1,0 +1,55 @@
+"""``dumpcmp run [--patch F]... [--dir D] -- CMD...``: run a command with dumping on."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from comparator.cli.app import app, setup_logging, user_errors
+
+
+class DumpMode(str, Enum):
+    tensor = "tensor"
+    stats = "stats"
+
+
+@app.command("run", context_settings={"allow_interspersed_args": False})
+def run_command(
+    command: List[str] = typer.Argument(..., metavar="-- CMD...", help="The command to run, after '--'."),
+    patch: List[str] = typer.Option(
+        [], "--patch", "-p", metavar="F",
+        help="Patch file (YAML), or a preset such as vllm/qwen3_moe; repeat for several.",
+    ),
+    dir: Optional[Path] = typer.Option(None, "--dir", "-d", help="Run directory (default: ./dumpcmp-run-<time>)."),
+    mode: DumpMode = typer.Option(DumpMode.tensor, "--mode", help="tensor: data and stats; stats: the index only."),
+    filter: str = typer.Option("", "--filter", help="Keep only some dumps, e.g. 'name~moe step=0:3 layer=0,1'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --dir."),
+    no_check: bool = typer.Option(
+        False, "--no-check", help="Do not check patch targets against this Python's installed engine first."),
+) -> None:
+    """Run CMD with dumping on: every Python process it starts applies the patches and dumps into --dir.
+
+    The exit code is CMD's own. Patch files, the filter and the directory are checked
+    before CMD starts (exit code 2 on a problem).
+
+    Example: dumpcmp run --patch vllm/qwen3_moe --dir /tmp/runs/tp2 -- vllm serve Qwen/Qwen3-30B-A3B -tp 2
+    """
+    setup_logging()
+    from patches.launch import RunConfig, default_run_dir, run_command as launch
+
+    with user_errors():
+        config = RunConfig(
+            command=tuple(command),
+            dir=str(dir) if dir is not None else default_run_dir(),
+            patch_files=tuple(patch),
+            mode=mode.value,
+            filter=filter,
+            overwrite=overwrite,
+            check_patches=not no_check,
+        )
+        code = launch(config)
+    typer.echo(f"dumpcmp: dumps in {config.dir} (exit code {code})", err=True)
+    raise typer.Exit(code)

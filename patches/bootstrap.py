@@ -1,0 +1,51 @@
+"""Apply DUMPCMP_PATCH in every Python process of a run.
+
+``dumpcmp run`` puts :data:`SITE_DIR` first on PYTHONPATH; Python then imports its
+``sitecustomize.py`` at start-up in the command and in every process it starts
+(multiprocessing spawn, torchrun workers, subprocesses), and that calls
+:func:`install_from_env`. Fork children inherit the patched code and the hook.
+
+Without the CLI::
+
+    export DUMPCMP_DIR=/tmp/run DUMPCMP_PATCH=my_patches.yaml
+    export PYTHONPATH="$(python -m patches.bootstrap)${PYTHONPATH:+:$PYTHONPATH}"
+    python serve.py ...
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+PATCH_ENV = "DUMPCMP_PATCH"
+SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
+
+_installed = None
+
+
+def patch_paths_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    value = (os.environ if environ is None else environ).get(PATCH_ENV, "")
+    return [path for path in value.split(os.pathsep) if path.strip()]
+
+
+def install_from_env(environ: Mapping[str, str] | None = None):
+    """Install the patches named in DUMPCMP_PATCH (once per process); returns the Patcher or None."""
+    global _installed
+    paths = patch_paths_from_env(environ)
+    if not paths:
+        return None
+    if _installed is None:
+        from patches.apply import Patcher
+
+        _installed = Patcher(paths).install()
+    return _installed
+
+
+def python_path_with_bootstrap(existing: str | None) -> str:
+    """PYTHONPATH with the bootstrap folder first (and only once)."""
+    parts = [p for p in (existing or "").split(os.pathsep) if p and os.path.abspath(p) != SITE_DIR]
+    return os.pathsep.join([SITE_DIR, *parts])
+
+
+if __name__ == "__main__":
+    print(SITE_DIR)

@@ -1,0 +1,130 @@
+"""``dumpcmp run``: start any command with dumping on and patches in every process.
+
+The library half of the command: :func:`prepare_run` validates everything a user can
+get wrong (patch files, the filter, the directory) before anything starts, and
+returns the environment; :func:`run_command` starts the command with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+from dumper.config import MODES
+from dumper.errors import ConfigError
+from dumper.filters import parse_filter
+from dumper.format import PROC_DIR_PREFIX, RANK_DIR_PREFIX, RUN_INFO_FILE
+from patches.bootstrap import PATCH_ENV, python_path_with_bootstrap
+from patches.check import check_patch_files
+from patches.errors import PatchError
+from patches.presets import resolve_patch_path
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    command: tuple[str, ...]
+    dir: str
+    patch_files: tuple[str, ...] = ()
+    mode: Literal["tensor", "stats"] = "tensor"
+    filter: str = ""
+    overwrite: bool = False
+    check_patches: bool = True  # validate targets and anchors against the installed source first
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            raise ConfigError("no command to run; put it after '--', e.g. dumpcmp run --dir RUN -- python serve.py")
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+
+
+def default_run_dir() -> str:
+    return os.path.abspath(time.strftime("dumpcmp-run-%Y%m%d-%H%M%S"))
+
+
+def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Validate the run's inputs, prepare its directory, and return the command's environment."""
+    patch_paths = [resolve_patch_path(path) for path in config.patch_files]
+    if patch_paths:
+        _validate_patches(patch_paths, check=config.check_patches)
+    parse_filter(config.filter)  # raises FilterSyntaxError with a clear message
+    run_dir = os.path.abspath(config.dir)
+    _prepare_directory(run_dir, overwrite=config.overwrite)
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if not k.startswith("DUMPCMP_")
+           or k == "DUMPCMP_REQUIRE_ENGINES"}
+    env.update(
+        DUMPCMP_DIR=run_dir,
+        DUMPCMP_MODE=config.mode,
+        DUMPCMP_RUN_ID=uuid.uuid4().hex[:12],
+        DUMPCMP_COMMAND="\x1f".join(config.command),
+    )
+    if config.filter.strip():
+        env["DUMPCMP_FILTER"] = config.filter
+    if patch_paths:
+        env[PATCH_ENV] = os.pathsep.join(patch_paths)
+    env["PYTHONPATH"] = python_path_with_bootstrap(env.get("PYTHONPATH"))
+    env.update(config.extra_env)
+    return env
+
+
+def run_command(config: RunConfig) -> int:
+    """Run the command as configured; returns its exit code (128 + N when killed by signal N)."""
+    env = prepare_run(config)
+    try:
+        process = subprocess.Popen(list(config.command), env=env)
+    except FileNotFoundError:
+        raise ConfigError(f"command not found: {config.command[0]}") from None
+    except PermissionError:
+        raise ConfigError(f"command is not executable: {config.command[0]}") from None
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:
+            # The command got the same Ctrl-C (same process group); let it finish its exit.
+            process.send_signal(signal.SIGINT)
+    return 128 - code if code < 0 else code
+
+
+def _validate_patches(paths: list[str], *, check: bool) -> None:
+    if not check:
+        from patches.spec import load_patch_file
+
+        for path in paths:
+            load_patch_file(path)
+        return
+    for result in check_patch_files(paths):
+        if not result:
+            raise PatchError(result.problems[0])
+
+
+def _prepare_directory(run_dir: str, *, overwrite: bool) -> None:
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"--dir {run_dir} exists and is not a directory")
+    if os.path.isdir(run_dir):
+        entries = os.listdir(run_dir)
+        if entries:
+            looks_like_run = RUN_INFO_FILE in entries or all(
+                e.startswith((RANK_DIR_PREFIX, PROC_DIR_PREFIX)) or e.endswith((".tmp", ".new")) for e in entries)
+            if not overwrite:
+                raise ConfigError(f"{run_dir} is not empty; choose a new directory or pass --overwrite to replace the run in it")
+            if not looks_like_run:
+                raise ConfigError(f"{run_dir} is not empty and does not hold a dumpcmp run; refusing to clear it")
+            for entry in entries:
+                path = os.path.join(run_dir, entry)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create --dir {run_dir}: {exc.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"--dir {run_dir} is not writable")
