@@ -1,0 +1,40 @@
+"""Errors the comparator raises for input a user can fix.
+
+All derive from :class:`dumper.errors.DumpcmpError`, so the CLI turns each into one
+line on stderr and exit code 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dumper.errors import DumpcmpError
+
+
+class ComparatorError(DumpcmpError):
+    """Base class of the comparator's user errors."""
+
+
+class OptionError(ComparatorError):
+    """An option value is invalid (a step range, a regex, an aligner or format name)."""
+
+
+class DimsSyntaxError(ComparatorError):
+    """A dims annotation (``t h[tp]``, ``t h # tp:replicated``) could not be parsed."""
+
+
+class UnshardError(ComparatorError):
+    """The shards of one logical tensor cannot be put back together.
+
+    Raised per tensor: the comparison marks that tensor ``error`` and goes on.
+    """
+
+
+class ThresholdsError(ComparatorError):
+    """A thresholds YAML file is unreadable or holds an invalid rule (message has file:line)."""
+
+
+class NameMapError(ComparatorError):
+    """A name-mapping YAML file is unreadable or invalid."""
+
+
+class NothingUsableError(ComparatorError):
+    """Every tensor failed to load: the runs' data is unusable (exit code 2)."""

@@ -1,0 +1,111 @@
+"""Diagnosis hints: why a target tensor differs from its baseline, when the numbers say so.
+
+Each function looks at one kind of evidence and returns a sentence, or None when the
+evidence does not support one. Hints are suggestions: the verdict never depends on them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from comparator.metrics import Metrics, compute_metrics
+
+if TYPE_CHECKING:
+    import torch
+
+# A fitted scale k "is" a candidate when within this relative distance.
+SCALE_MATCH = 0.02
+# The target is a pure multiple of the baseline when |t - k b| / |t| is below this.
+SCALE_RESIDUAL = 1e-2
+BASE_SCALES = (2, 3, 4, 8, 16)
+
+
+def scale_hint(metrics: Metrics, axis_sizes: Mapping[str, int]) -> str | None:
+    """"target = k x baseline" with k fitted by least squares and matched to a group size."""
+    k = metrics.scale
+    if k is None or not math.isfinite(k) or metrics.scale_residual > SCALE_RESIDUAL or abs(k - 1.0) < SCALE_MATCH:
+        return None
+    fit = f"least-squares k = {k:.4g}, residual {metrics.scale_residual:.1e}"
+    if abs(k + 1.0) < SCALE_MATCH:
+        return f"target = -1 x baseline ({fit}): the sign is flipped"
+    sizes = sorted({*BASE_SCALES, *(s for s in axis_sizes.values() if s > 1)})
+    for size in sizes:
+        axes = sorted(a for a, s in axis_sizes.items() if s == size)
+        which = f" (the size of {', '.join(axes)})" if axes else ""
+        if abs(k / size - 1.0) < SCALE_MATCH:
+            return (f"target = {size} x baseline ({fit}): looks like a duplicated reduction over a group of "
+                    f"size {size}{which}")
+        if abs(k * size - 1.0) < SCALE_MATCH:
+            return (f"target = 1/{size} x baseline ({fit}): looks like a missing reduction over a group of "
+                    f"size {size}{which}, or a mean where a sum belongs")
+    return f"target = {k:.4g} x baseline ({fit}): a pure scale; check scaling factors (routed scaling, softmax scale, norm weights)"
+
+
+def nonfinite_hint(metrics: Metrics) -> str | None:
+    target_bad = metrics.nan_target + metrics.inf_target
+    baseline_bad = metrics.nan_baseline + metrics.inf_baseline
+    if target_bad and not baseline_bad:
+        return f"NaN/Inf only in target ({metrics.nan_target} NaN, {metrics.inf_target} Inf)"
+    if baseline_bad and not target_bad:
+        return f"NaN/Inf only in baseline ({metrics.nan_baseline} NaN, {metrics.inf_baseline} Inf)"
+    if metrics.nonfinite_mismatch:
+        return f"NaN/Inf at different positions ({metrics.nonfinite_mismatch} positions differ)"
+    return None
+
+
+def replica_hint(axis: str, disagreement: float, sum_metrics: Metrics | None, sum_passes: bool) -> str:
+    if sum_metrics is not None and sum_passes:
+        return (f"ranks disagree on a tensor declared replicated over {axis} (rel_diff up to {disagreement:.3g}) and "
+                f"their sum matches the baseline (rel_diff {sum_metrics.rel_diff:.3g}): missing all-reduce over {axis}")
+    return (f"ranks disagree on a tensor declared replicated over {axis} (rel_diff up to {disagreement:.3g}); "
+            "their sum does not match the baseline either")
+
+
+def shape_hint(baseline_shape: tuple[int, ...], target_shape: tuple[int, ...], *, axis_sizes: Mapping[str, int]) -> str | None:
+    """A hint from shapes alone (no data): a missing or extra split."""
+    if len(baseline_shape) != len(target_shape):
+        if math.prod(baseline_shape) == math.prod(target_shape):
+            return "same number of values in another layout: a flattened or reshaped tensor (annotate '(h d)' dims)"
+        return None
+    differing = [d for d, (b, t) in enumerate(zip(baseline_shape, target_shape)) if b != t]
+    if len(differing) != 1:
+        return None
+    dim = differing[0]
+    b, t = baseline_shape[dim], target_shape[dim]
+    for axis, size in sorted(axis_sizes.items()):
+        if size > 1 and t * size == b:
+            return (f"target dim {dim} is 1/{size} of the baseline's: looks like one shard of a split over {axis} "
+                    f"(size {size}); annotate the dim as '[{axis}]' in dims or use --override-dims")
+        if size > 1 and b * size == t:
+            return (f"target dim {dim} is {size} x the baseline's: looks like shards gathered over {axis} twice, "
+                    f"or a dim annotated '[{axis}]' that is already whole")
+    return None
+
+
+def padding_hint(baseline: "torch.Tensor", target: "torch.Tensor", *, token_dim: int | None,
+                 passes: Callable[[Metrics], bool]) -> str | None:
+    """"target has N extra rows and the rest match": padding a token aligner would trim."""
+    if baseline.dim() != target.dim() or baseline.dim() == 0:
+        return None
+    differing = [d for d in range(baseline.dim()) if baseline.shape[d] != target.shape[d]]
+    if len(differing) != 1:
+        return None
+    dim = differing[0]
+    if token_dim is not None and dim != token_dim:
+        return None
+    rows_b, rows_t = baseline.shape[dim], target.shape[dim]
+    if rows_t <= rows_b:
+        return None
+    extra = rows_t - rows_b
+    candidates = [("at the end", target.narrow(dim, 0, rows_b)), ("at the start", target.narrow(dim, extra, rows_b))]
+    moved = target.movedim(dim, 0).reshape(rows_t, -1)
+    nonzero = (moved != 0).any(dim=1)
+    if int(nonzero.sum()) == rows_b:
+        candidates.append(("as all-zero rows", target.index_select(dim, nonzero.nonzero().reshape(-1))))
+    for where, kept in candidates:
+        metrics = compute_metrics(baseline, kept)
+        if passes(metrics):
+            return (f"target has {extra} extra rows along dim {dim} ({where}) and the rest match: looks like "
+                    "padding, try --aligner concat_steps")
+    return None

@@ -1,0 +1,174 @@
+"""Group each run's records into logical tensors and pair baseline with target.
+
+A *logical tensor* is one name + tags + step, across all the ranks that dumped it.
+Its execution order is that of its first record in (step, rank, seq) order. The
+*predecessors* of a logical tensor are, on each rank that dumped it, the tensor
+dumped just before it: what it most likely consumed. For the first tensor of a step
+that is the last tensor of the previous step on that rank (a decode step consumes
+what the step before it produced).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from aligners import StepPair
+from comparator.options import CompareOptions
+from dumper.format import IndexRecord
+
+TagsKey = tuple[tuple[str, str], ...]
+TensorKey = tuple[str, int, TagsKey]  # name, step, tags
+
+
+def tags_key(tags: dict[str, Any]) -> TagsKey:
+    return tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str)) for k, v in tags.items()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogicalTensor:
+    name: str
+    step: int
+    tags: dict[str, Any]
+    records: tuple[IndexRecord, ...]
+    position: int  # execution order within its run
+    predecessors: tuple[TensorKey, ...] = ()
+
+    @property
+    def key(self) -> TensorKey:
+        return (self.name, self.step, tags_key(self.tags))
+
+    @property
+    def label(self) -> str:
+        return tensor_label(self.name, self.step, self.tags)
+
+
+def tensor_label(name: str, step: int, tags: dict[str, Any]) -> str:
+    shown = ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+    return f"{name}[{shown}]@step{step}" if shown else f"{name}@step{step}"
+
+
+def group_records(records: Iterable[IndexRecord], *, ignore_tags: frozenset[str] = frozenset()) -> list[LogicalTensor]:
+    """Records (in (step, rank, seq) order, as ``Run.records`` gives them) -> logical tensors in execution order."""
+    grouped: dict[TensorKey, list[IndexRecord]] = {}
+    tags_of: dict[TensorKey, dict[str, Any]] = {}
+    last_on_rank: dict[str, TensorKey] = {}
+    predecessors: dict[TensorKey, list[TensorKey]] = defaultdict(list)
+    for record in records:
+        tags = {k: v for k, v in record.tags.items() if k not in ignore_tags}
+        key = (record.name, record.step, tags_key(tags))
+        if key not in grouped:
+            grouped[key] = []
+            tags_of[key] = tags
+        grouped[key].append(record)
+        lane = record.source or str(record.rank)
+        previous = last_on_rank.get(lane)
+        if previous is not None and previous != key and previous not in predecessors[key]:
+            predecessors[key].append(previous)
+        last_on_rank[lane] = key
+    return [
+        LogicalTensor(
+            name=key[0], step=key[1], tags=tags_of[key], records=tuple(found), position=position,
+            predecessors=tuple(predecessors.get(key, ())),
+        )
+        for position, (key, found) in enumerate(grouped.items())
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Series:
+    """One logical tensor across steps, as both runs hold it (named after the target)."""
+
+    name: str
+    baseline_name: str
+    tags: dict[str, Any]
+    baseline: dict[int, LogicalTensor]  # by baseline step
+    target: dict[int, LogicalTensor]  # by target step
+    step_pairs: tuple[StepPair, ...]
+    order: tuple[float, ...]  # where the series' first tensor sits in execution order
+    # Execution-order keys of baseline-only tensors (by baseline step), placed right
+    # after the paired tensor that precedes them in the baseline.
+    baseline_only_order: dict[int, tuple[float, ...]]
+
+    def unit_order(self, target_steps: tuple[int, ...], baseline_steps: tuple[int, ...]) -> tuple[float, ...]:
+        if target_steps:
+            return (self.target[target_steps[0]].position, 0, 0)
+        return self.baseline_only_order[baseline_steps[0]]
+
+
+def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], options: CompareOptions) -> list[Series]:
+    """Pair two runs' logical tensors by (mapped) name, tags and step offset."""
+    name_map = options.name_map
+    offset = options.step_offset
+
+    def keep(name: str, step: int, steps: Any) -> bool:
+        if step not in steps:
+            return False
+        if options.names is not None and options.names.search(name) is None:
+            return False
+        return options.exclude is None or options.exclude.search(name) is None
+
+    target = [t for t in target if keep(t.name, t.step, options.steps)]
+    baseline = [b for b in baseline if keep(b.name, b.step, options.baseline_range)]
+
+    # Series key: the baseline's name and tags, and the target's step numbering.
+    def target_series_key(tensor: LogicalTensor) -> tuple[str, TagsKey]:
+        return (name_map.baseline_name(tensor.name), tags_key(name_map.baseline_tags(tensor.tags)))
+
+    def baseline_series_key(tensor: LogicalTensor) -> tuple[str, TagsKey]:
+        return (tensor.name, tags_key(tensor.tags))
+
+    series_target: dict[tuple[str, TagsKey], dict[int, LogicalTensor]] = defaultdict(dict)
+    series_baseline: dict[tuple[str, TagsKey], dict[int, LogicalTensor]] = defaultdict(dict)
+    first_seen: dict[tuple[str, TagsKey], LogicalTensor] = {}
+    for tensor in target:
+        key = target_series_key(tensor)
+        series_target[key][tensor.step] = tensor
+        first_seen.setdefault(key, tensor)
+    for tensor in baseline:
+        series_baseline[baseline_series_key(tensor)][tensor.step] = tensor
+
+    # Where baseline-only tensors go: right after the paired tensor before them.
+    paired_position: dict[TensorKey, int] = {}
+    for key, by_step in series_target.items():
+        for step, tensor in by_step.items():
+            partner = series_baseline.get(key, {}).get(step + offset)
+            if partner is not None:
+                paired_position[partner.key] = tensor.position
+    anchor = -1
+    baseline_order: dict[TensorKey, tuple[float, ...]] = {}
+    for tensor in baseline:
+        if tensor.key in paired_position:
+            anchor = paired_position[tensor.key]
+        else:
+            baseline_order[tensor.key] = (anchor, 1, tensor.position)
+
+    result: list[Series] = []
+    for key in set(series_target) | set(series_baseline):
+        by_target = series_target.get(key, {})
+        by_baseline = series_baseline.get(key, {})
+        steps = sorted({s for s in by_target} | {s - offset for s in by_baseline})
+        pairs = tuple(
+            StepPair(
+                baseline_step=(s + offset) if (s + offset) in by_baseline else None,
+                target_step=s if s in by_target else None,
+            )
+            for s in steps
+        )
+        if by_target:
+            head = first_seen[key]
+            name, tags, order = head.name, head.tags, (head.position, 0, 0)
+        else:
+            head = min(by_baseline.values(), key=lambda t: t.position)
+            name, tags, order = head.name, head.tags, baseline_order[head.key]
+        result.append(Series(
+            name=name, baseline_name=key[0], tags=tags, baseline=by_baseline, target=by_target,
+            step_pairs=pairs, order=order,
+            baseline_only_order={
+                step: baseline_order[t.key] for step, t in by_baseline.items() if t.key in baseline_order
+            },
+        ))
+    result.sort(key=lambda s: s.order)
+    return result

@@ -1,0 +1,227 @@
+"""Everything ``compare`` can be told, as one validated, frozen config object."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from comparator.errors import NameMapError, OptionError
+
+Format = Literal["table", "json", "junit", "html"]
+FORMATS = ("table", "json", "junit", "html")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRange:
+    """Steps ``start`` to ``stop - 1`` (either open). Written ``A:B``, ``A:``, ``:B`` or ``A``."""
+
+    start: int | None = None
+    stop: int | None = None
+
+    def __contains__(self, step: int) -> bool:
+        return (self.start is None or step >= self.start) and (self.stop is None or step < self.stop)
+
+    @property
+    def origin(self) -> int:
+        return self.start or 0
+
+    def __str__(self) -> str:
+        return f"{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
+
+
+def parse_steps(text: str | None) -> StepRange:
+    if text is None or text.strip() in ("", ":"):
+        return StepRange()
+    text = text.strip()
+    try:
+        if ":" not in text:
+            step = int(text)
+            return StepRange(start=step, stop=step + 1)
+        start_text, stop_text = text.split(":", 1)
+        start = int(start_text) if start_text.strip() else None
+        stop = int(stop_text) if stop_text.strip() else None
+    except ValueError:
+        raise OptionError(f"invalid step range {text!r}; write A:B (steps A to B-1), A:, :B or a single step A") from None
+    if start is not None and stop is not None and stop <= start:
+        raise OptionError(f"empty step range {text!r}: B must be greater than A in A:B")
+    return StepRange(start=start, stop=stop)
+
+
+def compile_regex(text: str | None, option: str) -> re.Pattern[str] | None:
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise OptionError(f"{option} {text!r} is not a valid regular expression ({exc})") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DimsOverride:
+    """``--override-dims [baseline:|target:]NAME=DIMS``: NAME is a regex matched in full."""
+
+    pattern: re.Pattern[str]
+    dims: str
+    side: Literal["both", "baseline", "target"] = "both"
+
+    def applies(self, name: str, side: str) -> bool:
+        return self.side in ("both", side) and self.pattern.fullmatch(name) is not None
+
+
+def parse_override_dims(text: str) -> DimsOverride:
+    from comparator.dims import parse_dims
+
+    name, sep, dims = text.partition("=")
+    if not sep or not name.strip() or not dims.strip():
+        raise OptionError(f"--override-dims {text!r}: write NAME=DIMS, e.g. 'mlp_output=t h[tp:partial]'")
+    side = "both"
+    for prefix in ("baseline:", "target:"):
+        if name.startswith(prefix):
+            side, name = prefix[:-1], name[len(prefix):]
+    parse_dims(dims.strip())  # fail now, before any tensor is read
+    pattern = compile_regex(name.strip(), "--override-dims name")
+    assert pattern is not None
+    return DimsOverride(pattern=pattern, dims=dims.strip(), side=side)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NameMap:
+    """How target names and tags translate to the baseline's (runs of two engines).
+
+    YAML file::
+
+        names:                       # exact target name -> baseline name
+          model.layers.mlp: mlp_output
+        patterns:                    # regex on the target name -> replacement (\\1 groups)
+          - {target: '^vllm\\.(.*)$', baseline: '\\1'}
+        tags:                        # target tag -> baseline tag
+          layer_id: layer
+        ignore_tags: [recompute_status]   # dropped on both sides before matching
+    """
+
+    names: dict[str, str] = field(default_factory=dict)
+    patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    ignore_tags: frozenset[str] = frozenset()
+
+    def baseline_name(self, target_name: str) -> str:
+        if target_name in self.names:
+            return self.names[target_name]
+        for pattern, replacement in self.patterns:
+            if pattern.search(target_name):
+                return pattern.sub(replacement, target_name)
+        return target_name
+
+    def baseline_tags(self, tags: dict[str, Any]) -> dict[str, Any]:
+        return {self.tags.get(k, k): v for k, v in tags.items() if k not in self.ignore_tags}
+
+    def own_tags(self, tags: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in tags.items() if k not in self.ignore_tags}
+
+
+def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
+    if path is None:
+        return NameMap()
+    import yaml
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise NameMapError(f"{path}: cannot read name map ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise NameMapError(f"{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if data is None:
+        return NameMap()
+    if not isinstance(data, dict):
+        raise NameMapError(f"{path}: expected a mapping with names, patterns, tags, ignore_tags")
+    unknown = [k for k in data if k not in ("names", "patterns", "tags", "ignore_tags")]
+    if unknown:
+        raise NameMapError(f"{path}: unknown key {unknown[0]!r}; valid keys: names, patterns, tags, ignore_tags")
+    names = data.get("names") or {}
+    tags = data.get("tags") or {}
+    if not isinstance(names, dict) or not isinstance(tags, dict):
+        raise NameMapError(f"{path}: 'names' and 'tags' must map target names to baseline names")
+    patterns = []
+    for entry in data.get("patterns") or []:
+        if not isinstance(entry, dict) or set(entry) != {"target", "baseline"}:
+            raise NameMapError(f"{path}: each pattern is {{target: REGEX, baseline: REPLACEMENT}}, got {entry!r}")
+        try:
+            patterns.append((re.compile(str(entry["target"])), str(entry["baseline"])))
+        except re.error as exc:
+            raise NameMapError(f"{path}: invalid pattern {entry['target']!r} ({exc})") from None
+    ignore = data.get("ignore_tags") or []
+    if not isinstance(ignore, list):
+        raise NameMapError(f"{path}: ignore_tags must be a list of tag names")
+    return NameMap(
+        names={str(k): str(v) for k, v in names.items()},
+        patterns=tuple(patterns),
+        tags={str(k): str(v) for k, v in tags.items()},
+        ignore_tags=frozenset(str(t) for t in ignore),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions:
+    aligner: str = "none"
+    thresholds: str | None = None  # YAML file
+    allow_fail: re.Pattern[str] | None = None
+    allow_skip: re.Pattern[str] | None = None
+    steps: StepRange = StepRange()
+    baseline_steps: StepRange | None = None  # defaults to ``steps``
+    names: re.Pattern[str] | None = None
+    exclude: re.Pattern[str] | None = None
+    name_map: NameMap = NameMap()
+    override_dims: tuple[DimsOverride, ...] = ()
+    jobs: int = 1
+    verify_checksums: bool = False
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise OptionError(f"--jobs {self.jobs}: must be at least 1")
+
+    @property
+    def baseline_range(self) -> StepRange:
+        return self.baseline_steps if self.baseline_steps is not None else self.steps
+
+    @property
+    def step_offset(self) -> int:
+        """baseline step = target step + offset."""
+        return self.baseline_range.origin - self.steps.origin
+
+    def dims_for(self, name: str, side: str) -> str | None:
+        for override in self.override_dims:
+            if override.applies(name, side):
+                return override.dims
+        return None
+
+    @classmethod
+    def from_values(
+        cls, *, aligner: str = "none", thresholds: str | os.PathLike[str] | None = None, allow_fail: str | None = None,
+        allow_skip: str | None = None, steps: str | None = None, baseline_steps: str | None = None,
+        names: str | None = None, exclude: str | None = None, name_map: str | os.PathLike[str] | None = None,
+        override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,
+    ) -> "CompareOptions":
+        """Build from plain strings (CLI values); raises OptionError naming the bad one."""
+        from aligners import get_aligner
+
+        get_aligner(aligner)  # unknown or unavailable aligners fail before any work
+        return cls(
+            aligner=aligner,
+            thresholds=os.fspath(thresholds) if thresholds is not None else None,
+            allow_fail=compile_regex(allow_fail, "--allow-fail"),
+            allow_skip=compile_regex(allow_skip, "--allow-skip"),
+            steps=parse_steps(steps),
+            baseline_steps=parse_steps(baseline_steps) if baseline_steps is not None else None,
+            names=compile_regex(names, "--names"),
+            exclude=compile_regex(exclude, "--exclude"),
+            name_map=load_name_map(name_map),
+            override_dims=tuple(parse_override_dims(o) for o in override_dims),
+            jobs=jobs,
+            verify_checksums=verify_checksums,
+        )

@@ -1,0 +1,63 @@
+"""The JUnit XML report (``--format junit``): one testcase per logical tensor.
+
+Any CI renders it: ``fail`` -> <failure>, ``error`` -> <error>, ``skip`` and allowed
+failures -> <skipped> (an allowed failure does not fail the gate, so it must not
+turn the CI red either). Metrics and hints go into the message and system-out.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from comparator.results import Report, TensorResult
+
+
+def _case_name(result: TensorResult) -> str:
+    tags = ",".join(f"{k}={v}" for k, v in sorted(result.tags.items()))
+    return f"{result.name}[{tags}]" if tags else result.name
+
+
+def _details(result: TensorResult) -> str:
+    lines = []
+    if result.metrics is not None:
+        lines.append(" ".join(f"{k}={v:.6g}" for k, v in result.metrics.as_dict().items()))
+    if result.judgement is not None:
+        lines.append(f"rule: {result.judgement.rule}")
+    for label, value in (("reason", result.reason), ("hint", result.hint), ("origin", result.origin_detail)):
+        if value:
+            lines.append(f"{label}: {value}")
+    lines.extend(f"note: {note}" for note in result.notes)
+    return "\n".join(lines)
+
+
+def render_junit(report: Report) -> str:
+    summary = report.summary
+    suites = ET.Element("testsuites", name="dumpcmp compare")
+    skipped_count = summary.skipped + summary.allowed_failures
+    failures = summary.failed - sum(r.allowed and r.status == "fail" for r in report.results)
+    errors = summary.errored - sum(r.allowed and r.status == "error" for r in report.results)
+    suite = ET.SubElement(
+        suites, "testsuite", name=f"dumpcmp compare {report.baseline} vs {report.target}",
+        tests=str(summary.total), failures=str(failures), errors=str(errors), skipped=str(skipped_count), time="0",
+    )
+    properties = ET.SubElement(suite, "properties")
+    for key, value in (("baseline", report.baseline), ("target", report.target), ("aligner", report.aligner),
+                       ("exit_code", str(report.exit_code))):
+        ET.SubElement(properties, "property", name=key, value=value)
+    for result in report.results:
+        case = ET.SubElement(suite, "testcase", classname=f"dumpcmp.step{result.step}", name=_case_name(result), time="0")
+        message = "; ".join(part for part in (result.reason, result.hint) if part)
+        if result.status == "fail" and not result.allowed:
+            element = ET.SubElement(case, "failure", message=message or "failed", type=result.origin or "divergence")
+            element.text = _details(result)
+        elif result.status == "error" and not result.allowed:
+            element = ET.SubElement(case, "error", message=message or "error", type="error")
+            element.text = _details(result)
+        elif result.status != "pass":
+            prefix = "allowed failure: " if result.status in ("fail", "error") else ""
+            ET.SubElement(case, "skipped", message=prefix + (message or result.status))
+        out = _details(result)
+        if out:
+            ET.SubElement(case, "system-out").text = out
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -1,0 +1,158 @@
+"""Judge metrics against limits; then, over all results: origins, first divergence, exit code.
+
+Exit codes (DESIGN.md): 0 every tensor passed (or its failure/skip was allowed);
+1 a failure, error or skip that was not allowed; 3 nothing was compared. (2, bad
+input, is raised as an error before a report exists.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Sequence
+
+from comparator.metrics import Metrics
+from comparator.options import CompareOptions
+from comparator.results import FirstDivergence, Judgement, Summary, TensorResult
+from comparator.thresholds import Limit
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_NOTHING_COMPARED = 3
+
+
+def metric_values(metrics: Metrics, replica_disagreement: dict[str, float]) -> dict[str, float | None]:
+    worst = metrics.worst_token
+    return {
+        **metrics.as_dict(),
+        "max_token_rel_l2": worst[1] if worst is not None else None,
+        "replica_rel_diff": max(replica_disagreement.values(), default=0.0),
+    }
+
+
+def judge(metrics: Metrics, rule: str, limits: dict[str, Limit], replica_disagreement: dict[str, float]) -> Judgement:
+    values = metric_values(metrics, replica_disagreement)
+    failed: list[str] = []
+    required: dict[str, Limit] = {}
+    for metric, limit in limits.items():
+        value = values.get(metric)
+        if value is None:
+            continue
+        if not limit.allows(value):
+            failed.append(metric)
+        if not math.isnan(value):
+            required[metric] = limit.widened_to(value)
+    if metrics.nonfinite_mismatch:
+        failed.append("nonfinite")
+    return Judgement(rule=rule, limits=dict(limits), failed=tuple(failed), required=required)
+
+
+def describe_failure(judgement: Judgement, metrics: Metrics, replica_disagreement: dict[str, float]) -> str:
+    values = metric_values(metrics, replica_disagreement)
+    parts = []
+    for metric in judgement.failed:
+        if metric == "nonfinite":
+            parts.append(f"NaN/Inf differ at {metrics.nonfinite_mismatch} positions")
+            continue
+        limit = judgement.limits[metric]
+        parts.append(f"{metric} = {values[metric]:.6g} (limit: {limit.describe()})")
+    return "; ".join(parts)
+
+
+def finalize(results: Sequence[TensorResult], options: CompareOptions) -> tuple[tuple[TensorResult, ...], Summary, FirstDivergence | None, int, str]:
+    results = [_mark_allowed(r, options) for r in results]
+    results = _mark_origins(results)
+    results = _mark_nonfinite_onset(results)
+    summary = Summary(
+        total=len(results),
+        passed=sum(r.status == "pass" for r in results),
+        failed=sum(r.status == "fail" for r in results),
+        skipped=sum(r.status == "skip" for r in results),
+        errored=sum(r.status == "error" for r in results),
+        allowed_failures=sum(r.allowed and r.status in ("fail", "error") for r in results),
+        allowed_skips=sum(r.allowed and r.status == "skip" for r in results),
+    )
+    first = _first_divergence(results)
+    code, reason = _exit_code(results, summary)
+    return tuple(results), summary, first, code, reason
+
+
+def _mark_allowed(result: TensorResult, options: CompareOptions) -> TensorResult:
+    pattern = options.allow_skip if result.status == "skip" else options.allow_fail if result.status in ("fail", "error") else None
+    if pattern is not None and pattern.search(result.name):
+        return dataclasses.replace(result, allowed=True)
+    return result
+
+
+def _mark_origins(results: list[TensorResult]) -> list[TensorResult]:
+    """A failure is the *source* when what it consumes passed, else *propagated*."""
+    by_key = {key: result for result in results for key in result.keys}
+    marked = []
+    for result in results:
+        if result.status != "fail":
+            marked.append(result)
+            continue
+        own = set(result.keys)
+        consumed = [by_key[key] for key in result.predecessors if key not in own and key in by_key]
+        not_passing = [c for c in consumed if c.status != "pass"]
+        if not not_passing:
+            detail = (f"its inputs pass ({', '.join(c.label for c in consumed[:3])})" if consumed
+                      else "nothing was dumped before it on its ranks")
+            marked.append(dataclasses.replace(result, origin="source", origin_detail=detail))
+            continue
+        culprit = not_passing[0]
+        marked.append(dataclasses.replace(
+            result, origin="propagated",
+            origin_detail=f"consumes {culprit.label}, which did not pass ({culprit.status})",
+        ))
+    return marked
+
+
+def _mark_nonfinite_onset(results: list[TensorResult]) -> list[TensorResult]:
+    first: TensorResult | None = None
+    marked = []
+    for result in results:
+        metrics = result.metrics
+        only_target = (
+            metrics is not None and (metrics.nan_target + metrics.inf_target) > 0
+            and (metrics.nan_baseline + metrics.inf_baseline) == 0
+        )
+        if only_target and result.status == "fail":
+            assert metrics is not None
+            counts = f"{metrics.nan_target} NaN, {metrics.inf_target} Inf"
+            if first is None:
+                first = result
+                hint = f"NaN/Inf only in target from here on ({counts}); the baseline has none"
+            else:
+                hint = f"NaN/Inf only in target ({counts}), since {first.label}"
+            if result.hint is None or result.hint.startswith("NaN/Inf"):
+                result = dataclasses.replace(result, hint=hint)
+        marked.append(result)
+    return marked
+
+
+def _first_divergence(results: Sequence[TensorResult]) -> FirstDivergence | None:
+    failing = [i for i, r in enumerate(results) if r.status == "fail"]
+    if not failing:
+        return None
+    chosen = next((i for i in failing if not results[i].allowed), failing[0])
+    result = results[chosen]
+    return FirstDivergence(
+        name=result.name, step=result.step, tags=result.tags, hint=result.hint,
+        origin=result.origin or "source", origin_detail=result.origin_detail, reason=result.reason, index=chosen,
+    )
+
+
+def _exit_code(results: Iterable[TensorResult], summary: Summary) -> tuple[int, str]:
+    results = list(results)
+    if summary.compared == 0:
+        return EXIT_NOTHING_COMPARED, "nothing was compared" + (
+            f" ({summary.skipped} skipped, {summary.errored} errors)" if results else " (no tensors matched)"
+        )
+    bad = [r for r in results if r.status in ("fail", "error") and not r.allowed]
+    skipped = [r for r in results if r.status == "skip" and not r.allowed]
+    if bad:
+        return EXIT_FAIL, f"{len(bad)} tensor(s) failed or errored (allow with --allow-fail REGEX)"
+    if skipped:
+        return EXIT_FAIL, f"{len(skipped)} tensor(s) were present on one side only or not comparable (allow with --allow-skip REGEX)"
+    return EXIT_PASS, "all compared tensors passed"
