@@ -172,14 +172,16 @@ class RankWriter:
                 return
 
     def _fail(self, exc: BaseException) -> None:
+        # Disable dumping before anyone waiting in flush() wakes up and looks.
+        self._on_failure(exc)
+        self._failed = exc
+        self._write_rank_info(status="failed")
         with self._cond:
-            self._failed = exc
             dropped = [item for item in self._queue if item is not None]
             self._queue = collections.deque(item for item in self._queue if item is None)
             self._queued_bytes -= sum(item.nbytes for item in dropped)
             self._cond.notify_all()
-        self._write_rank_info(status="failed")
-        self._on_failure(exc)
+
 
     def _write_batch(self, batch: list[PendingRecord]) -> None:
         # Imported here so that importing dumper never pays for them.
