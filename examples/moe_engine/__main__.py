@@ -56,10 +56,16 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except EngineConfigError as exc:
+        print(f"moe_engine: error: {exc}", file=sys.stderr)
+        return 2
+    # NOTE: imported only now, so that a bad option is reported without importing torch.
     from examples.moe_engine.launch import WorkerFailed, run
 
     try:
-        run(config_from_args(args))
+        run(config)
     except EngineConfigError as exc:
         print(f"moe_engine: error: {exc}", file=sys.stderr)
         return 2
