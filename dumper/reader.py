@@ -98,6 +98,11 @@ class Run:
         if record.file is None or record.key is None:
             raise RunFormatError(f"{record.name} (step {record.step}, rank {record.rank}) has no data: run dumped in stats mode")
         path = _inside(self.path, os.path.join(record.source, record.file))
+        if self.format == "sglang":
+            from dumper.sglang_reader import as_tensor, load_file
+
+            tensor = as_tensor(load_file(path)["value"], path)
+            return tensor
         handle = self._handle(path)
         try:
             tensor = handle.get_tensor(record.key)
@@ -220,12 +225,15 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     if not os.path.isdir(path):
         raise RunNotFoundError(f"{path}: not a directory (give the run directory, the one holding run.json)")
     if not is_dumpcmp_run(path):
-        from dumper import foreign
+        from dumper.sglang_reader import open_sglang_run
 
-        opened = foreign.open_foreign_run(path)
+        opened = open_sglang_run(path)
         if opened is not None:
+            _check_coverage(opened)
+            for problem in opened.problems:
+                log.warning("%s", problem)
             return opened
-        raise RunNotFoundError(f"{path}: no run here (no run.json and no rank-* directories)")
+        raise RunNotFoundError(f"{path}: no run here (no run.json, no rank-* directories, no SGLang .pt dumps)")
     problems: list[str] = []
     info_data = _read_json(os.path.join(path, RUN_INFO_FILE), problems)
     info = None
@@ -291,7 +299,7 @@ def _fmt_step(step: int | None) -> str:
 
 
 def _check_coverage(run: Run) -> None:
-    present = {r.rank for r in run.ranks if r.directory.startswith(RANK_DIR_PREFIX)}
+    present = {r.rank for r in run.ranks if not r.directory.startswith(PROC_DIR_PREFIX)}
     expected = set(range(run.world_size))
     missing = sorted(expected - present)
     if missing:

@@ -64,7 +64,7 @@ def test_ls_bad_input_is_one_line_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["ls", str(tmp_path / "empty")])
     assert result.exit_code == 2
-    assert "no run here (no run.json and no rank-* directories)" in result.stderr
+    assert "no run here (no run.json, no rank-* directories, no SGLang .pt dumps)" in result.stderr
     bad = tmp_path / "bad"
     (bad / "rank-00000").mkdir(parents=True)
     (bad / "run.json").write_text('{"schema_version": 99}')
