@@ -206,6 +206,16 @@ class Dumper:
         writer = self._writer or self._start_writer(info)
         if writer is None:
             return
+        if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
+            # A copy enqueued now would run at every replay, into a buffer nobody
+            # reads: refuse honestly and count what was lost in rank.json.
+            writer.note_lost(name, "dumped during CUDA graph capture")
+            self._warn_once(
+                f"graph:{name}",
+                f"dumpcmp: not dumping {name!r} inside CUDA graph capture; run the engine without CUDA graphs "
+                "(e.g. enforce_eager / --disable-cuda-graph) to dump it (lost records are counted in rank.json)",
+            )
+            return
         from dumper.writer import PendingRecord
 
         with self._lock:

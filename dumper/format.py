@@ -201,6 +201,8 @@ class RankInfo:
     records: int = 0
     last_step: int | None = None
     error: str | None = None
+    # "name: reason" -> count of dump calls that could not be recorded.
+    lost: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

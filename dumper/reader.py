@@ -283,7 +283,10 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         ranks.append(RankContents(directory=entry, rank=rank, info=rank_info, records=records, torn_lines=torn))
         if rank_info is not None and rank_info.status == "running":
             problems.append(f"{entry}: did not close (still running, or killed); last step {_fmt_step(ranks[-1].last_step)}")
-        elif rank_info is not None and rank_info.status == "failed":
+        if rank_info is not None and rank_info.lost:
+            lost = ", ".join(f"{reason} x{count}" for reason, count in sorted(rank_info.lost.items()))
+            problems.append(f"{entry}: {sum(rank_info.lost.values())} dump call(s) not recorded: {lost}")
+        if rank_info is not None and rank_info.status == "failed":
             problems.append(f"{entry}: dumping stopped after an error: {rank_info.error}; last step {_fmt_step(ranks[-1].last_step)}")
     if not ranks:
         raise RunNotFoundError(f"{path}: the run holds no rank directories (nothing was dumped)")

@@ -74,10 +74,20 @@ class RankWriter:
         # A writer restarted after close() (dumping turned off and on) appends.
         self._next_file = sum(1 for n in os.listdir(rank_dir) if n.startswith("data-") and n.endswith(".safetensors"))
         self._busy = False
+        self._lost: dict[str, int] = dict(rank_info.lost)
         self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
         write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json())
         self._thread = threading.Thread(target=self._run, name="dumpcmp-writer", daemon=True)
         self._thread.start()
+
+    def note_lost(self, name: str, reason: str) -> None:
+        """Count a record that could not be taken; the count lands in rank.json."""
+        with self._cond:
+            key = f"{name}: {reason}"
+            self._lost[key] = self._lost.get(key, 0) + 1
+            first = self._lost[key] == 1
+        if first:
+            self._write_rank_info(status="running")
 
     @property
     def failed(self) -> bool:
@@ -126,6 +136,7 @@ class RankWriter:
                 "status": status,
                 "records": self._records_written,
                 "last_step": self._last_step,
+                "lost": dict(self._lost),
                 "error": None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}",
             }
         )

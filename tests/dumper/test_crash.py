@@ -37,7 +37,12 @@ def test_sigkill_leaves_readable_records(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
+    index = run_dir / "rank-00000" / "index.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if index.exists() and index.read_bytes().count(b"\n") >= 20:
+            break
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -53,7 +58,6 @@ def test_sigkill_leaves_readable_records(tmp_path):
         summary = summarize_run(run)
     assert any("did not close" in p for p in summary.problems)
     # A torn trailing index line (the kill can land mid-write) is ignored, never fatal.
-    index = run_dir / "rank-00000" / "index.jsonl"
     with open(index, "a") as handle:
         handle.write('{"seq": 99999, "step"')
     with open_run(run_dir) as run:
