@@ -113,28 +113,26 @@ def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], optio
     target = [t for t in target if keep(t.name, t.step, options.steps)]
     baseline = [b for b in baseline if keep(b.name, b.step, options.baseline_range)]
 
-    # Series key: the baseline's name and tags, and the target's step numbering.
-    def target_series_key(tensor: LogicalTensor) -> tuple[str, TagsKey]:
-        return (name_map.baseline_name(tensor.name), tags_key(name_map.baseline_tags(tensor.tags)))
-
-    def baseline_series_key(tensor: LogicalTensor) -> tuple[str, TagsKey]:
-        return (tensor.name, tags_key(tensor.tags))
-
+    # A target series is keyed by its own name and tags; it pairs with the baseline
+    # series its mapped name and tags point at.
     series_target: dict[tuple[str, TagsKey], dict[int, LogicalTensor]] = defaultdict(dict)
+    partner_of: dict[tuple[str, TagsKey], tuple[str, TagsKey]] = {}
     series_baseline: dict[tuple[str, TagsKey], dict[int, LogicalTensor]] = defaultdict(dict)
-    first_seen: dict[tuple[str, TagsKey], LogicalTensor] = {}
     for tensor in target:
-        key = target_series_key(tensor)
+        key = (tensor.name, tags_key(tensor.tags))
         series_target[key][tensor.step] = tensor
-        first_seen.setdefault(key, tensor)
+        partner_of[key] = (name_map.baseline_name(tensor.name), tags_key(name_map.baseline_tags(tensor.tags)))
     for tensor in baseline:
-        series_baseline[baseline_series_key(tensor)][tensor.step] = tensor
+        series_baseline[(tensor.name, tags_key(tensor.tags))][tensor.step] = tensor
+    sharing: dict[tuple[str, TagsKey], int] = defaultdict(int)
+    for partner in partner_of.values():
+        sharing[partner] += 1
 
     # Where baseline-only tensors go: right after the paired tensor before them.
     paired_position: dict[TensorKey, int] = {}
     for key, by_step in series_target.items():
         for step, tensor in by_step.items():
-            partner = series_baseline.get(key, {}).get(step + offset)
+            partner = series_baseline.get(partner_of[key], {}).get(step + offset)
             if partner is not None:
                 paired_position[partner.key] = tensor.position
     anchor = -1
@@ -146,29 +144,41 @@ def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], optio
             baseline_order[tensor.key] = (anchor, 1, tensor.position)
 
     result: list[Series] = []
-    for key in set(series_target) | set(series_baseline):
-        by_target = series_target.get(key, {})
-        by_baseline = series_baseline.get(key, {})
-        steps = sorted({s for s in by_target} | {s - offset for s in by_baseline})
-        pairs = tuple(
-            StepPair(
-                baseline_step=(s + offset) if (s + offset) in by_baseline else None,
-                target_step=s if s in by_target else None,
-            )
-            for s in steps
-        )
-        if by_target:
-            head = first_seen[key]
-            name, tags, order = head.name, head.tags, (head.position, 0, 0)
-        else:
-            head = min(by_baseline.values(), key=lambda t: t.position)
-            name, tags, order = head.name, head.tags, baseline_order[head.key]
-        result.append(Series(
-            name=name, baseline_name=key[0], tags=tags, baseline=by_baseline, target=by_target,
-            step_pairs=pairs, order=order,
-            baseline_only_order={
-                step: baseline_order[t.key] for step, t in by_baseline.items() if t.key in baseline_order
-            },
-        ))
+    claimed: set[TensorKey] = set()
+    for key, by_target in series_target.items():
+        partner = partner_of[key]
+        by_baseline = series_baseline.get(partner, {})
+        if sharing[partner] > 1:
+            # Several target tensors map onto one baseline tensor: each is compared with
+            # it, and the baseline's unpaired steps are reported once, on their own.
+            by_baseline = {s + offset: by_baseline[s + offset] for s in by_target if s + offset in by_baseline}
+        claimed.update(t.key for t in by_baseline.values())
+        head = min(by_target.values(), key=lambda t: t.position)
+        result.append(_series(head.name, partner[0], head.tags, by_baseline, by_target, offset,
+                              (head.position, 0, 0), baseline_order))
+    for key, by_baseline in series_baseline.items():
+        left = {s: t for s, t in by_baseline.items() if t.key not in claimed}
+        if not left:
+            continue
+        head = min(left.values(), key=lambda t: t.position)
+        result.append(_series(head.name, head.name, head.tags, left, {}, offset, baseline_order[head.key], baseline_order))
     result.sort(key=lambda s: s.order)
     return result
+
+
+def _series(name: str, baseline_name: str, tags: dict[str, Any], by_baseline: dict[int, LogicalTensor],
+            by_target: dict[int, LogicalTensor], offset: int, order: tuple[float, ...],
+            baseline_order: dict[TensorKey, tuple[float, ...]]) -> Series:
+    steps = sorted(set(by_target) | {s - offset for s in by_baseline})
+    pairs = tuple(
+        StepPair(
+            baseline_step=(s + offset) if (s + offset) in by_baseline else None,
+            target_step=s if s in by_target else None,
+        )
+        for s in steps
+    )
+    return Series(
+        name=name, baseline_name=baseline_name, tags=tags, baseline=by_baseline, target=by_target,
+        step_pairs=pairs, order=order,
+        baseline_only_order={step: baseline_order[t.key] for step, t in by_baseline.items() if t.key in baseline_order},
+    )

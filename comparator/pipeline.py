@@ -196,6 +196,33 @@ class _Executor:
         self.options = options
         self.thresholds = thresholds
         self.aligner = aligner
+        self._checked_files: dict[str, str | None] = {}  # data file -> problem, if any
+
+    def _check_readable(self, run: Run, records: Sequence[IndexRecord]) -> None:
+        """Open the data files' headers (no tensor data): a corrupt file is found even
+        when equal checksums let the comparison skip reading it."""
+        from safetensors import safe_open
+
+        for record in records:
+            assert record.file is not None  # planning skipped stats-mode records
+            path = os.path.join(run.path, record.source, record.file)
+            if path not in self._checked_files:
+                if len(self._checked_files) > 4096:
+                    self._checked_files.clear()
+                try:
+                    with safe_open(path, framework="pt") as handle:
+                        keys = set(handle.keys())
+                    self._checked_files[path] = None
+                    self._checked_files[path + "\0keys"] = "\0".join(keys)
+                except FileNotFoundError:
+                    self._checked_files[path] = f"{path}: data file is missing"
+                except Exception as exc:  # safetensors raises its own error types
+                    self._checked_files[path] = f"{path}: corrupt safetensors file ({exc})"
+            problem = self._checked_files[path]
+            if problem is not None:
+                raise RunFormatError(problem)
+            if record.key not in (self._checked_files.get(path + "\0keys") or "").split("\0"):
+                raise RunFormatError(f"{path}: no key {record.key!r} for {record.name} (seq {record.seq})")
 
     def run(self, item: WorkItem) -> TensorResult:
         base = dict(
@@ -277,6 +304,8 @@ class _Executor:
                 return None
         if any(r.stats.l2 is None and r.stats.numel for r in b.records):
             return None
+        self._check_readable(self.baseline_run, b.records)
+        self._check_readable(self.target_run, t.records)
         squared = sum((r.stats.l2 or 0.0) ** 2 for r in b.records)
         return identical_metrics(
             numel=sum(r.stats.numel for r in b.records), norm=squared ** 0.5, shape=b.shape, token_dim=token_dim,

@@ -1,0 +1,121 @@
+"""``dumpcmp compare BASELINE TARGET``: which tensor diverges first, and why."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from comparator.cli.app import app, setup_logging, user_errors
+
+
+class CompareFormat(str, Enum):
+    table = "table"
+    json = "json"
+    junit = "junit"
+    html = "html"
+
+
+@app.command("compare")
+def compare_command(
+    baseline: Path = typer.Argument(..., help="The trusted run directory (e.g. TP=1)."),
+    target: Path = typer.Argument(..., help="The run under test (e.g. TP=2 + EP=2)."),
+    aligner: str = typer.Option("none", "--aligner", "-a", help="Token aligner: none, concat_steps, by_request."),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", "-t", help="YAML rules: name regex -> limits (first match wins)."),
+    allow_fail: Optional[str] = typer.Option(None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate."),
+    allow_skip: Optional[str] = typer.Option(None, "--allow-skip", help="Regex of tensor names that may be missing on one side."),
+    format: CompareFormat = typer.Option(CompareFormat.table, "--format", "-f", help="table for people, json for scripts, junit for CI."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Target steps A:B (A to B-1), A:, :B or A."),
+    baseline_steps: Optional[str] = typer.Option(
+        None, "--baseline-steps", help="Baseline steps, paired in order with --steps (e.g. skip warm-up steps). Default: --steps."),
+    names: Optional[str] = typer.Option(None, "--names", help="Only tensors whose name matches this regex."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="Leave out tensors whose name matches this regex."),
+    name_map: Optional[Path] = typer.Option(None, "--name-map", help="YAML: target names/tags -> baseline names/tags."),
+    override_dims: List[str] = typer.Option(
+        [], "--override-dims", help="[baseline:|target:]NAME=DIMS; NAME is a regex matched in full. Repeatable."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes comparing tensors in parallel."),
+    verify: bool = typer.Option(False, "--verify-checksums", help="Check every tensor's checksum while loading."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is being done."),
+) -> None:
+    """Compare two runs and report the first tensor that diverges, with a hint about why.
+
+    Exit codes: 0 all pass; 1 a failure (or skip) not allowed; 2 bad input or usage;
+    3 nothing was compared.
+
+    Example: dumpcmp compare runs/tp1 runs/tp2 --format json --output report.json
+    """
+    setup_logging(verbose)
+    import logging
+    import sys
+
+    from comparator.errors import OptionError
+
+    with user_errors():
+        if format is CompareFormat.html:
+            raise OptionError("html report not available yet; use --format table, json or junit")
+        from comparator.pipeline import compare
+        from comparator.options import CompareOptions
+
+        options = CompareOptions.from_values(
+            aligner=aligner, thresholds=thresholds, allow_fail=allow_fail, allow_skip=allow_skip, steps=steps,
+            baseline_steps=baseline_steps, names=names, exclude=exclude, name_map=name_map,
+            override_dims=override_dims, jobs=jobs, verify_checksums=verify,
+        )
+        if not verbose:
+            # The report lists the runs' problems itself.
+            logging.getLogger("dumper.reader").setLevel(logging.ERROR)
+            logging.getLogger("comparator.pipeline").setLevel(logging.ERROR)
+        show_progress = format is CompareFormat.table and output is None and sys.stderr.isatty()
+        report = _run_with_progress(compare, baseline, target, options) if show_progress else compare(baseline, target, options=options)
+        _emit(report, format, output)
+    raise typer.Exit(report.exit_code)
+
+
+def _run_with_progress(compare, baseline: Path, target: Path, options):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("[dim]{task.description}"), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=label)
+
+        return compare(baseline, target, options=options, progress=progress)
+
+
+def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:  # type: ignore[no-untyped-def]
+    from comparator.errors import OptionError
+
+    if format is CompareFormat.json:
+        from comparator.report_json import render_json
+
+        text = render_json(report)
+    elif format is CompareFormat.junit:
+        from comparator.report_junit import render_junit
+
+        text = render_junit(report)
+    else:
+        from rich.console import Console
+
+        from comparator.report_table import render_table
+
+        if output is None:
+            render_table(report)
+            return
+        import io
+
+        console = Console(record=True, width=160, file=io.StringIO())
+        render_table(report, console)
+        text = console.export_text()
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OptionError(f"{output}: cannot write the report ({exc.strerror})") from None

@@ -1,0 +1,150 @@
+"""The terminal report: first divergence on top, then a compact per-tensor table."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from comparator.results import Report, TensorResult
+
+STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "magenta"}
+# Beyond this many rows, passing tensors are folded into one line per run of passes.
+MAX_ROWS = 200
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if abs(value) >= 1e-3 and abs(value) < 1e4 else f"{value:.2e}"
+
+
+def _tags(result: TensorResult) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(result.tags.items())) or "-"
+
+
+def _short_reason(result: TensorResult) -> str | None:
+    """One line: the first failed limit, or the reason for a skip or error."""
+    judgement, metrics = result.judgement, result.metrics
+    if judgement is not None and metrics is not None and judgement.failed:
+        from comparator.verdicts import metric_values
+
+        metric = judgement.failed[0]
+        if metric in judgement.limits:
+            value = metric_values(metrics, result.replica_disagreement)[metric]
+            return f"{metric} {_fmt(value)} outside {judgement.limits[metric].describe().split(' ', 1)[1]}"
+    return result.reason
+
+
+def _first_divergence_panel(report: Report) -> Panel | None:
+    first = report.first_divergence
+    if first is None:
+        return None
+    result = report.results[first.index]
+    lines = Text()
+    lines.append(f"{result.label}", style="bold")
+    lines.append(f"  ({first.origin}: {first.origin_detail})\n" if first.origin_detail else f"  ({first.origin})\n")
+    if first.reason:
+        lines.append(f"why:  {first.reason}\n")
+    if first.hint:
+        lines.append("hint: ", style="bold")
+        lines.append(f"{first.hint}\n", style="cyan")
+    metrics = result.metrics
+    if metrics is not None and metrics.max_abs_index:
+        lines.append(
+            f"max |t-b| = {_fmt(metrics.max_abs)} at {list(metrics.max_abs_index)} "
+            f"(baseline {metrics.max_abs_baseline:.6g}, target {metrics.max_abs_target:.6g})\n"
+        )
+        worst = metrics.worst_token
+        if worst is not None:
+            lines.append(f"worst token: {worst[0]} (rel_l2 {_fmt(worst[1])})\n")
+    if result.judgement is not None:
+        required = ", ".join(limit.describe() for m, limit in result.judgement.required.items() if m in result.judgement.failed)
+        lines.append(f"judged by {result.judgement.rule}")
+        if required:
+            lines.append(f"; would pass with {required}")
+        lines.append("\n")
+    for side in (result.baseline, result.target):
+        if side is not None:
+            label = "baseline" if side is result.baseline else "target"
+            lines.append(f"{label}: {side.shape and list(side.shape)} {side.dtype} ranks {list(side.ranks)} "
+                         f"dims {side.dims!r} ({side.plan})\n", style="dim")
+    for note in result.notes:
+        lines.append(f"note: {note}\n", style="dim")
+    lines.rstrip()
+    return Panel(lines, title="first divergence", title_align="left", border_style="red")
+
+
+def render_table(report: Report, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"[bold]baseline[/] {report.baseline}   [bold]target[/] {report.target}   aligner={report.aligner}", highlight=False)
+    panel = _first_divergence_panel(report)
+    if panel is not None:
+        console.print(panel)
+    table = Table(title_justify="left", show_lines=False, pad_edge=False, box=box.SIMPLE_HEAD)
+    show_tags = any(r.tags for r in report.results)
+    fold = len(report.results) > MAX_ROWS
+    rows: list[tuple[dict[str, str], str, str, str] | None] = []  # None: a fold of passing tensors
+    folded: list[int] = []
+    for index, result in enumerate(report.results):
+        if fold and result.status == "pass":
+            if not rows or rows[-1] is not None:
+                rows.append(None)
+                folded.append(0)
+            folded[-1] += 1
+            continue
+        metrics = result.metrics
+        cells = {
+            "#": str(index), "step": str(result.step), "name": result.name, "tags": _tags(result),
+            "status": result.status + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else ""),
+        }
+        for column in ("rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"):
+            cells[column] = _fmt(getattr(metrics, column)) if metrics is not None else "-"
+        rows.append((cells, STATUS_STYLE[result.status], result.hint or _short_reason(result) or "",
+                     "dim" if result.origin == "propagated" else ""))
+    order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"]
+    widths = {c: max([len(c)] + [len(r[0][c]) for r in rows if r is not None]) for c in order}
+    # Essential columns first; the others only while the hint keeps some room.
+    chosen = ["step", "name", "status", "rel_diff", "norm_ratio"] + (["tags"] if show_tags else [])
+    for optional in ("rel_l2", "cosine", "max_abs", "#"):
+        if sum(widths[c] + 2 for c in chosen + [optional]) + 32 <= console.width:
+            chosen.append(optional)
+    columns = [c for c in order if c in chosen]
+    used = sum(widths[c] + 2 for c in columns)
+    for column in columns:
+        justify = "left" if column in ("name", "tags", "status") else "right"
+        table.add_column(column, justify=justify, no_wrap=True, min_width=widths[column])  # type: ignore[arg-type]
+    room = max(16, console.width - used - 4)
+    table.add_column("hint / reason", no_wrap=True, overflow="ellipsis", max_width=room)
+    fold_counts = iter(folded)
+    for row in rows:
+        if row is None:
+            cells = {c: "" for c in columns}
+            cells["name"] = f"... {next(fold_counts)} passing"
+            table.add_row(*(Text(cells[c], style="dim") for c in columns), "")
+            continue
+        cells, style, hint, hint_style = row
+        if len(hint) > room:
+            hint = hint[: room - 1] + "…"
+        table.add_row(*(Text(cells[c], style=style) if c == "status" else cells[c] for c in columns), Text(hint, style=hint_style))
+    console.print(table)
+    summary = report.summary
+    style = "green" if report.exit_code == 0 else "red" if report.exit_code == 1 else "yellow"
+    console.print(
+        f"[bold]{summary.total}[/] tensors: [green]{summary.passed} passed[/], [red]{summary.failed} failed[/], "
+        f"[yellow]{summary.skipped} skipped[/], [magenta]{summary.errored} errors[/]"
+        + (f" ({summary.allowed_failures} failures and {summary.allowed_skips} skips allowed)"
+           if summary.allowed_failures or summary.allowed_skips else ""),
+        highlight=False,
+    )
+    if any(report.problems.values()):
+        for side, problems in report.problems.items():
+            for problem in problems:
+                console.print(f"[yellow]{side} run: {problem}[/]", highlight=False)
+    console.print(f"[{style}]exit {report.exit_code}: {report.exit_reason}[/]", highlight=False)
+    if any(r.origin == "propagated" for r in report.results):
+        console.print("[dim]^ propagated: a tensor it consumes did not pass[/]")
