@@ -145,7 +145,8 @@ def _missing_attribute_message(location: TargetLocation, owner: str, part: str, 
     message = f"target {location.target!r}: {owner} ({location.file}) defines no {part!r}"
     imported = _imported_names(scope)
     if part in imported:
-        return f"{message}; it is imported there from {imported[part]}: target {imported[part]}.{part}... instead"
+        rest = location.attributes[location.attributes.index(part):]
+        return f"{message}; it is imported there from {imported[part]}: target {imported[part]}.{'.'.join(rest)} instead"
     if is_class:
         message += " (an inherited method must be patched in the class that defines it)"
     close = difflib.get_close_matches(part, list(defined), n=3)
