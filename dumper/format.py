@@ -12,6 +12,7 @@ Everything is JSON or safetensors; nothing is ever pickled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -213,10 +214,31 @@ class RankInfo:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
+def write_json_atomic(path: str, data: dict[str, Any], *, pad_to: int = 0) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one.
+
+    ``pad_to``: pad the file with spaces to this many bytes, so that a later
+    ``rewrite_json_in_place`` fits in the blocks it already owns (a full disk).
+    """
+    text = json.dumps(data, indent=1, sort_keys=True, default=_json_default) + "\n"
+    text += " " * max(0, pad_to - len(text.encode("utf-8")))
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True, default=_json_default)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def rewrite_json_in_place(path: str, data: dict[str, Any]) -> None:
+    """Overwrite a padded JSON file without allocating: the last resort on a full disk."""
+    text = json.dumps(data, separators=(",", ":"), sort_keys=True, default=_json_default).encode("utf-8")
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if len(text) + 1 > size:
+            raise OSError(f"{path}: {len(text)} bytes do not fit in {size}")
+        handle.seek(0)
+        handle.write(text + b"\n" + b" " * (size - len(text) - 1))

@@ -9,6 +9,7 @@ index points at data that is already complete on disk.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -23,11 +24,16 @@ from dumper.format import (
     IndexRecord,
     RankInfo,
     data_file_name,
+    rewrite_json_in_place,
     write_json_atomic,
 )
 from dumper.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+# rank.json is padded to this size so that its final update still fits when the
+# disk has filled up (it is then rewritten in place, without new blocks).
+_RANK_INFO_PAD = 8192
 
 
 @dataclass(kw_only=True)
@@ -76,7 +82,7 @@ class RankWriter:
         self._busy = False
         self._lost: dict[str, int] = dict(rank_info.lost)
         self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
-        write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json())
+        write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json(), pad_to=_RANK_INFO_PAD)
         self._thread = threading.Thread(target=self._run, name="dumpcmp-writer", daemon=True)
         self._thread.start()
 
@@ -137,13 +143,17 @@ class RankWriter:
                 "records": self._records_written,
                 "last_step": self._last_step,
                 "lost": dict(self._lost),
-                "error": None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}",
+                "error": None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}"[:1000],
             }
         )
+        path = os.path.join(self.rank_dir, RANK_INFO_FILE)
         try:
-            write_json_atomic(os.path.join(self.rank_dir, RANK_INFO_FILE), info.to_json())
-        except OSError as exc:
-            log.warning("dumpcmp: could not update %s: %s", RANK_INFO_FILE, exc)
+            write_json_atomic(path, info.to_json(), pad_to=_RANK_INFO_PAD)
+        except OSError:
+            try:
+                rewrite_json_in_place(path, info.to_json())
+            except OSError as exc:
+                log.debug("dumpcmp: could not update %s: %s", path, exc)
 
     def _take_batch(self) -> tuple[list[PendingRecord], bool]:
         with self._cond:
@@ -227,18 +237,24 @@ class RankWriter:
                 time=item.time,
             )
             lines.append(record.to_json_line())
-            self._last_step = item.step
         if file_name:
             from safetensors.torch import save_file
 
             final_path = os.path.join(self.rank_dir, file_name)
             tmp_path = final_path + ".tmp"
-            save_file(tensors, tmp_path)
-            os.replace(tmp_path, final_path)
+            try:
+                save_file(tensors, tmp_path)
+                os.replace(tmp_path, final_path)
+            except BaseException:
+                # Give the space back (a full disk is the usual cause) before failing.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_path)
+                raise
             self._next_file += 1
         self._index.write("\n".join(lines) + "\n")
         self._index.flush()
         self._records_written += len(batch)
+        self._last_step = batch[-1].step
         del tensors
         for item in batch:
             item.snapshot.release()
