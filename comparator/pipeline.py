@@ -33,7 +33,7 @@ from comparator.results import Report, SideInfo, TensorResult
 from comparator.thresholds import Thresholds, load_thresholds
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
 from comparator.verdicts import describe_failure, finalize, judge
-from dumper.errors import DumpcmpError, RunFormatError
+from dumper.errors import DumpcmpError, RunFormatError, RunNotFoundError
 from dumper.format import IndexRecord
 from dumper.reader import Run, open_run
 
@@ -79,6 +79,10 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
     aligner = get_aligner(options.aligner)
     thresholds = load_thresholds(options.thresholds)
     with open_run(baseline) as baseline_run, open_run(target) as target_run:
+        for run in (baseline_run, target_run):
+            if not any(rank.records for rank in run.ranks):
+                found = f" ({run.problems[0]})" if run.problems else ""
+                raise RunNotFoundError(f"{run.path}: the run holds no dumped tensors{found}")
         items = plan_comparison(baseline_run, target_run, options, aligner)
         if options.jobs > 1 and sum(1 for i in items if i.skip is None and i.error is None) > 1:
             produced = _run_parallel(items, baseline_run.path, target_run.path, options)

@@ -125,6 +125,12 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
             )
         notes.append(f"only {axis} rank {held[0] if held else '?'} of {size} dumped it")
     ops = _ops(spec, active)
+    if not ops and len(records) > 1:
+        ranks = ", ".join(str(r.rank) for r in records)
+        raise UnshardError(
+            f"{label}: ranks {ranks} each dumped it but no parallel axis tells how they combine; "
+            "record the layout with dumper.set_parallel(tp=(rank, size)) and annotate dims"
+        )
     shards: list[tuple[Coords, IndexRecord]] = []
     seen: dict[Coords, IndexRecord] = {}
     for record in records:
@@ -138,12 +144,6 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
             )
         seen[coords] = record
         shards.append((coords, record))
-    if not ops and len(shards) > 1:
-        ranks = ", ".join(str(r.rank) for r in records)
-        raise UnshardError(
-            f"{label}: ranks {ranks} each dumped it but no parallel axis tells how they combine; "
-            "record the layout with dumper.set_parallel(tp=(rank, size)) and annotate dims"
-        )
     shards.sort(key=lambda item: item[0])
     plan = UnshardPlan(
         label=label, ops=ops, shards=tuple(shards), dims=spec, shape=(), dtype=records[0].dtype, notes=tuple(notes)

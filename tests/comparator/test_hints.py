@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import torch
+
+from comparator.hints import padding_hint, scale_hint, shape_hint
+from comparator.metrics import compute_metrics
+
+
+def test_scale_hint_matches_group_sizes_and_axis_names():
+    x = torch.randn(100)
+    assert "target = 4 x baseline" in scale_hint(compute_metrics(x, 4 * x), {"ep": 4})
+    assert "(the size of ep)" in scale_hint(compute_metrics(x, 4 * x), {"ep": 4})
+    assert "target = 1/2 x baseline" in scale_hint(compute_metrics(x, x / 2), {})
+    assert "missing reduction" in scale_hint(compute_metrics(x, x / 2), {})
+    assert "sign is flipped" in scale_hint(compute_metrics(x, -x), {})
+    assert "1.37 x baseline" in scale_hint(compute_metrics(x, 1.37 * x), {})
+    assert scale_hint(compute_metrics(x, x + torch.randn(100)), {}) is None
+
+
+def test_shape_hint_spots_an_unannotated_split():
+    assert "1/2 of the baseline's" in shape_hint((5, 16), (5, 8), axis_sizes={"tp": 2})
+    assert shape_hint((5, 16), (5, 7), axis_sizes={"tp": 2}) is None
+
+
+def test_padding_hint_names_the_aligner():
+    baseline = torch.randn(5, 8)
+    padded = torch.cat([baseline, torch.zeros(1, 8)])
+    hint = padding_hint(baseline, padded, token_dim=0, passes=lambda m: m.rel_diff < 1e-6)
+    assert "target has 1 extra rows along dim 0" in hint and "--aligner concat_steps" in hint
+    middle = torch.cat([baseline[:2], torch.zeros(1, 8), baseline[2:]])
+    assert "all-zero rows" in padding_hint(baseline, middle, token_dim=0, passes=lambda m: m.rel_diff < 1e-6)
+    assert padding_hint(baseline, torch.randn(6, 8), token_dim=0, passes=lambda m: m.rel_diff < 1e-6) is None
