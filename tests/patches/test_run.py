@@ -9,14 +9,17 @@ import textwrap
 import pytest
 
 from dumper.reader import open_run
-from tests.helpers.procs import clean_env
+from tests.helpers.procs import REPO, clean_env
 
 DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]
 
 
 def dumpcmp(*args, cwd, timeout=240, **env):
-    return subprocess.run([*DUMPCMP, *args], env=clean_env(PYTHONPATH=str(cwd), OMP_NUM_THREADS="1", **env),
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """Run the dumpcmp CLI in a fresh interpreter with ``cwd`` (the test's project) importable."""
+    settings = {"PYTHONPATH": str(cwd), "OMP_NUM_THREADS": "1", **env}
+    settings["PYTHONPATH"] = os.pathsep.join([settings["PYTHONPATH"], str(REPO)])
+    return subprocess.run([*DUMPCMP, *args], env=clean_env(**settings), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture
@@ -170,3 +173,14 @@ def test_manual_bootstrap_without_the_cli(project):
                    env=env, cwd=project, check=True, timeout=120)
     with open_run(project / "run") as run:
         assert [(r.name, r.tags["layer"]) for r in run.records] == [("y", 7)]
+
+
+def test_the_bootstrap_runs_the_environment_s_own_sitecustomize(project, tmp_path):
+    other = tmp_path / "other_site"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['OTHER_SITECUSTOMIZE'] = 'ran'\n")
+    result = dumpcmp("run", "--dir", "run", "--", sys.executable, "-c",
+                     "import os; print(os.environ.get('OTHER_SITECUSTOMIZE'))",
+                     cwd=project, PYTHONPATH=os.pathsep.join([str(project), str(other)]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ran"
