@@ -69,7 +69,8 @@ def check_target(target: str, layers: list[TargetPatch]) -> TargetCheck:
         compile_patched(source, layers, live=False)
     except PatchError as exc:
         message = str(exc)
-        if "\n" not in message.split(":", 3)[-1] and not message.startswith(layers[0].file):
+        if not message.startswith(layers[0].file):
+            # Target errors do not know the patch file: say where the target is named.
             message = f"{layers[0].location}: {message}"
         return TargetCheck(target=target, file=file, problem=message)
     return TargetCheck(target=target, file=file, problem=None)
