@@ -1,0 +1,121 @@
+"""The ``by_request`` aligner: match tokens by (request id, position), whatever the batching.
+
+Per side, every step's real rows are kept (as ``concat_steps`` does) and each is named
+by its token's request id and position, read from the step's token metadata. The
+tokens both runs hold are compared in (request id, position) order; tokens one run
+holds and the other does not are counted in the result's alignment note (with the
+first few named), not dropped silently. Right when the runs order, batch, chunk or
+schedule requests differently: another engine, another scheduler, another DP split.
+
+Per-request rows (dims ``r``, e.g. logits) are matched by (request id, position of the
+request's last token in that step). Tensors with neither ``t`` nor ``r`` cannot be
+matched by request: their steps are concatenated as dumped (the note says so). The
+per-DP-rank token counts are compared as the total over all steps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from aligners.base import AlignContext, Aligned, AlignUnit, Side, SideAlignment, TokenKey
+from aligners.errors import AlignerError
+from aligners.metadata import MetadataNames, StepTokens
+from aligners.steps import (
+    StepTablePlanner, check_unit, concat_plain, finish, is_layout_metadata, keep_real_rows, request_dim,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+EXAMPLES = 3  # tokens named per side in a note
+
+
+class ByRequestAligner(StepTablePlanner):
+    name = "by_request"
+    need_keys = True
+
+    def __init__(self, names: MetadataNames | None = None) -> None:
+        super().__init__(names)
+
+    def align(self, unit: AlignUnit, baseline: Sequence["torch.Tensor"], target: Sequence["torch.Tensor"],
+              context: AlignContext) -> Aligned:
+        import torch
+
+        check_unit(self.name, unit, baseline, target)
+        if is_layout_metadata(context.name, self.names):
+            totals = [torch.stack([t.sum() for t in tensors]).sum().reshape(1) for tensors in (baseline, target)]
+            notes = [SideAlignment(steps=steps, rows=len(steps), rows_kept=1)
+                     for steps in (unit.baseline_steps, unit.target_steps)]
+            return finish(self.name, context, totals[0], totals[1], notes[0], notes[1], tokens=None,
+                          detail="per-DP-rank counts compared as the total over all steps")
+        keyed: dict[str, tuple["torch.Tensor", tuple[TokenKey, ...], SideAlignment, int]] = {}
+        for side, tensors, steps, tables in (("baseline", baseline, unit.baseline_steps, unit.baseline_tokens),
+                                             ("target", target, unit.target_steps, unit.target_tokens)):
+            found = self._keyed_rows(side, context, tensors, steps, tables)  # type: ignore[arg-type]
+            if found is None:
+                break
+            keyed[side] = found
+        if len(keyed) < 2:
+            # Neither a token nor a request dim: nothing to match by request.
+            b, b_note = concat_plain(baseline, unit.baseline_steps, None)
+            t, t_note = concat_plain(target, unit.target_steps, None)
+            return finish(self.name, context, b, t, b_note, t_note, tokens=None,
+                          detail="no 't' or 'r' dim: steps concatenated as dumped")
+        b_tensor, b_keys, b_note, b_dim = keyed["baseline"]
+        t_tensor, t_keys, t_note, t_dim = keyed["target"]
+        b_index = _index(self.name, "baseline", context.name, b_keys)
+        t_index = _index(self.name, "target", context.name, t_keys)
+        common = sorted(b_index.keys() & t_index.keys())
+        only_b = sorted(b_index.keys() - t_index.keys())
+        only_t = sorted(t_index.keys() - b_index.keys())
+        b_note = _with_only(b_note, only_b)
+        t_note = _with_only(t_note, only_t)
+
+        def pick(tensor: "torch.Tensor", index: dict[TokenKey, int], dim: int) -> "torch.Tensor":
+            rows = [index[key] for key in common]
+            if rows == list(range(int(tensor.shape[dim]))):
+                return tensor
+            return tensor.index_select(dim, torch.tensor(rows, dtype=torch.long, device=tensor.device))
+
+        return finish(self.name, context, pick(b_tensor, b_index, b_dim), pick(t_tensor, t_index, t_dim), b_note, t_note,
+                      tokens=len(common))
+
+    def _keyed_rows(self, side: Side, context: AlignContext, tensors: Sequence["torch.Tensor"], steps: tuple[int, ...],
+                    tables: tuple[StepTokens, ...]) -> tuple["torch.Tensor", tuple[TokenKey, ...], SideAlignment, int] | None:
+        """The side's rows, concatenated over steps, with the token key of each row; None without t or r dims."""
+        token_dim = context.token_dim(side)
+        if token_dim is not None:
+            kept = keep_real_rows(self.name, side, context.name, tensors, steps, tables, token_dim, self.names)
+            keys = tuple(key for table in kept.tables for key in (table.keys or ()))
+            if len(keys) != kept.note.rows_kept:
+                raise AlignerError(f"{self.name}: {side} {context.name}: {kept.note.rows_kept} real rows but "
+                                   f"{len(keys)} token keys in the metadata")
+            return kept.tensor, keys, kept.note, token_dim
+        dim = request_dim(context, side)
+        if dim is None:
+            return None
+        keys_list: list[TokenKey] = []
+        for step, tensor, table in zip(steps, tensors, tables):
+            rows = table.request_rows or ()
+            if int(tensor.shape[dim]) != len(rows):
+                raise AlignerError(f"{self.name}: {side} {context.name} at step {step} has {int(tensor.shape[dim])} "
+                                   f"request rows, but the step's metadata names {len(rows)} requests")
+            keys_list.extend(rows)
+        joined, note = concat_plain(tensors, steps, dim)
+        return joined, tuple(keys_list), note, dim
+
+
+def _index(aligner: str, side: str, name: str, keys: tuple[TokenKey, ...]) -> dict[TokenKey, int]:
+    index: dict[TokenKey, int] = {}
+    for row, key in enumerate(keys):
+        if key in index:
+            raise AlignerError(f"{aligner}: {side} {name} holds token (request {key[0]}, position {key[1]}) twice "
+                               f"(rows {index[key]} and {row}); by_request needs each token once per run")
+        index[key] = row
+    return index
+
+
+def _with_only(note: SideAlignment, only: list[TokenKey]) -> SideAlignment:
+    from dataclasses import replace
+
+    return replace(note, only_here=len(only), only_here_examples=tuple(only[:EXAMPLES]))
