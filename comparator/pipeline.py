@@ -17,6 +17,7 @@ by the number of tensors in a run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import Future
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from aligners import AlignContext, Aligner, AlignUnit, get_aligner
 from comparator.errors import NothingUsableError, UnshardError
+from comparator.loading import TensorLoader
 from comparator.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
 from comparator.matching import Series, TensorKey, group_records, match_runs
 from comparator.metrics import Metrics, compute_metrics, identical_metrics
@@ -78,7 +80,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         raise TypeError("pass either options= or option keywords, not both")
     aligner = get_aligner(options.aligner)
     thresholds = load_thresholds(options.thresholds)
-    with open_run(baseline) as baseline_run, open_run(target) as target_run:
+    with _single_threaded_torch(), open_run(baseline) as baseline_run, open_run(target) as target_run:
         for run in (baseline_run, target_run):
             if not any(rank.records for rank in run.ranks):
                 found = f" ({run.problems[0]})" if run.problems else ""
@@ -107,6 +109,24 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         first_divergence=first, results=final, exit_code=code, exit_reason=reason, problems=problems,
         thresholds=options.thresholds,
     )
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    """Run torch ops on one thread while comparing, then restore the setting.
+
+    NOTE: the per-tensor reductions are memory-bound and a few megabytes each; intra-op
+    threads only add synchronisation (7x slower on a busy 2-core machine). Use
+    ``jobs`` for parallelism instead.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------- planning
@@ -200,33 +220,8 @@ class _Executor:
         self.options = options
         self.thresholds = thresholds
         self.aligner = aligner
-        self._checked_files: dict[str, str | None] = {}  # data file -> problem, if any
-
-    def _check_readable(self, run: Run, records: Sequence[IndexRecord]) -> None:
-        """Open the data files' headers (no tensor data): a corrupt file is found even
-        when equal checksums let the comparison skip reading it."""
-        from safetensors import safe_open
-
-        for record in records:
-            assert record.file is not None  # planning skipped stats-mode records
-            path = os.path.join(run.path, record.source, record.file)
-            if path not in self._checked_files:
-                if len(self._checked_files) > 4096:
-                    self._checked_files.clear()
-                try:
-                    with safe_open(path, framework="pt") as handle:
-                        keys = set(handle.keys())
-                    self._checked_files[path] = None
-                    self._checked_files[path + "\0keys"] = "\0".join(keys)
-                except FileNotFoundError:
-                    self._checked_files[path] = f"{path}: data file is missing"
-                except Exception as exc:  # safetensors raises its own error types
-                    self._checked_files[path] = f"{path}: corrupt safetensors file ({exc})"
-            problem = self._checked_files[path]
-            if problem is not None:
-                raise RunFormatError(problem)
-            if record.key not in (self._checked_files.get(path + "\0keys") or "").split("\0"):
-                raise RunFormatError(f"{path}: no key {record.key!r} for {record.name} (seq {record.seq})")
+        self.baseline_loader = TensorLoader(baseline_run, verify_checksums=options.verify_checksums)
+        self.target_loader = TensorLoader(target_run, verify_checksums=options.verify_checksums)
 
     def run(self, item: WorkItem) -> TensorResult:
         base = dict(
@@ -245,10 +240,6 @@ class _Executor:
         except DumpcmpError as exc:
             return TensorResult(**base, status="error", reason=str(exc))
 
-    def _load(self, run: Run) -> Callable[[IndexRecord], "torch.Tensor"]:
-        verify = self.options.verify_checksums
-        return lambda record: run.load(record, verify=verify)
-
     def _compare(self, item: WorkItem, base: dict[str, Any]) -> TensorResult:
         notes: list[str] = [n for plan in item.baseline_plans + item.target_plans for n in plan.notes]
         baseline_dtype = item.baseline_plans[0].dtype
@@ -260,8 +251,8 @@ class _Executor:
         metrics = self._identical(item, token_dim)
         replicas: dict[str, float] = {}
         if metrics is None:
-            baseline_outcomes = [execute_unshard(p, self._load(self.baseline_run)) for p in item.baseline_plans]
-            target_outcomes = [execute_unshard(p, self._load(self.target_run)) for p in item.target_plans]
+            baseline_outcomes = [execute_unshard(p, self.baseline_loader.load) for p in item.baseline_plans]
+            target_outcomes = [execute_unshard(p, self.target_loader.load) for p in item.target_plans]
             for outcome in baseline_outcomes:
                 for axis, value in outcome.replica_disagreement.items():
                     if value > 0:
@@ -308,8 +299,12 @@ class _Executor:
                 return None
         if any(r.stats.l2 is None and r.stats.numel for r in b.records):
             return None
-        self._check_readable(self.baseline_run, b.records)
-        self._check_readable(self.target_run, t.records)
+        # NOTE: equal checksums let the data go unread; the files' headers are still
+        # checked, so a corrupt or missing file is reported either way.
+        for record in b.records:
+            self.baseline_loader.check(record)
+        for record in t.records:
+            self.target_loader.check(record)
         squared = sum((r.stats.l2 or 0.0) ** 2 for r in b.records)
         return identical_metrics(
             numel=sum(r.stats.numel for r in b.records), norm=squared ** 0.5, shape=b.shape, token_dim=token_dim,
@@ -321,7 +316,7 @@ class _Executor:
         if baseline_tensor is None or len(item.target_plans) != 1:
             return None
         axis = max(replicas, key=lambda a: replicas[a])
-        summed = execute_unshard(item.target_plans[0], self._load(self.target_run), sum_axes=frozenset({axis}),
+        summed = execute_unshard(item.target_plans[0], self.target_loader.load, sum_axes=frozenset({axis}),
                                  verify_replicas=False).tensor
         sum_metrics = None
         passes = False

@@ -103,4 +103,6 @@ def report_to_json(report: Report) -> dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
-    return json.dumps(report_to_json(report), indent=1, allow_nan=False, default=str) + "\n"
+    # NOTE: compact: a run of thousands of tensors with per-token errors makes megabytes
+    # of JSON, and indenting it costs more than comparing (pipe it through jq to read it).
+    return json.dumps(report_to_json(report), separators=(",", ":"), allow_nan=False, default=str) + "\n"

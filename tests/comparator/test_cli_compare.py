@@ -175,7 +175,6 @@ def test_allow_skip_and_exit_3(runs):
     ("extra", "message"),
     [
         (["--aligner", "nope"], "unknown aligner 'nope'; valid aligners: none, concat_steps, by_request"),
-        (["--aligner", "concat_steps"], "aligner 'concat_steps' is not implemented yet"),
         (["--format", "html"], "html report not available yet"),
         (["--steps", "3:1"], "empty step range '3:1'"),
         (["--names", "("], "--names '(' is not a valid regular expression"),

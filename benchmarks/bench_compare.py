@@ -1,0 +1,141 @@
+"""Benchmark ``dumpcmp compare`` against the time to just read the same bytes once.
+
+    python benchmarks/bench_compare.py [--tensors 384] [--mb 2] [--dir DIR] [--jobs 1]
+
+Writes two runs (baseline and target = baseline + small noise, so every tensor is
+really compared: equal checksums would let compare skip the data) through the
+dumper in a subprocess, then, in one benchmark run:
+
+1. reads every data file of both runs once (plain ``readinto``) and times it;
+2. runs ``dumpcmp compare BASE TARGET --format json`` as a child process and
+   records its wall time and peak RSS (``os.wait4``'s ``ru_maxrss``).
+
+Both are measured with a warm page cache (a warm-up read comes first), so the
+comparison is against memory bandwidth, not the disk. Prints one JSON object;
+results are recorded in docs/performance.md ("compare").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+WRITER = r"""
+import os, torch
+from dumper import dumper
+tensors, elements = int(os.environ["BENCH_TENSORS"]), int(os.environ["BENCH_ELEMENTS"])
+noise = float(os.environ["BENCH_NOISE"])
+generator = torch.Generator().manual_seed(0)
+noise_generator = torch.Generator().manual_seed(1)
+tokens = 512
+for index in range(tensors):
+    value = torch.randn(tokens, elements // tokens, generator=generator)
+    if noise:
+        value += noise * torch.randn(value.shape, generator=noise_generator)
+    with dumper.tags(layer=index // 8):
+        dumper.dump(f"tensor_{index % 8}", value, dims="t h")
+    if index % 64 == 63:
+        dumper.step()
+"""
+
+
+def write_run(path: Path, *, tensors: int, elements: int, noise: float) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUMPCMP_")}
+    env.update(DUMPCMP_DIR=str(path), BENCH_TENSORS=str(tensors), BENCH_ELEMENTS=str(elements), BENCH_NOISE=str(noise),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, "-c", WRITER], env=env, check=True)
+
+
+def read_once(paths: list[Path]) -> tuple[float, int]:
+    buffer = bytearray(16 << 20)
+    view = memoryview(buffer)
+    total = 0
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while True:
+                count = handle.readinto(view)
+                if not count:
+                    break
+                total += count
+    return time.perf_counter() - start, total
+
+
+def timed_child(command: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS bytes, exit code) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if process.returncode not in (0, 1):
+        raise SystemExit(f"compare failed ({process.returncode}): {stderr}")
+    return wall, usage.ru_maxrss * 1024, process.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tensors", type=int, default=384)
+    parser.add_argument("--mb", type=float, default=2.0, help="size of one tensor in MB (fp32)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the runs (default: a temp dir, removed)")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    elements = int(args.mb * (1 << 20)) // 4
+    root = args.dir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    try:
+        baseline, target = root / "baseline", root / "target"
+        for path in (baseline, target):
+            shutil.rmtree(path, ignore_errors=True)
+        write_start = time.perf_counter()
+        write_run(baseline, tensors=args.tensors, elements=elements, noise=0.0)
+        write_run(target, tensors=args.tensors, elements=elements, noise=1e-4)
+        write_seconds = time.perf_counter() - write_start
+        files = sorted(baseline.rglob("*.safetensors")) + sorted(target.rglob("*.safetensors"))
+        read_once(files)  # warm the page cache
+        reads, compares, rss = [], [], []
+        entry = shutil.which("dumpcmp")
+        launcher = [entry] if entry else [sys.executable, "-c", "from comparator.cli import main; main()"]
+        command = launcher + ["compare", str(baseline), str(target), "--format", "json", "--jobs", str(args.jobs)]
+        code = None
+        for _ in range(args.repeat):
+            seconds, total = read_once(files)
+            reads.append(seconds)
+            wall, peak, code = timed_child(command)
+            compares.append(wall)
+            rss.append(peak)
+        read_seconds = min(reads)
+        compare_seconds = min(compares)
+        result = {
+            "tensors": args.tensors,
+            "tensor_mb": args.mb,
+            "bytes_read": total,
+            "write_seconds": round(write_seconds, 2),
+            "read_seconds": round(read_seconds, 3),
+            "read_gb_per_s": round(total / read_seconds / 1e9, 2),
+            "compare_seconds": round(compare_seconds, 3),
+            "compare_seconds_all": [round(c, 3) for c in compares],
+            "target_seconds": round(2 * read_seconds + 1.0, 3),
+            "peak_rss_mb": round(max(rss) / (1 << 20), 1),
+            "jobs": args.jobs,
+            "exit_code": code,
+            "cpus": os.cpu_count(),
+        }
+        print(json.dumps(result, indent=1))
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
