@@ -70,17 +70,17 @@ def read_once(paths: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - start, total
 
 
-def timed_child(command: list[str]) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS bytes, exit code) of one child process."""
+def timed_child(command: list[str]) -> tuple[float, int, int, float]:
+    """(wall seconds, peak RSS bytes, exit code, CPU seconds) of one child process."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     stderr = process.stderr.read().decode() if process.stderr else ""
-    if process.returncode not in (0, 1):
+    if process.returncode not in (0, 1, 3):
         raise SystemExit(f"compare failed ({process.returncode}): {stderr}")
-    return wall, usage.ru_maxrss * 1024, process.returncode
+    return wall, usage.ru_maxrss * 1024, process.returncode, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
         write_seconds = time.perf_counter() - write_start
         files = sorted(baseline.rglob("*.safetensors")) + sorted(target.rglob("*.safetensors"))
         read_once(files)  # warm the page cache
-        reads, compares, rss = [], [], []
+        reads, compares, rss, cpu, startups = [], [], [], [], []
         entry = shutil.which("dumpcmp")
         launcher = [entry] if entry else [sys.executable, "-c", "from comparator.cli import main; main()"]
         command = launcher + ["compare", str(baseline), str(target), "--format", "json", "--jobs", str(args.jobs)]
@@ -111,9 +111,12 @@ def main() -> None:
         for _ in range(args.repeat):
             seconds, total = read_once(files)
             reads.append(seconds)
-            wall, peak, code = timed_child(command)
+            wall, peak, code, seconds_cpu = timed_child(command)
             compares.append(wall)
             rss.append(peak)
+            cpu.append(seconds_cpu)
+            # The same command comparing nothing: start-up (imports, index reading).
+            startups.append(timed_child(command + ["--names", "^$"])[0])
         read_seconds = min(reads)
         compare_seconds = min(compares)
         result = {
@@ -125,11 +128,14 @@ def main() -> None:
             "read_gb_per_s": round(total / read_seconds / 1e9, 2),
             "compare_seconds": round(compare_seconds, 3),
             "compare_seconds_all": [round(c, 3) for c in compares],
+            "compare_cpu_seconds": round(min(cpu), 3),
+            "startup_seconds": round(min(startups), 3),
             "target_seconds": round(2 * read_seconds + 1.0, 3),
             "peak_rss_mb": round(max(rss) / (1 << 20), 1),
             "jobs": args.jobs,
             "exit_code": code,
             "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
         print(json.dumps(result, indent=1))
     finally:
