@@ -87,7 +87,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
                 raise RunNotFoundError(f"{run.path}: the run holds no dumped tensors{found}")
         items = plan_comparison(baseline_run, target_run, options, aligner)
         if options.jobs > 1 and sum(1 for i in items if i.skip is None and i.error is None) > 1:
-            produced = _run_parallel(items, baseline_run.path, target_run.path, options)
+            produced = _run_parallel(items, baseline_run, target_run, options)
         else:
             executor = _Executor(baseline_run=baseline_run, target_run=target_run, options=options,
                                  thresholds=thresholds, aligner=aligner)
@@ -349,12 +349,17 @@ def _token_dim(item: WorkItem) -> int | None:
 _worker: _Executor | None = None
 
 
-def _init_worker(baseline_path: str, target_path: str, options: CompareOptions) -> None:
+def _init_worker(baseline_path: str, target_path: str, formats: tuple[str, str], options: CompareOptions) -> None:
     global _worker
-    # NOTE: workers only load data; the parent already read and planned the indexes.
+
+    def worker_run(path: str, run_format: str) -> Run:
+        # NOTE: workers only load data; the parent already read and planned the indexes.
+        # Other formats (SGLang .pt dumps) load through their own reader.
+        return Run(path=path, info=None, ranks=[]) if run_format == "dumpcmp" else open_run(path)
+
     _worker = _Executor(
-        baseline_run=Run(path=baseline_path, info=None, ranks=[]),
-        target_run=Run(path=target_path, info=None, ranks=[]),
+        baseline_run=worker_run(baseline_path, formats[0]),
+        target_run=worker_run(target_path, formats[1]),
         options=options, thresholds=load_thresholds(options.thresholds), aligner=get_aligner(options.aligner),
     )
     import torch
@@ -367,7 +372,7 @@ def _work(item: WorkItem) -> TensorResult:
     return _worker.run(item)
 
 
-def _run_parallel(items: list[WorkItem], baseline_path: str, target_path: str, options: CompareOptions) -> Iterator[TensorResult]:
+def _run_parallel(items: list[WorkItem], baseline_run: Run, target_run: Run, options: CompareOptions) -> Iterator[TensorResult]:
     """Results in order, from ``options.jobs`` worker processes, a bounded window in flight."""
     import multiprocessing
     from collections import deque
@@ -376,7 +381,8 @@ def _run_parallel(items: list[WorkItem], baseline_path: str, target_path: str, o
     window = 2 * options.jobs
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=options.jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(baseline_path, target_path, options)) as pool:
+                             initargs=(baseline_run.path, target_run.path, (baseline_run.format, target_run.format),
+                                       options)) as pool:
         pending: deque[Future[TensorResult]] = deque()
         queue = iter(items)
         for item in queue:
