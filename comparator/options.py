@@ -169,6 +169,7 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
 @dataclass(frozen=True, kw_only=True)
 class CompareOptions:
     aligner: str = "none"
+    aligner_metadata: str | None = None  # token metadata dump names, "key=name,..." (aligners.MetadataNames)
     thresholds: str | None = None  # YAML file
     allow_fail: re.Pattern[str] | None = None
     allow_skip: re.Pattern[str] | None = None
@@ -202,7 +203,7 @@ class CompareOptions:
 
     @classmethod
     def from_values(
-        cls, *, aligner: str = "none", thresholds: str | os.PathLike[str] | None = None, allow_fail: str | None = None,
+        cls, *, aligner: str = "none", aligner_metadata: str | None = None, thresholds: str | os.PathLike[str] | None = None, allow_fail: str | None = None,
         allow_skip: str | None = None, steps: str | None = None, baseline_steps: str | None = None,
         names: str | None = None, exclude: str | None = None, name_map: str | os.PathLike[str] | None = None,
         override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,
@@ -210,9 +211,10 @@ class CompareOptions:
         """Build from plain strings (CLI values); raises OptionError naming the bad one."""
         from aligners import get_aligner
 
-        get_aligner(aligner)  # unknown or unavailable aligners fail before any work
+        get_aligner(aligner, metadata=aligner_metadata)  # unknown aligners or metadata keys fail before any work
         return cls(
             aligner=aligner,
+            aligner_metadata=aligner_metadata,
             thresholds=os.fspath(thresholds) if thresholds is not None else None,
             allow_fail=compile_regex(allow_fail, "--allow-fail"),
             allow_skip=compile_regex(allow_skip, "--allow-skip"),

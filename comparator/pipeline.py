@@ -24,11 +24,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from aligners import AlignContext, Aligner, AlignUnit, get_aligner
+from aligners import AlignContext, Aligner, AlignmentNote, AlignUnit, AuxLoader, get_aligner
 from comparator.errors import NothingUsableError, UnshardError
 from comparator.loading import TensorLoader
 from comparator.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
-from comparator.matching import Series, TensorKey, group_records, match_runs
+from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
 from comparator.metrics import Metrics, compute_metrics, identical_metrics
 from comparator.options import CompareOptions
 from comparator.results import Report, SideInfo, TensorResult
@@ -78,7 +78,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         options = CompareOptions.from_values(**option_values)
     elif option_values:
         raise TypeError("pass either options= or option keywords, not both")
-    aligner = get_aligner(options.aligner)
+    aligner = get_aligner(options.aligner, metadata=options.aligner_metadata)
     thresholds = load_thresholds(options.thresholds)
     with _single_threaded_torch(), open_run(baseline) as baseline_run, open_run(target) as target_run:
         for run in (baseline_run, target_run):
@@ -136,13 +136,38 @@ def plan_comparison(baseline_run: Run, target_run: Run, options: CompareOptions,
     baseline = group_records(baseline_run.records, ignore_tags=ignore)
     target = group_records(target_run.records, ignore_tags=ignore)
     axis_sizes = _axis_sizes(baseline_run, target_run)
+    baseline_aux = _aux_loader(baseline_run, baseline, options, "baseline")
+    target_aux = _aux_loader(target_run, target, options, "target")
     items: list[WorkItem] = []
     for series in match_runs(baseline, target, options):
-        context = AlignContext(name=series.name, tags=series.tags, baseline_token_dim=None, target_token_dim=None)
+        # NOTE: token aligners read the runs' token metadata here, before any big tensor
+        # is loaded; a missing metadata dump stops the comparison with one clear line.
+        context = AlignContext(name=series.name, tags=series.tags, baseline_token_dim=None, target_token_dim=None,
+                               baseline_aux=baseline_aux, target_aux=target_aux)
         for unit in aligner.plan(series.step_pairs, context):
             items.append(_plan_unit(series, unit, options, axis_sizes))
     items.sort(key=lambda item: item.order)
     return items
+
+
+def _aux_loader(run: Run, tensors: list[LogicalTensor], options: CompareOptions, side: str) -> AuxLoader:
+    """(name, step, tags) -> that unsharded tensor of ``run`` (small token metadata), or None if not dumped."""
+    by_key = {(t.name, t.step, tags_key(t.tags)): t for t in tensors}
+    cache: dict[tuple[Any, ...], "torch.Tensor | None"] = {}
+    loader = TensorLoader(run, verify_checksums=options.verify_checksums)
+
+    def load(name: str, step: int, tags: dict[str, Any]) -> "torch.Tensor | None":
+        key = (name, step, tags_key(tags))
+        if key not in cache:
+            tensor = by_key.get(key)
+            if tensor is None:
+                cache[key] = None
+            else:
+                plan = plan_unshard(f"{side} {tensor.label}", tensor.records, dims=options.dims_for(name, side))
+                cache[key] = execute_unshard(plan, loader.load, verify_replicas=False).tensor
+        return cache[key]
+
+    return load
 
 
 def _axis_sizes(*runs: Run) -> dict[str, int]:
@@ -260,14 +285,20 @@ class _Executor:
             for outcome in target_outcomes:
                 for axis, value in outcome.replica_disagreement.items():
                     replicas[axis] = max(replicas.get(axis, 0.0), value)
+            baseline_spec, target_spec = item.baseline_plans[0].dims, item.target_plans[0].dims
             context = AlignContext(
                 name=item.name, tags=item.tags,
                 baseline_token_dim=item.baseline_plans[0].token_dim, target_token_dim=item.target_plans[0].token_dim,
+                baseline_dims=baseline_spec.text if baseline_spec is not None else None,
+                target_dims=target_spec.text if target_spec is not None else None,
             )
-            baseline_tensor, target_tensor = self.aligner.align(
+            aligned = self.aligner.align(
                 item.unit, [o.tensor for o in baseline_outcomes], [o.tensor for o in target_outcomes], context
             )
             del baseline_outcomes, target_outcomes
+            baseline_tensor, target_tensor, alignment = aligned.baseline, aligned.target, aligned.note
+            base = dict(base, alignment=alignment)
+            token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
                 return self._shape_mismatch(item, base, notes, baseline_tensor, target_tensor, token_dim, rule, limits)
             metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)

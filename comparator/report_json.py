@@ -39,6 +39,7 @@ def result_to_json(result: TensorResult) -> dict[str, Any]:
         "origin_detail": result.origin_detail,
         "allowed": result.allowed,
         "notes": list(result.notes),
+        "alignment": result.alignment.to_json() if result.alignment is not None else None,
         "rule": result.judgement.rule if result.judgement is not None else None,
         "judgement": result.judgement.to_json() if result.judgement is not None else None,
         "baseline": result.baseline.to_json() if result.baseline is not None else None,

@@ -104,7 +104,8 @@ def render_table(report: Report, console: Console | None = None) -> None:
         }
         for column in ("rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"):
             cells[column] = _fmt(getattr(metrics, column)) if metrics is not None else "-"
-        rows.append((cells, STATUS_STYLE[result.status], result.hint or _short_reason(result) or "",
+        alignment = result.alignment.describe() if result.alignment is not None and result.alignment.changed_anything else ""
+        rows.append((cells, STATUS_STYLE[result.status], result.hint or _short_reason(result) or alignment,
                      "dim" if result.origin == "propagated" else ""))
     order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"]
     widths = {c: max([len(c)] + [len(r[0][c]) for r in rows if r is not None]) for c in order}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aligners import AlignmentNote
 from comparator.metrics import Metrics
 from comparator.thresholds import Limit
 
@@ -73,6 +74,7 @@ class TensorResult:
     load_error: bool = False  # the data could not be read (corrupt or missing file)
     predecessors: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()
     keys: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()  # the target tensors it covers
+    alignment: AlignmentNote | None = None  # what the token aligner did (steps merged, rows trimmed, ...)
 
     def __bool__(self) -> bool:
         return self.status == "pass"

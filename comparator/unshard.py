@@ -185,10 +185,6 @@ def _ops(spec: DimsSpec | None, active: dict[str, int]) -> tuple[AxisOp, ...]:
     if spec is None:
         return ()
     ops: list[AxisOp] = []
-    for axis in spec.replicated:
-        run_axis = spec.run_axis(axis)
-        if run_axis in active:
-            ops.append(AxisOp(axis=run_axis, size=active[run_axis], kind="pick"))
     for axis in spec.partial:
         run_axis = spec.run_axis(axis)
         if run_axis in active:
@@ -198,6 +194,13 @@ def _ops(spec: DimsSpec | None, active: dict[str, int]) -> tuple[AxisOp, ...]:
             run_axis = spec.run_axis(axis)
             if run_axis in active:
                 ops.append(AxisOp(axis=run_axis, size=active[run_axis], kind="concat", dim=index))
+    # NOTE: picks come innermost, so each shard position picks among the replicas that
+    # exist there: when two parallel views of one world overlap (DP-attention's attn_dp
+    # and ep over the same 2 ranks), only the diagonal of the grid exists.
+    for axis in spec.replicated:
+        run_axis = spec.run_axis(axis)
+        if run_axis in active:
+            ops.append(AxisOp(axis=run_axis, size=active[run_axis], kind="pick"))
     return tuple(ops)
 
 

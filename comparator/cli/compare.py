@@ -23,6 +23,9 @@ def compare_command(
     baseline: Path = typer.Argument(..., help="The trusted run directory (e.g. TP=1)."),
     target: Path = typer.Argument(..., help="The run under test (e.g. TP=2 + EP=2)."),
     aligner: str = typer.Option("none", "--aligner", "-a", help="Token aligner: none, concat_steps, by_request."),
+    aligner_meta: Optional[str] = typer.Option(
+        None, "--aligner-meta", help="Token metadata dump names for the aligners, KEY=NAME[,KEY=NAME] "
+        "(keys: input_ids, positions, token_req_ids, req_ids, seq_lens, extend_lens, num_tokens_per_dp_rank)."),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", "-t", help="YAML rules: name regex -> limits (first match wins)."),
     allow_fail: Optional[str] = typer.Option(None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate."),
     allow_skip: Optional[str] = typer.Option(None, "--allow-skip", help="Regex of tensor names that may be missing on one side."),
@@ -60,7 +63,7 @@ def compare_command(
         from comparator.options import CompareOptions
 
         options = CompareOptions.from_values(
-            aligner=aligner, thresholds=thresholds, allow_fail=allow_fail, allow_skip=allow_skip, steps=steps,
+            aligner=aligner, aligner_metadata=aligner_meta, thresholds=thresholds, allow_fail=allow_fail, allow_skip=allow_skip, steps=steps,
             baseline_steps=baseline_steps, names=names, exclude=exclude, name_map=name_map,
             override_dims=override_dims, jobs=jobs, verify_checksums=verify,
         )
