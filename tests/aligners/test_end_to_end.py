@@ -73,8 +73,14 @@ def test_without_an_aligner_the_padding_hint_names_concat_steps(runs):
     assert code == 1
     hints = {r["hint"] for r in report["results"] if r["status"] == "fail"}
     assert any("looks like padding, try --aligner concat_steps" in (h or "") for h in hints)
-    moe = by_label(report)["moe_output", 0, '{"layer": 1}']
+    results = by_label(report)
+    moe = results["moe_output", 0, '{"layer": 1}']
     assert moe["status"] == "fail" and "shape mismatch: baseline [5, 64] vs target [10, 64]" in moe["reason"]
+    # The seed-5 shape: [6, h] with the idle DP rank's padding row against [5, h].
+    attention = results["attn_output", 0, '{"layer": 0}']
+    assert attention["reason"] == "shape mismatch: baseline [5, 64] vs target [6, 64]"
+    assert attention["hint"] == ("target has 1 extra rows along dim 0 (at the end) and the rest match: looks like "
+                                 "padding, try --aligner concat_steps")
 
 
 def test_table_shows_the_alignment(runs):
