@@ -37,10 +37,13 @@ class AxisOp:
     size: int
     kind: OpKind
     dim: int | None = None  # the tensor dim a concat joins
+    # A zigzag split (SGLang's context parallelism): the dim is cut into 2 x size chunks
+    # and rank r holds chunks r and 2 x size - 1 - r, one after the other.
+    zigzag: bool = False
 
     def describe(self) -> str:
         if self.kind == "concat":
-            return f"concat dim {self.dim} over {self.axis}({self.size})"
+            return f"concat dim {self.dim} over {self.axis}({self.size}){', zigzag order' if self.zigzag else ''}"
         if self.kind == "sum":
             return f"sum over {self.axis}({self.size})"
         return f"pick one {self.axis} replica of {self.size}, verify the rest"
@@ -52,9 +55,10 @@ class UnshardPlan:
     ops: tuple[AxisOp, ...]
     shards: tuple[tuple[Coords, IndexRecord], ...]  # coordinates along ``ops`` -> record
     dims: DimsSpec | None
-    shape: tuple[int, ...]  # the whole tensor's shape
+    shape: tuple[int, ...]  # the whole tensor's shape (size-1 ``1`` dims dropped)
     dtype: str
     notes: tuple[str, ...] = ()
+    squeeze: tuple[int, ...] = ()  # dims named ``1`` in the dumped layout, dropped at the end
 
     @property
     def records(self) -> tuple[IndexRecord, ...]:
@@ -69,9 +73,10 @@ class UnshardPlan:
         return not self.ops and len(self.shards) == 1
 
     def describe(self) -> str:
-        if not self.ops:
-            return "single shard"
-        return "; ".join(op.describe() for op in self.ops)
+        steps = [op.describe() for op in self.ops]
+        if self.squeeze:
+            steps.append(f"drop size-1 dim{'s' if len(self.squeeze) > 1 else ''} {', '.join(map(str, self.squeeze))}")
+        return "; ".join(steps) if steps else "single shard"
 
     def replicated_axes(self) -> tuple[str, ...]:
         return tuple(op.axis for op in self.ops if op.kind == "pick")
@@ -149,8 +154,17 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
         label=label, ops=ops, shards=tuple(shards), dims=spec, shape=(), dtype=records[0].dtype, notes=tuple(notes)
     )
     shape = _walk_shape(plan, 0, ())
+    squeeze = spec.squeeze_dims if spec is not None else ()
+    for dim in squeeze:
+        if shape[dim] != 1:
+            raise UnshardError(
+                f"{label}: dims {spec.text!r} name dim {dim} '1' (a dim of size 1, dropped before comparing) "
+                f"but it holds {shape[dim]} entries (shape {list(shape)}); name it, or use --override-dims"
+            )
     return UnshardPlan(
-        label=label, ops=ops, shards=plan.shards, dims=spec, shape=shape, dtype=plan.dtype, notes=tuple(notes)
+        label=label, ops=ops, shards=plan.shards, dims=spec.squeezed() if spec is not None else None,
+        shape=tuple(size for dim, size in enumerate(shape) if dim not in squeeze), dtype=plan.dtype,
+        notes=tuple(notes), squeeze=squeeze,
     )
 
 
@@ -193,7 +207,8 @@ def _ops(spec: DimsSpec | None, active: dict[str, int]) -> tuple[AxisOp, ...]:
         for axis in dim.shards:  # outer split first: it is combined last
             run_axis = spec.run_axis(axis)
             if run_axis in active:
-                ops.append(AxisOp(axis=run_axis, size=active[run_axis], kind="concat", dim=index))
+                ops.append(AxisOp(axis=run_axis, size=active[run_axis], kind="concat", dim=index,
+                                  zigzag=axis in spec.zigzag))
     # NOTE: picks come innermost, so each shard position picks among the replicas that
     # exist there: when two parallel views of one world overlap (DP-attention's attn_dp
     # and ep over the same 2 ranks), only the diagonal of the grid exists.
@@ -239,6 +254,11 @@ def _walk_shape(plan: UnshardPlan, level: int, prefix: Coords) -> tuple[int, ...
             raise UnshardError(f"{plan.label}: partial sums over {op.axis} have different shapes {shapes}")
         return shapes[0]
     assert op.dim is not None
+    if op.zigzag and any(shape[op.dim] % 2 for shape in shapes):
+        raise UnshardError(
+            f"{plan.label}: a zigzag split over {op.axis} needs an even number of entries in dim {op.dim} "
+            f"on every rank (two chunks each), got {[shape[op.dim] for shape in shapes]}"
+        )
     others = {shape[: op.dim] + shape[op.dim + 1 :] for shape in shapes}
     if len(others) > 1:
         raise UnshardError(
@@ -256,7 +276,10 @@ def execute_unshard(plan: UnshardPlan, load: Callable[[IndexRecord], "torch.Tens
     """
     outcome = UnshardOutcome(tensor=None)  # type: ignore[arg-type]
     by_coords = dict(plan.shards)
-    outcome.tensor = _build(plan, by_coords, load, 0, (), sum_axes, verify_replicas, outcome)
+    tensor = _build(plan, by_coords, load, 0, (), sum_axes, verify_replicas, outcome)
+    for dim in reversed(plan.squeeze):
+        tensor = tensor.squeeze(dim)
+    outcome.tensor = tensor
     return outcome
 
 
@@ -300,6 +323,9 @@ def _build(plan: UnshardPlan, by_coords: dict[Coords, IndexRecord], load: Callab
     parts = [sub(rank) for rank in range(op.size)]
     if len({p.dtype for p in parts}) > 1:
         parts = [p.to(torch.float64) for p in parts]
+    if op.zigzag:
+        halves = [part.chunk(2, dim=op.dim) for part in parts]
+        parts = [first for first, _ in halves] + [second for _, second in reversed(halves)]
     return torch.cat(parts, dim=op.dim)
 
 
