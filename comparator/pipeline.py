@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from comparator.matching import LogicalTensor, Series, TensorKey, group_records,
 from comparator.metrics import Metrics, compute_metrics, identical_metrics
 from comparator.options import CompareOptions
 from comparator.results import Report, SideInfo, TensorResult
+from comparator.stats_only import StatsThresholds, load_stats_thresholds
 from comparator.thresholds import Thresholds, load_thresholds
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
 from comparator.verdicts import describe_failure, finalize, judge
@@ -66,6 +68,7 @@ class WorkItem:
     axis_sizes: dict[str, int]
     skip: str | None = None
     error: str | None = None
+    stats_only: bool = False  # a side has no tensor data (stats mode): judge from index stats
 
 
 def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
@@ -80,6 +83,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         raise TypeError("pass either options= or option keywords, not both")
     aligner = get_aligner(options.aligner, metadata=options.aligner_metadata)
     thresholds = load_thresholds(options.thresholds)
+    stats_thresholds = load_stats_thresholds(options.thresholds)
     with _single_threaded_torch(), open_run(baseline) as baseline_run, open_run(target) as target_run:
         for run in (baseline_run, target_run):
             if not any(rank.records for rank in run.ranks):
@@ -90,7 +94,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             produced = _run_parallel(items, baseline_run, target_run, options)
         else:
             executor = _Executor(baseline_run=baseline_run, target_run=target_run, options=options,
-                                 thresholds=thresholds, aligner=aligner)
+                                 thresholds=thresholds, aligner=aligner, stats_thresholds=stats_thresholds)
             produced = (executor.run(item) for item in items)
         results = []
         for done, result in enumerate(produced, start=1):
@@ -213,8 +217,10 @@ def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions, axis_si
     no_data = [side for side, plans in (("baseline", baseline_plans), ("target", target_plans))
                if any(record.file is None for plan in plans for record in plan.records)]
     if no_data:
-        return WorkItem(**common, baseline_plans=(), target_plans=(), baseline=baseline_info, target=target_info,
-                        skip=f"no tensor data in the {' and '.join(no_data)} run (dumped in stats mode)")
+        # NOTE: a stats-mode run still has every tensor's stats and checksum in its index:
+        # judge from those (comparator/stats_only.py) rather than skip.
+        return WorkItem(**common, baseline_plans=tuple(baseline_plans), target_plans=tuple(target_plans),
+                        baseline=baseline_info, target=target_info, stats_only=True)
     return WorkItem(**common, baseline_plans=tuple(baseline_plans), target_plans=tuple(target_plans),
                     baseline=baseline_info, target=target_info)
 
@@ -239,12 +245,13 @@ class _Executor:
     """Executes work items against open runs (in this process or a worker)."""
 
     def __init__(self, *, baseline_run: Run, target_run: Run, options: CompareOptions, thresholds: Thresholds,
-                 aligner: Aligner) -> None:
+                 aligner: Aligner, stats_thresholds: StatsThresholds | None = None) -> None:
         self.baseline_run = baseline_run
         self.target_run = target_run
         self.options = options
         self.thresholds = thresholds
         self.aligner = aligner
+        self.stats_thresholds = stats_thresholds if stats_thresholds is not None else load_stats_thresholds(options.thresholds)
         self.baseline_loader = TensorLoader(baseline_run, verify_checksums=options.verify_checksums)
         self.target_loader = TensorLoader(target_run, verify_checksums=options.verify_checksums)
 
@@ -257,6 +264,8 @@ class _Executor:
             return TensorResult(**base, status="skip", reason=item.skip)
         if item.error is not None:
             return TensorResult(**base, status="error", reason=item.error)
+        if item.stats_only:
+            return self._compare_stats(item, base)
         try:
             return self._compare(item, base)
         except RunFormatError as exc:
@@ -315,6 +324,37 @@ class _Executor:
         hint = hint or nonfinite_hint(metrics) or scale_hint(metrics, item.axis_sizes)
         return TensorResult(**base, status="fail", reason=reason, metrics=metrics, judgement=judgement, hint=hint,
                             notes=tuple(notes), replica_disagreement=replicas)
+
+    def _compare_stats(self, item: WorkItem, base: dict[str, Any]) -> TensorResult:
+        from comparator.results import Judgement
+        from comparator.stats_only import compare_stats, describe_stats_failure, judge_stats, stats_hint
+
+        base = dict(base, stats_only=True)
+        try:
+            comparison = compare_stats(item.baseline_plans, item.target_plans)
+        except UnshardError as exc:
+            return TensorResult(**base, status="skip", reason=f"stats only: {exc}")
+        b_shape = tuple(p.shape for p in item.baseline_plans)
+        t_shape = tuple(p.shape for p in item.target_plans)
+        if b_shape != t_shape:
+            shapes = " vs ".join(", ".join(str(list(s)) for s in side) for side in (b_shape, t_shape))
+            return TensorResult(**base, status="fail", stats=comparison,
+                                reason=f"shape mismatch: baseline vs target {shapes} (stats only: rows cannot be "
+                                       "aligned or trimmed without tensor data)")
+        rule, limits, require_checksum = self.stats_thresholds.limits_for(
+            item.name, item.tags, item.baseline_plans[0].dtype, item.target_plans[0].dtype)
+        failed = judge_stats(comparison, limits, require_checksum)
+        values = comparison.values()
+        required = {m: limit.widened_to(values[m]) for m, limit in limits.items() if not math.isnan(values[m])}
+        judgement = Judgement(rule=rule, limits=limits, failed=failed, required=required)
+        notes = ["compared from index stats and checksums only (a side was dumped in stats mode)"]
+        if comparison.checksum_match:
+            notes.append("checksums match: bitwise identical")
+        if not failed:
+            return TensorResult(**base, status="pass", stats=comparison, judgement=judgement, notes=tuple(notes))
+        return TensorResult(**base, status="fail", stats=comparison, judgement=judgement, notes=tuple(notes),
+                            reason=describe_stats_failure(comparison, limits, failed),
+                            hint=stats_hint(comparison, item.axis_sizes))
 
     def _identical(self, item: WorkItem, token_dim: int | None) -> Metrics | None:
         """Metrics without reading data, when both sides hold bitwise-identical shards."""

@@ -27,12 +27,17 @@ def _number(value: float | None) -> float | None:
 
 def result_to_json(result: TensorResult) -> dict[str, Any]:
     metrics = result.metrics
+    gate = {m: _number(metrics.as_dict()[m]) if metrics is not None else None for m in GATE_METRICS}
+    if result.stats is not None:
+        gate["norm_ratio"] = _number(result.stats.norm_ratio)  # the one contract metric stats can give
     data: dict[str, Any] = {
         "name": result.name,
         "step": result.step,
         "tags": result.tags,
         "status": result.status,
-        "metrics": {m: _number(metrics.as_dict()[m]) if metrics is not None else None for m in GATE_METRICS},
+        "metrics": gate,
+        "stats_only": result.stats_only,
+        "stats": result.stats.to_json() if result.stats is not None else None,
         "hint": result.hint,
         "reason": result.reason,
         "origin": result.origin,
@@ -87,6 +92,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             "errored": summary.errored,
             "allowed_failures": summary.allowed_failures,
             "allowed_skips": summary.allowed_skips,
+            "stats_only": sum(r.stats_only for r in report.results),
         },
         "first_divergence": None if first is None else {
             "name": first.name,

@@ -21,6 +21,9 @@ def _details(result: TensorResult) -> str:
     lines = []
     if result.metrics is not None:
         lines.append(" ".join(f"{k}={v:.6g}" for k, v in result.metrics.as_dict().items()))
+    if result.stats is not None:
+        lines.append("stats only: " + " ".join(f"{k}={v:.6g}" for k, v in result.stats.values().items())
+                     + f" checksum_match={result.stats.checksum_match}")
     if result.judgement is not None:
         lines.append(f"rule: {result.judgement.rule}")
     for label, value in (("reason", result.reason), ("hint", result.hint), ("origin", result.origin_detail)):
@@ -45,7 +48,8 @@ def render_junit(report: Report) -> str:
                        ("exit_code", str(report.exit_code))):
         ET.SubElement(properties, "property", name=key, value=value)
     for result in report.results:
-        case = ET.SubElement(suite, "testcase", classname=f"dumpcmp.step{result.step}", name=_case_name(result), time="0")
+        case = ET.SubElement(suite, "testcase", classname=f"dumpcmp.step{result.step}",
+                             name=_case_name(result) + (" (stats only)" if result.stats_only else ""), time="0")
         message = "; ".join(part for part in (result.reason, result.hint) if part)
         if result.status == "fail" and not result.allowed:
             element = ET.SubElement(case, "failure", message=message or "failed", type=result.origin or "divergence")

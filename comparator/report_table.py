@@ -100,10 +100,13 @@ def render_table(report: Report, console: Console | None = None) -> None:
         metrics = result.metrics
         cells = {
             "#": str(index), "step": str(result.step), "name": result.name, "tags": _tags(result),
-            "status": result.status + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else ""),
+            "status": result.status + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
+            + (" (stats)" if result.stats_only else ""),
         }
         for column in ("rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"):
             cells[column] = _fmt(getattr(metrics, column)) if metrics is not None else "-"
+        if result.stats is not None:
+            cells["norm_ratio"] = _fmt(result.stats.norm_ratio)
         alignment = result.alignment.describe() if result.alignment is not None and result.alignment.changed_anything else ""
         rows.append((cells, STATUS_STYLE[result.status], result.hint or _short_reason(result) or alignment,
                      "dim" if result.origin == "propagated" else ""))
@@ -142,6 +145,10 @@ def render_table(report: Report, console: Console | None = None) -> None:
            if summary.allowed_failures or summary.allowed_skips else ""),
         highlight=False,
     )
+    stats_only = sum(r.stats_only for r in report.results)
+    if stats_only:
+        console.print(f"[dim](stats): {stats_only} tensor(s) compared from index stats and checksums only "
+                      "(a side was dumped in stats mode)[/]", highlight=False)
     if any(report.problems.values()):
         for side, problems in report.problems.items():
             for problem in problems:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from aligners import AlignmentNote
 from comparator.metrics import Metrics
+from comparator.stats_only import StatsComparison
 from comparator.thresholds import Limit
 
 Status = Literal["pass", "fail", "skip", "error"]
@@ -75,6 +76,8 @@ class TensorResult:
     predecessors: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()
     keys: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()  # the target tensors it covers
     alignment: AlignmentNote | None = None  # what the token aligner did (steps merged, rows trimmed, ...)
+    stats_only: bool = False  # judged from index stats and checksums (a side was dumped in stats mode)
+    stats: StatsComparison | None = None  # the stats-only metrics
 
     def __bool__(self) -> bool:
         return self.status == "pass"

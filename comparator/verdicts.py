@@ -94,9 +94,13 @@ def _mark_origins(results: list[TensorResult]) -> list[TensorResult]:
             continue
         own = set(result.keys)
         consumed = [by_key[key] for key in result.predecessors if key not in own and key in by_key]
+        # A tensor that stats alone could not judge (a partial sum) says nothing either way.
+        unjudged = [c for c in consumed if c.stats_only and c.status == "skip"]
+        consumed = [c for c in consumed if c not in unjudged]
         not_passing = [c for c in consumed if c.status != "pass"]
         if not not_passing:
             detail = (f"its inputs pass ({', '.join(c.label for c in consumed[:3])})" if consumed
+                      else f"stats alone cannot judge its inputs ({', '.join(c.label for c in unjudged[:3])})" if unjudged
                       else "nothing was dumped before it on its ranks")
             marked.append(dataclasses.replace(result, origin="source", origin_detail=detail))
             continue

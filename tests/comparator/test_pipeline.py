@@ -187,12 +187,13 @@ def test_truncated_data_files_leave_nothing_usable(runs, tmp_path):
         compare(runs["tp1"], damaged)
 
 
-def test_stats_mode_runs_are_skipped_with_the_reason(runs, tmp_path):
+def test_stats_mode_runs_are_compared_from_stats(runs, tmp_path):
+    # More in tests/comparator/test_stats_only.py.
     stats = tmp_path / "stats"
     dump_run(stats, MODEL, DUMPCMP_MODE="stats")
     report = compare(runs["tp1"], stats)
-    assert report.exit_code == 3
-    assert all("stats mode" in r.reason for r in report.results)
+    assert report.exit_code == 0
+    assert all(r.stats_only and r.stats.checksum_match for r in report.results)
 
 
 def test_unknown_aligner_lists_the_valid_ones(runs):

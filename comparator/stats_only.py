@@ -1,0 +1,470 @@
+"""Stats-only comparisons: judge a tensor from the index's statistics and checksums alone.
+
+A run dumped in ``stats`` mode writes no tensor data, only each record's stats (numel,
+min, max, mean, abs-mean, std, L2 norm, NaN/Inf counts, in float64) and a crc32 of its
+bytes. That is enough for a cheap nightly gate:
+
+- ``checksum``: the tensors are bitwise identical when their checksums are (a
+  determinism check between two runs of one configuration);
+- ``norm_ratio`` = l2(t) / l2(b): the metric that catches a doubled or missing reduction;
+- ``mean_diff`` = |mean(t) - mean(b)| / abs_mean(b), and ``abs_mean_diff`` =
+  |abs_mean(t) - abs_mean(b)| / abs_mean(b): drifts the norm can hide;
+- NaN/Inf counts must agree.
+
+What stats cannot see: a permutation of the values, or errors that keep norms and
+means. Stats-only results say so in every report (``stats_only``), and are judged by
+limits of their own (the ``stats:`` section of a thresholds file, below).
+
+Shards are combined from their stats without data (plan from metadata only): a split
+(``concat``) pools the shards' moments; a replicated axis picks one replica and checks
+the others agree (their checksums, or else their stats); a partial sum cannot be rebuilt
+from stats, so such tensors are skipped with the reason. Pooled stats do not depend on
+row order, so a reordering token aligner changes nothing; padding rows do change them.
+
+Thresholds file section (same grammar as the tensor rules; first match wins)::
+
+    stats:
+      defaults:
+        float32: {norm_ratio: 1e-3}
+      rules:
+        - name: 'logits$'
+          checksum: true          # require bitwise-identical data (determinism gate)
+        - name: 'router'
+          mean_diff: 1e-2
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from comparator.errors import ThresholdsError, UnshardError
+from comparator.thresholds import Limit, Rule, judged_dtype
+from comparator.unshard import UnshardPlan
+
+STATS_METRICS = ("norm_ratio", "mean_diff", "abs_mean_diff", "replica_stats_diff")
+# NOTE: pooled shard stats (sqrt of a sum of squares) differ from a whole tensor's stats
+# by float64 rounding only, so the limits are set by the dtype's own noise, as for
+# tensors; a doubled reduction moves norm_ratio and abs_mean_diff by 100%.
+_DEFAULT_LEVEL = {
+    "float64": 1e-6, "float32": 2e-3, "float16": 1e-2, "bfloat16": 2e-2, "float8": 5e-2, "integer": 1e-9,
+}
+
+
+def _default_limits(level: float) -> dict[str, Limit | None]:
+    return {
+        "norm_ratio": Limit(metric="norm_ratio", low=1.0 - level, high=1.0 + level),
+        "mean_diff": Limit(metric="mean_diff", high=level),
+        "abs_mean_diff": Limit(metric="abs_mean_diff", high=level),
+        "replica_stats_diff": Limit(metric="replica_stats_diff", high=level),
+    }
+
+
+STATS_DEFAULTS: dict[str, dict[str, Limit | None]] = {k: _default_limits(v) for k, v in _DEFAULT_LEVEL.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PooledStats:
+    """One side's whole-tensor statistics, pooled from its shards' index stats."""
+
+    numel: int
+    finite: int
+    mean: float | None
+    abs_mean: float | None
+    std: float | None
+    l2: float | None
+    min: float | None
+    max: float | None
+    nan: int
+    inf: int
+    checksums: tuple[str, ...]  # per leaf shard, in plan order (one for a whole tensor)
+    layout: str  # the plan's ops: checksums compare only between equal layouts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "numel": self.numel, "mean": _finite(self.mean), "abs_mean": _finite(self.abs_mean),
+            "std": _finite(self.std), "l2": _finite(self.l2), "min": _finite(self.min), "max": _finite(self.max),
+            "nan": self.nan, "inf": self.inf, "checksums": list(self.checksums),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsComparison:
+    """A stats-only comparison: both sides' pooled stats, the metrics, the checksum verdict."""
+
+    baseline: PooledStats
+    target: PooledStats
+    norm_ratio: float
+    mean_diff: float
+    abs_mean_diff: float
+    checksum_match: bool | None  # None: layouts or dtypes differ, checksums say nothing
+    replica_stats_diff: float = 0.0
+    replica_checksum_mismatch: tuple[str, ...] = ()  # replicated axes whose copies are not bitwise equal
+
+    def values(self) -> dict[str, float]:
+        return {
+            "norm_ratio": self.norm_ratio, "mean_diff": self.mean_diff, "abs_mean_diff": self.abs_mean_diff,
+            "replica_stats_diff": self.replica_stats_diff,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "norm_ratio": _finite(self.norm_ratio), "mean_diff": _finite(self.mean_diff),
+            "abs_mean_diff": _finite(self.abs_mean_diff), "replica_stats_diff": _finite(self.replica_stats_diff),
+            "checksum_match": self.checksum_match, "replica_checksum_mismatch": list(self.replica_checksum_mismatch),
+            "baseline": self.baseline.to_json(), "target": self.target.to_json(),
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------ pooling
+@dataclass(kw_only=True)
+class _Pool:
+    numel: int = 0
+    finite: int = 0
+    total: float = 0.0  # sum of finite values
+    abs_total: float = 0.0
+    squares: float = 0.0  # sum of (x - 0)^2 over finite values
+    m2: float = 0.0  # sum of squared deviations, pooled as shards arrive
+    low: float = math.inf
+    high: float = -math.inf
+    nan: int = 0
+    inf: int = 0
+    complete: bool = True  # every shard had finite stats where it had finite values
+    checksums: list[str] = field(default_factory=list)
+
+    def add_record(self, stats: Any, checksum: str) -> None:
+        finite = stats.numel - stats.nan - stats.inf
+        self.numel += stats.numel
+        self.nan += stats.nan
+        self.inf += stats.inf
+        self.checksums.append(checksum)
+        if finite <= 0:
+            return
+        if stats.mean is None or stats.abs_mean is None or stats.l2 is None or stats.std is None:
+            self.complete = False
+            return
+        mean = stats.mean
+        if self.finite:
+            delta = mean - self.total / self.finite
+            self.m2 += stats.std ** 2 * finite + delta * delta * self.finite * finite / (self.finite + finite)
+        else:
+            self.m2 = stats.std ** 2 * finite
+        self.finite += finite
+        self.total += mean * finite
+        self.abs_total += stats.abs_mean * finite
+        self.squares += stats.l2 ** 2
+        self.low = min(self.low, stats.min if stats.min is not None else math.inf)
+        self.high = max(self.high, stats.max if stats.max is not None else -math.inf)
+
+    def add_pool(self, other: "_Pool") -> None:
+        if other.finite and self.finite:
+            delta = other.total / other.finite - self.total / self.finite
+            self.m2 += other.m2 + delta * delta * self.finite * other.finite / (self.finite + other.finite)
+        elif other.finite:
+            self.m2 = other.m2
+        self.numel += other.numel
+        self.finite += other.finite
+        self.total += other.total
+        self.abs_total += other.abs_total
+        self.squares += other.squares
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+        self.nan += other.nan
+        self.inf += other.inf
+        self.complete = self.complete and other.complete
+        self.checksums.extend(other.checksums)
+
+    def finish(self, layout: str) -> PooledStats:
+        some = self.finite > 0
+        return PooledStats(
+            numel=self.numel, finite=self.finite,
+            mean=self.total / self.finite if some else None,
+            abs_mean=self.abs_total / self.finite if some else None,
+            std=math.sqrt(max(self.m2, 0.0) / self.finite) if some else None,
+            l2=math.sqrt(self.squares) if some else (0.0 if self.numel == 0 or self.nan + self.inf == self.numel else None),
+            min=self.low if some else None, max=self.high if some else None,
+            nan=self.nan, inf=self.inf, checksums=tuple(self.checksums), layout=layout,
+        )
+
+
+@dataclass(kw_only=True)
+class _Replicas:
+    stats_diff: float = 0.0
+    checksum_mismatch: set[str] = field(default_factory=set)
+
+
+def pool_stats(plan: UnshardPlan, replicas: _Replicas | None = None, *, partial_as_shards: bool = False) -> PooledStats:
+    """Whole-tensor stats of a plan, from its records' stats (no data is read).
+
+    Raises UnshardError when the plan sums partial values (stats of a sum are unknown)
+    or a shard lacks stats. With ``partial_as_shards`` the partial sums are pooled as
+    if they were shards: meaningful only against a side with the same layout.
+    """
+    partial = [op.axis for op in plan.ops if op.kind == "sum"]
+    if partial and not partial_as_shards:
+        raise UnshardError(
+            f"{plan.label}: partial sums over {', '.join(partial)} cannot be added up from stats; "
+            "dump this tensor in tensor mode, or after its reduction"
+        )
+    replicas = replicas if replicas is not None else _Replicas()
+    by_coords = dict(plan.shards)
+    pool = _pool(plan, by_coords, 0, (), replicas)
+    if not pool.complete:
+        raise UnshardError(f"{plan.label}: the index holds no stats for some shards; cannot compare from stats")
+    layout = ";".join(f"{op.kind}:{op.axis}:{op.size}:{op.dim}" for op in plan.ops if op.kind != "pick")
+    return pool.finish(layout + f"|{plan.dtype}|{list(plan.shape)}")
+
+
+def _pool(plan: UnshardPlan, by_coords: dict[tuple[int, ...], Any], level: int, prefix: tuple[int, ...],
+          replicas: _Replicas) -> _Pool:
+    if level == len(plan.ops):
+        record = by_coords[prefix]
+        pool = _Pool()
+        pool.add_record(record.stats, record.checksum)
+        return pool
+    op = plan.ops[level]
+    present = sorted({coords[level] for coords, _ in plan.shards if coords[:level] == prefix})
+    if op.kind == "pick":
+        picked: _Pool | None = None
+        for rank in present:
+            try:
+                pool = _pool(plan, by_coords, level + 1, prefix + (rank,), replicas)
+            except KeyError:
+                continue  # an incomplete replica (the planner checked one is complete)
+            if picked is None:
+                picked = pool
+                continue
+            if pool.checksums != picked.checksums:
+                replicas.checksum_mismatch.add(op.axis)
+                a, b = picked.finish(""), pool.finish("")
+                replicas.stats_diff = max(replicas.stats_diff, *_stats_distance(a, b))
+        assert picked is not None
+        return picked
+    combined = _Pool()
+    for rank in range(op.size):
+        combined.add_pool(_pool(plan, by_coords, level + 1, prefix + (rank,), replicas))
+    return combined
+
+
+def _relative(a: float | None, b: float | None, scale: float | None) -> float:
+    if a is None or b is None:
+        return 0.0 if a is None and b is None else math.inf
+    if a == b:
+        return 0.0
+    return abs(a - b) / scale if scale else math.inf
+
+
+def _stats_distance(baseline: PooledStats, target: PooledStats) -> tuple[float, float, float]:
+    """(|norm_ratio - 1|, mean_diff, abs_mean_diff) of two pooled stats."""
+    return (
+        abs(_norm_ratio(baseline, target) - 1.0),
+        _relative(target.mean, baseline.mean, baseline.abs_mean),
+        _relative(target.abs_mean, baseline.abs_mean, baseline.abs_mean),
+    )
+
+
+def _norm_ratio(baseline: PooledStats, target: PooledStats) -> float:
+    b, t = baseline.l2 or 0.0, target.l2 or 0.0
+    if b > 0:
+        return t / b
+    return 1.0 if t == 0 else math.inf
+
+
+def _layout(plan: UnshardPlan) -> tuple[tuple[str, int, str, int | None], ...]:
+    return tuple((op.axis, op.size, op.kind, op.dim) for op in plan.ops)
+
+
+def compare_stats(baseline_plans: Sequence[UnshardPlan], target_plans: Sequence[UnshardPlan]) -> StatsComparison:
+    """Compare two sides (each one plan per step of an aligned unit) from stats alone.
+
+    Partial sums cannot be added up from stats; when both sides have the same layout
+    (a nightly run against a baseline of the same configuration), they are compared
+    shard by shard instead.
+    """
+    same_layout = [_layout(p) for p in baseline_plans] == [_layout(p) for p in target_plans]
+    replicas = _Replicas()
+    baseline = _pool_steps([pool_stats(p, partial_as_shards=same_layout) for p in baseline_plans])
+    target = _pool_steps([pool_stats(p, replicas, partial_as_shards=same_layout) for p in target_plans])
+    checksum_match: bool | None = None
+    if baseline.layout == target.layout and all(baseline.checksums + target.checksums):
+        checksum_match = baseline.checksums == target.checksums
+    norm_delta, mean_diff, abs_mean_diff = _stats_distance(baseline, target)
+    return StatsComparison(
+        baseline=baseline, target=target, norm_ratio=_norm_ratio(baseline, target), mean_diff=mean_diff,
+        abs_mean_diff=abs_mean_diff, checksum_match=checksum_match, replica_stats_diff=replicas.stats_diff,
+        replica_checksum_mismatch=tuple(sorted(replicas.checksum_mismatch)),
+    )
+
+
+def _pool_steps(parts: list[PooledStats]) -> PooledStats:
+    if len(parts) == 1:
+        return parts[0]
+    pool = _Pool()
+    for part in parts:
+        sub = _Pool(numel=part.numel, finite=part.finite, nan=part.nan, inf=part.inf, checksums=list(part.checksums))
+        if part.finite:
+            sub.total = (part.mean or 0.0) * part.finite
+            sub.abs_total = (part.abs_mean or 0.0) * part.finite
+            sub.squares = (part.l2 or 0.0) ** 2
+            sub.m2 = (part.std or 0.0) ** 2 * part.finite
+            sub.low, sub.high = part.min or 0.0, part.max or 0.0
+        pool.add_pool(sub)
+    return pool.finish("|".join(p.layout for p in parts))
+
+
+# --------------------------------------------------------------------- thresholds
+@dataclass(frozen=True, kw_only=True)
+class StatsThresholds:
+    rules: tuple[Rule, ...] = ()
+    checksum_rules: tuple[bool, ...] = ()  # per rule: does it require equal checksums
+    defaults: dict[str, dict[str, Limit | None]] = field(default_factory=lambda: dict(STATS_DEFAULTS))
+
+    def limits_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str,
+                   target_dtype: str) -> tuple[str, dict[str, Limit], bool]:
+        """(rule description, active limits, whether checksums must match) for one tensor."""
+        klass = judged_dtype(baseline_dtype, target_dtype)
+        merged = dict(self.defaults.get(klass, {}))
+        source = f"stats default ({klass})"
+        checksum = False
+        for rule, needs_checksum in zip(self.rules, self.checksum_rules):
+            if rule.matches(name, tags, (baseline_dtype, target_dtype)):
+                merged.update(rule.limits)
+                checksum = needs_checksum
+                source = f"{rule.source} (stats) over stats default ({klass})"
+                break
+        return source, {m: limit for m, limit in merged.items() if limit is not None}, checksum
+
+
+def load_stats_thresholds(path: str | os.PathLike[str] | None) -> StatsThresholds:
+    """The ``stats:`` section of a thresholds file (built-in defaults without one)."""
+    if path is None:
+        return StatsThresholds()
+    import yaml
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return StatsThresholds()  # the tensor thresholds loader reports these, first
+    section = data.get("stats") if isinstance(data, dict) else None
+    if section is None:
+        return StatsThresholds()
+    where = f"{path}: stats"
+    if not isinstance(section, dict) or any(k not in ("rules", "defaults") for k in section):
+        raise ThresholdsError(f"{where}: expected a mapping with 'rules' and/or 'defaults'")
+    defaults = {klass: dict(limits) for klass, limits in STATS_DEFAULTS.items()}
+    for klass, limits in (section.get("defaults") or {}).items():
+        if str(klass) not in defaults or not isinstance(limits, dict):
+            raise ThresholdsError(f"{where}.defaults.{klass}: unknown dtype class or not a mapping of limits; "
+                                  f"valid classes: {', '.join(STATS_DEFAULTS)}")
+        checksum = limits.pop("checksum", None)
+        if checksum is not None:
+            raise ThresholdsError(f"{where}.defaults.{klass}: 'checksum' belongs in a rule, e.g. "
+                                  "{name: '.', checksum: true}")
+        defaults[str(klass)].update(_stats_limits(limits, f"{where}.defaults.{klass}"))
+    rules: list[Rule] = []
+    checksum_rules: list[bool] = []
+    rules_data = section.get("rules") or []
+    if not isinstance(rules_data, list):
+        raise ThresholdsError(f"{where}.rules: must be a list of rules")
+    for index, rule in enumerate(rules_data):
+        here = f"{where}.rules[{index}]"
+        if not isinstance(rule, dict):
+            raise ThresholdsError(f"{here}: a rule must be a mapping, e.g. {{name: 'logits', checksum: true}}")
+        try:
+            pattern = re.compile(str(rule["name"])) if "name" in rule else None
+        except re.error as exc:
+            raise ThresholdsError(f"{here}: invalid name regex {rule['name']!r} ({exc})") from None
+        checksum = rule.get("checksum", False)
+        if not isinstance(checksum, bool):
+            raise ThresholdsError(f"{here}: checksum must be true or false")
+        limits = {k: v for k, v in rule.items() if k not in ("name", "tags", "dtype", "checksum")}
+        rules.append(Rule(source=f"{os.path.basename(path)} stats.rules[{index}]", limits=_stats_limits(limits, here),
+                          name=pattern, tags=dict(rule.get("tags") or {}),
+                          dtype=str(rule["dtype"]) if rule.get("dtype") is not None else None))
+        checksum_rules.append(checksum)
+    return StatsThresholds(rules=tuple(rules), checksum_rules=tuple(checksum_rules), defaults=defaults)
+
+
+def _stats_limits(data: Mapping[str, Any], where: str) -> dict[str, Limit | None]:
+    limits: dict[str, Limit | None] = {}
+    for metric, value in data.items():
+        if metric not in STATS_METRICS:
+            raise ThresholdsError(f"{where}: unknown stats metric {metric!r}; valid: {', '.join(STATS_METRICS)}, "
+                                  "checksum (and name, tags, dtype)")
+        if value is None:
+            limits[metric] = None
+            continue
+        try:
+            if metric == "norm_ratio":
+                low, high = (float(value[0]), float(value[1])) if isinstance(value, (list, tuple)) else \
+                    (1.0 - float(value), 1.0 + float(value))
+                limits[metric] = Limit(metric=metric, low=low, high=high)
+            else:
+                limits[metric] = Limit(metric=metric, high=float(value))
+        except (TypeError, ValueError, IndexError):
+            expected = "[low, high] or a number x for [1-x, 1+x]" if metric == "norm_ratio" else "a number"
+            raise ThresholdsError(f"{where}: invalid limit for {metric}: {value!r}; expected {expected}") from None
+    return limits
+
+
+# ------------------------------------------------------------------------ verdicts
+def judge_stats(comparison: StatsComparison, limits: dict[str, Limit], require_checksum: bool) -> tuple[str, ...]:
+    """The failed checks: metric names, ``nonfinite`` and ``checksum``."""
+    values = comparison.values()
+    failed = [metric for metric, limit in limits.items() if metric in values and not limit.allows(values[metric])]
+    b, t = comparison.baseline, comparison.target
+    if (b.nan, b.inf) != (t.nan, t.inf):
+        failed.append("nonfinite")
+    if require_checksum and comparison.checksum_match is not True:
+        failed.append("checksum")
+    return tuple(failed)
+
+
+def describe_stats_failure(comparison: StatsComparison, limits: dict[str, Limit], failed: Sequence[str]) -> str:
+    values = comparison.values()
+    parts = []
+    for metric in failed:
+        if metric == "nonfinite":
+            b, t = comparison.baseline, comparison.target
+            parts.append(f"NaN/Inf counts differ (baseline {b.nan} NaN {b.inf} Inf, target {t.nan} NaN {t.inf} Inf)")
+        elif metric == "checksum":
+            parts.append("checksums differ (bitwise identical data required)" if comparison.checksum_match is False
+                         else "checksums not comparable (different layouts or dtypes) but bitwise identity is required")
+        else:
+            parts.append(f"{metric} = {values[metric]:.6g} (limit: {limits[metric].describe()})")
+    return "stats only: " + "; ".join(parts)
+
+
+def stats_hint(comparison: StatsComparison, axis_sizes: Mapping[str, int]) -> str | None:
+    """A scale seen in the stats: norm, mean and abs-mean all multiplied by one k."""
+    if comparison.replica_checksum_mismatch and comparison.replica_stats_diff > 0:
+        axes = ", ".join(comparison.replica_checksum_mismatch)
+        return (f"ranks disagree on a tensor declared replicated over {axes} (their stats differ by up to "
+                f"{comparison.replica_stats_diff:.3g}): a missing all-reduce over {axes}? "
+                "(stats only: dump in tensor mode to check that their sum matches the baseline)")
+    b, t = comparison.baseline, comparison.target
+    k = comparison.norm_ratio
+    if not math.isfinite(k) or abs(k - 1.0) < 0.02 or not b.abs_mean or t.abs_mean is None:
+        return None
+    abs_ratio = t.abs_mean / b.abs_mean
+    if abs(abs_ratio / k - 1.0) > 0.01:
+        return None
+    for size in sorted({2, 3, 4, 8, 16, *(s for s in axis_sizes.values() if s > 1)}):
+        axes = sorted(a for a, s in axis_sizes.items() if s == size)
+        which = f" (the size of {', '.join(axes)})" if axes else ""
+        if abs(k / size - 1.0) < 0.02:
+            return (f"target = {size} x baseline in norm and abs-mean (stats only: norm_ratio {k:.4g}): "
+                    f"looks like a duplicated reduction over a group of size {size}{which}")
+        if abs(k * size - 1.0) < 0.02:
+            return (f"target = 1/{size} x baseline in norm and abs-mean (stats only: norm_ratio {k:.4g}): "
+                    f"looks like a missing reduction over a group of size {size}{which}")
+    return f"norm and abs-mean both scaled by {k:.4g} (stats only): a pure scale?"
