@@ -29,7 +29,10 @@ def compare_command(
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", "-t", help="YAML rules: name regex -> limits (first match wins)."),
     allow_fail: Optional[str] = typer.Option(None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate."),
     allow_skip: Optional[str] = typer.Option(None, "--allow-skip", help="Regex of tensor names that may be missing on one side."),
-    format: CompareFormat = typer.Option(CompareFormat.table, "--format", "-f", help="table for people, json for scripts, junit for CI."),
+    format: CompareFormat = typer.Option(
+        CompareFormat.table, "--format", "-f",
+        help="table for people, json for scripts, junit for CI, html for a self-contained page with plots "
+        "(use with --output)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Target steps A:B (A to B-1), A:, :B or A."),
     baseline_steps: Optional[str] = typer.Option(
@@ -45,20 +48,26 @@ def compare_command(
 ) -> None:
     """Compare two runs and report the first tensor that diverges, with a hint about why.
 
+    Either run may be dumped in stats mode (dumpcmp run --mode stats): its tensors are
+    then judged from their index stats and checksums only, with limits of their own
+    (the stats: section of --thresholds), and every report marks them "stats".
+
     Exit codes: 0 all pass; 1 a failure (or skip) not allowed; 2 bad input or usage;
     3 nothing was compared.
 
-    Example: dumpcmp compare runs/tp1 runs/tp2 --format json --output report.json
+    Examples:
+
+      dumpcmp compare runs/tp1 runs/tp2
+
+      dumpcmp compare runs/tp1 runs/tp2 --format html --output report.html
+
+      dumpcmp compare runs/nightly-baseline runs/tonight --format junit --output junit.xml
     """
     setup_logging(verbose)
     import logging
     import sys
 
-    from comparator.errors import OptionError
-
     with user_errors():
-        if format is CompareFormat.html:
-            raise OptionError("html report not available yet; use --format table, json or junit")
         from comparator.pipeline import compare
         from comparator.options import CompareOptions
 
@@ -71,7 +80,8 @@ def compare_command(
             # The report lists the runs' problems itself.
             logging.getLogger("dumper.reader").setLevel(logging.ERROR)
             logging.getLogger("comparator.pipeline").setLevel(logging.ERROR)
-        show_progress = format is CompareFormat.table and output is None and sys.stderr.isatty()
+        # The bar is on stderr and transient: it never mixes with a report on stdout.
+        show_progress = sys.stderr.isatty()
         report = _run_with_progress(compare, baseline, target, options) if show_progress else compare(baseline, target, options=options)
         _emit(report, format, output)
     raise typer.Exit(report.exit_code)
@@ -98,6 +108,10 @@ def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:  # typ
         from comparator.report_json import render_json
 
         text = render_json(report)
+    elif format is CompareFormat.html:
+        from comparator.report_html import render_html
+
+        text = render_html(report)
     elif format is CompareFormat.junit:
         from comparator.report_junit import render_junit
 
