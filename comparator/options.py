@@ -127,11 +127,17 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
     import yaml
 
     path = os.fspath(path)
+    from dumper import yamlsafe
+
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = yamlsafe.safe_load(handle.read())
     except OSError as exc:
         raise NameMapError(f"{path}: cannot read name map ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise NameMapError(f"{path}: not a text file (expected YAML)") from None
+    except yamlsafe.YamlLimitError as exc:
+        raise NameMapError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path

@@ -172,9 +172,13 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
             text = handle.read()
     except OSError as exc:
         raise ThresholdsError(f"{path}: cannot read thresholds file ({exc.strerror})") from None
+    from dumper import yamlsafe
+
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yamlsafe.safe_load(text)
+        root = yamlsafe.compose(text)
+    except yamlsafe.YamlLimitError as exc:
+        raise ThresholdsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -219,7 +223,10 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
         prefix = ("rules",)
         if not isinstance(rules_data, list):
             raise fail("'rules' must be a list of rules", "rules")
-        for klass, limits in (data.get("defaults") or {}).items():
+        defaults_data = data.get("defaults") or {}
+        if not isinstance(defaults_data, dict):
+            raise fail("'defaults' must map dtype classes to limits, e.g. {bfloat16: {rel_diff: 1e-3}}", "defaults")
+        for klass, limits in defaults_data.items():
             klass = str(klass)
             if klass not in BUILTIN_DEFAULTS:
                 raise fail(f"unknown dtype class {klass!r} in defaults; valid: {', '.join(BUILTIN_DEFAULTS)}", "defaults", klass)

@@ -68,8 +68,14 @@ class TensorStats:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TensorStats":
-        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+    def from_json(cls, data: Any) -> "TensorStats":
+        data = _mapping(data, "stats")
+        return cls(
+            numel=_int(data.get("numel", 0), "stats.numel"),
+            **{name: _opt_float(data.get(name), f"stats.{name}") for name in ("min", "max", "mean", "abs_mean", "std", "l2")},
+            nan=_int(data.get("nan", 0), "stats.nan"),
+            inf=_int(data.get("inf", 0), "stats.inf"),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,29 +128,79 @@ class IndexRecord:
         return json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, source: str = "") -> "IndexRecord":
+    def from_json(cls, data: Any, *, source: str = "") -> "IndexRecord":
+        """Validate one parsed index line; raises ValueError naming the bad field."""
+        data = _mapping(data, "record")
+        shape = data.get("shape")
+        if not isinstance(shape, list) or len(shape) > 64:
+            raise ValueError(f"shape must be a list of at most 64 sizes, not {shape!r:.40}")
+        sizes = tuple(_int(size, "shape") for size in shape)
+        if any(size < 0 for size in sizes):
+            raise ValueError(f"negative size in shape {list(sizes)}")
+        parallel = {}
+        for axis, info in _mapping(data.get("parallel") or {}, "parallel").items():
+            info = _mapping(info, f"parallel.{axis}")
+            axis_rank, axis_size = _int(info.get("rank"), f"parallel.{axis}.rank"), _int(info.get("size"), f"parallel.{axis}.size")
+            if not 0 <= axis_rank < axis_size:
+                raise ValueError(f"parallel.{axis}: rank {axis_rank} outside size {axis_size}")
+            parallel[str(axis)] = AxisInfo(rank=axis_rank, size=axis_size)
+        rank = _int(data.get("rank"), "rank")
+        world_size = _int(data.get("world_size", 1), "world_size")
+        if not 0 <= rank < world_size or world_size > 1 << 20:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
         return cls(
-            seq=int(data["seq"]),
-            step=int(data["step"]),
-            name=str(data["name"]),
-            tags=dict(data.get("tags") or {}),
-            rank=int(data["rank"]),
-            world_size=int(data.get("world_size", 1)),
-            parallel={
-                str(axis): AxisInfo(rank=int(info["rank"]), size=int(info["size"]))
-                for axis, info in (data.get("parallel") or {}).items()
-            },
-            dtype=str(data["dtype"]),
-            shape=tuple(int(s) for s in data["shape"]),
-            dims=data.get("dims"),
+            seq=_int(data.get("seq"), "seq"),
+            step=_int(data.get("step"), "step"),
+            name=_str(data.get("name"), "name"),
+            tags=dict(_mapping(data.get("tags") or {}, "tags")),
+            rank=rank,
+            world_size=world_size,
+            parallel=parallel,
+            dtype=_str(data.get("dtype"), "dtype"),
+            shape=sizes,
+            dims=_opt_str(data.get("dims"), "dims"),
             stats=TensorStats.from_json(data.get("stats") or {}),
-            checksum=str(data.get("checksum", "")),
-            file=data.get("file"),
-            key=data.get("key"),
-            nbytes=int(data.get("nbytes", 0)),
-            time=float(data.get("time", 0.0)),
+            checksum=_str(data.get("checksum", ""), "checksum"),
+            file=_opt_str(data.get("file"), "file"),
+            key=_opt_str(data.get("key"), "key"),
+            nbytes=_int(data.get("nbytes", 0), "nbytes"),
+            time=_float(data.get("time", 0.0), "time"),
             source=source,
         )
+
+
+def _mapping(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be an object, not {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field} must be an integer, not {value!r:.40}")
+    if not -(1 << 62) < value < 1 << 62:
+        raise ValueError(f"{field} {value} is out of range")
+    return value
+
+
+def _float(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} must be a number, not {value!r:.40}")
+    return float(value)
+
+
+def _opt_float(value: Any, field: str) -> float | None:
+    return None if value is None else _float(value, field)
+
+
+def _str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, not {value!r:.40}")
+    return value
+
+
+def _opt_str(value: Any, field: str) -> str | None:
+    return None if value is None else _str(value, field)
 
 
 def _json_default(value: Any) -> Any:

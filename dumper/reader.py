@@ -197,7 +197,8 @@ def read_index(path: str, *, source: str) -> tuple[list[IndexRecord], int, list[
             else:
                 problems.append(f"{path}: line {number} is not a valid record ({exc}); ignored")
             continue
-        if record.file is not None and (os.sep in record.file or record.file.startswith(".") or "/" in record.file):
+        if record.file is not None and (os.sep in record.file or record.file.startswith(".") or "/" in record.file
+                                        or "\\" in record.file or "\x00" in record.file):
             problems.append(f"{path}: line {number} points at {record.file!r}, outside its rank directory; ignored")
             continue
         records.append(record)

@@ -141,12 +141,16 @@ def parse_patch_text(text: str, *, path: str = "<string>") -> PatchFile:
     """Validate patch YAML given as text (``path`` is used in messages)."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    from dumper import yamlsafe
+
     try:
+        loader = yamlsafe.loader_class()(text)
         root = loader.get_single_node()
+    except yamlsafe.YamlLimitError as exc:
+        raise PatchFileError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise PatchFileError(_yaml_error_message(path, exc)) from None
-    finally:
+    else:
         loader.dispose()
     return _Parser(path, loader).file(root)
 
