@@ -14,7 +14,7 @@ import zlib
 
 import torch
 
-from dumper.format import TensorStats
+from dumper.format import TensorStats, finite_or_none
 
 # Elements per float64 chunk: bounds the scratch memory to 2 x 8 MB per thread.
 _CHUNK = 1 << 20
@@ -59,7 +59,9 @@ class _Moments:
         total = self.count + n
         delta = chunk_mean - self.mean
         self.mean += delta * n / total
-        self.m2 += chunk_m2 + delta * delta * self.count * n / total
+        self.m2 += chunk_m2
+        if self.count:
+            self.m2 += delta * delta * (self.count * n / total)
         self.count = total
         self.low = min(self.low, low)
         self.high = max(self.high, high)
@@ -119,14 +121,16 @@ def tensor_stats(tensor: torch.Tensor) -> TensorStats:
     if moments.count == 0:
         return TensorStats(numel=numel, min=None, max=None, mean=None, abs_mean=None, std=None, l2=None, nan=nan, inf=inf)
     l2 = moments.norm_scale * math.sqrt(moments.scaled_squares)
+    # Sums of values near the float64 limit can still overflow: such a statistic is
+    # recorded as unknown (None), never as a non-JSON inf/nan.
     return TensorStats(
         numel=numel,
-        min=moments.low,
-        max=moments.high,
-        mean=moments.mean,
-        abs_mean=moments.abs_sum / moments.count,
-        std=math.sqrt(max(moments.m2, 0.0) / moments.count),
-        l2=l2 if math.isfinite(l2) else None,
+        min=finite_or_none(moments.low),
+        max=finite_or_none(moments.high),
+        mean=finite_or_none(moments.mean),
+        abs_mean=finite_or_none(moments.abs_sum / moments.count),
+        std=finite_or_none(math.sqrt(max(moments.m2, 0.0) / moments.count)) if math.isfinite(moments.m2) else None,
+        l2=finite_or_none(l2),
         nan=nan,
         inf=inf,
     )
