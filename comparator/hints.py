@@ -54,10 +54,14 @@ def nonfinite_hint(metrics: Metrics) -> str | None:
     return None
 
 
-def replica_hint(axis: str, disagreement: float, sum_metrics: Metrics | None, sum_passes: bool) -> str:
+def replica_hint(axis: str, disagreement: float, sum_metrics: Metrics | None, sum_passes: bool, *,
+                 same_ranks: tuple[str, ...] = ()) -> str:
+    """``same_ranks``: other axes whose all-reduce groups are the same ranks as ``axis``'s here."""
     if sum_metrics is not None and sum_passes:
+        also = f" (here the same ranks as {', '.join(same_ranks)})" if same_ranks else ""
         return (f"ranks disagree on a tensor declared replicated over {axis} (rel_diff up to {disagreement:.3g}) and "
-                f"their sum matches the baseline (rel_diff {sum_metrics.rel_diff:.3g}): missing all-reduce over {axis}")
+                f"their sum matches the baseline (rel_diff {sum_metrics.rel_diff:.3g}): missing all-reduce over "
+                f"{axis}{also}")
     return (f"ranks disagree on a tensor declared replicated over {axis} (rel_diff up to {disagreement:.3g}); "
             "their sum does not match the baseline either")
 

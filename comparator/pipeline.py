@@ -35,7 +35,7 @@ from comparator.options import CompareOptions
 from comparator.results import Report, SideInfo, TensorResult
 from comparator.stats_only import StatsThresholds, load_stats_thresholds
 from comparator.thresholds import Thresholds, load_thresholds
-from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
+from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard, reduction_groups
 from comparator.verdicts import describe_failure, finalize, judge
 from dumper.errors import DumpcmpError, RunFormatError, RunNotFoundError
 from dumper.format import IndexRecord
@@ -384,17 +384,40 @@ class _Executor:
 
     def _replica_hint(self, item: WorkItem, replicas: dict[str, float], baseline_tensor: "torch.Tensor | None",
                       rule: str, limits: dict[str, Any]) -> str | None:
+        """Which replicated axis, summed over its all-reduce groups, gives the baseline back.
+
+        Every axis whose copies disagree is a candidate, smallest first: with ep x moe_tp
+        and a world-sized attn_tp, a missing EP all-reduce makes both ep and attn_tp
+        copies disagree, and only the sum over ep matches. Axes over the same ranks
+        (ep and attn_tp in an EP=2 world) cannot be told apart: the hint names both.
+        """
         if baseline_tensor is None or len(item.target_plans) != 1:
             return None
-        axis = max(replicas, key=lambda a: replicas[a])
-        summed = execute_unshard(item.target_plans[0], self.target_loader.load, sum_axes=frozenset({axis}),
-                                 verify_replicas=False).tensor
-        sum_metrics = None
-        passes = False
-        if tuple(summed.shape) == tuple(baseline_tensor.shape):
+        plan = item.target_plans[0]
+        limit = limits.get("replica_rel_diff")
+        disagreeing = [a for a, v in replicas.items() if math.isnan(v) or (v > 0 and (limit is None or not limit.allows(v)))]
+        if not disagreeing:
+            return None
+        sizes = {op.axis: op.size for op in plan.ops}
+        worst = max(disagreeing, key=lambda a: math.inf if math.isnan(replicas[a]) else replicas[a])
+        worst_metrics = None
+        for axis in sorted(disagreeing, key=lambda a: (sizes.get(a, 0), a)):
+            try:
+                summed = execute_unshard(plan, self.target_loader.load, sum_axes=frozenset({axis}),
+                                         verify_replicas=False).tensor
+            except UnshardError:
+                continue  # a rank of the sum is missing: no evidence either way
+            if tuple(summed.shape) != tuple(baseline_tensor.shape):
+                continue
             sum_metrics = compute_metrics(baseline_tensor, summed)
-            passes = not judge(sum_metrics, rule, limits, {}).failed
-        return replica_hint(axis, replicas[axis], sum_metrics, passes)
+            if not judge(sum_metrics, rule, limits, {}).failed:
+                groups = reduction_groups(plan.records, axis)
+                same_ranks = tuple(other for other in sorted(disagreeing)
+                                   if other != axis and reduction_groups(plan.records, other) == groups)
+                return replica_hint(axis, replicas[axis], sum_metrics, True, same_ranks=same_ranks)
+            if axis == worst:
+                worst_metrics = sum_metrics
+        return replica_hint(worst, replicas[worst], worst_metrics, False)
 
     def _shape_mismatch(self, item: WorkItem, base: dict[str, Any], notes: list[str], baseline_tensor: "torch.Tensor",
                         target_tensor: "torch.Tensor", token_dim: int | None, rule: str, limits: dict[str, Any]) -> TensorResult:

@@ -8,14 +8,22 @@ Two halves (STYLE habit 15):
   and the plan can be printed in the report.
 - :func:`execute_unshard` applies a plan to tensors, loading one shard at a time.
 
-Operations, outermost first: ``pick`` one replica of a replicated axis (measuring
-how far the other replicas are from it), ``sum`` the partial sums of a partial
-axis, ``concat`` the shards of a split dim (outer axis first). An axis of size 1
-plays no part.
+Operations, outermost first: ``sum`` the partial sums of a partial axis, ``concat``
+the shards of a split dim (outer axis first), then ``pick`` one copy among the ranks
+that hold the same shard. An axis of size 1 plays no part.
+
+Two parallel views of one world often overlap: in a TP=2 run ``attn_tp`` and
+``moe_tp`` are the same two ranks; under DP-attention ``attn_dp`` and ``ep`` may be.
+The replicated axes are therefore not a grid: the ranks that share coordinates on
+every sum and concat axis are *copies*; one is kept and the others are verified
+against it. A disagreement is charged to a replicated axis when the two ranks differ
+along it inside one of its all-reduce groups (:func:`reduction_group_axes`), so a
+missing all-reduce over ``ep`` is charged to ``ep`` and not to ``moe_tp``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
@@ -271,55 +279,99 @@ def execute_unshard(plan: UnshardPlan, load: Callable[[IndexRecord], "torch.Tens
                     sum_axes: frozenset[str] = frozenset(), verify_replicas: bool = True) -> UnshardOutcome:
     """Rebuild the tensor a plan describes, loading shards through ``load``.
 
-    ``sum_axes`` turns the ``pick`` of those replicated axes into a ``sum`` (used to
-    test whether the replicas are un-reduced partial sums).
+    ``sum_axes`` turns the ``pick`` of those replicated axes into a ``sum`` over their
+    all-reduce group (used to test whether the copies are un-reduced partial sums);
+    raises UnshardError when a rank of that sum is missing.
     """
+    if sum_axes & set(plan.replicated_axes()):
+        plan = _summing(plan, sum_axes)
     outcome = UnshardOutcome(tensor=None)  # type: ignore[arg-type]
     by_coords = dict(plan.shards)
-    tensor = _build(plan, by_coords, load, 0, (), sum_axes, verify_replicas, outcome)
+    tensor = _build(plan, by_coords, load, 0, (), verify_replicas, outcome)
     for dim in reversed(plan.squeeze):
         tensor = tensor.squeeze(dim)
     outcome.tensor = tensor
     return outcome
 
 
+def _summing(plan: UnshardPlan, sum_axes: frozenset[str]) -> UnshardPlan:
+    """The plan with the ``pick`` of ``sum_axes`` turned into a ``sum``, outermost.
+
+    NOTE: outermost, so that the other copies are picked inside each summand: with
+    overlapping views (ep and attn_tp over the same ranks) a sum nested inside a pick
+    would see one rank per position and sum nothing.
+    """
+    order = sorted(range(len(plan.ops)), key=lambda i: 0 if plan.ops[i].kind == "pick" and plan.ops[i].axis in sum_axes else 1)
+    ops = tuple(
+        AxisOp(axis=op.axis, size=op.size, kind="sum") if op.kind == "pick" and op.axis in sum_axes else op
+        for op in (plan.ops[i] for i in order)
+    )
+    shards = tuple(sorted(((tuple(coords[i] for i in order), record) for coords, record in plan.shards),
+                          key=lambda item: item[0]))
+    summing = dataclasses.replace(plan, ops=ops, shards=shards)
+    _walk_shape(summing, 0, ())  # every rank of the sum is there
+    return summing
+
+
+def reduction_group_axes(records: Sequence[IndexRecord], axis: str) -> tuple[str, ...]:
+    """The axes whose coordinates an all-reduce over ``axis`` keeps fixed.
+
+    Those are the other active axes independent of ``axis``: an axis that ``axis``
+    determines, or that determines it (a coarser or finer view of the same ranks,
+    ``attn_tp`` over the whole world against ``ep``), plays no part. With ``ep`` x
+    ``moe_tp`` and a world-sized ``attn_tp``, the ``ep`` groups are the ranks that share
+    their ``moe_tp`` rank, and the ``attn_tp`` group is the whole world.
+    """
+    sizes = {a: info.size for record in records for a, info in record.parallel.items() if info.size > 1}
+    return tuple(other for other in sorted(sizes) if other != axis
+                 and not _determines(records, other, axis) and not _determines(records, axis, other))
+
+
+def reduction_groups(records: Sequence[IndexRecord], axis: str) -> tuple[tuple[int, ...], ...]:
+    """The ranks of each all-reduce group of ``axis`` among ``records`` (sorted)."""
+    fixed = reduction_group_axes(records, axis)
+    groups: dict[tuple[int, ...], set[int]] = {}
+    for record in records:
+        groups.setdefault(_coords_on(record, fixed), set()).add(record.rank)
+    return tuple(sorted(tuple(sorted(ranks)) for ranks in groups.values()))
+
+
+def _determines(records: Sequence[IndexRecord], axis: str, other: str) -> bool:
+    """Whether a rank's coordinate on ``axis`` fixes its coordinate on ``other``."""
+    seen: dict[int, int] = {}
+    for record in records:
+        if axis not in record.parallel or other not in record.parallel:
+            return False
+        if seen.setdefault(record.parallel[axis].rank, record.parallel[other].rank) != record.parallel[other].rank:
+            return False
+    return True
+
+
+def _coords_on(record: IndexRecord, axes: Sequence[str]) -> tuple[int, ...]:
+    return tuple(record.parallel[a].rank if a in record.parallel else 0 for a in axes)
+
+
 def _build(plan: UnshardPlan, by_coords: dict[Coords, IndexRecord], load: Callable[[IndexRecord], "torch.Tensor"],
-           level: int, prefix: Coords, sum_axes: frozenset[str], verify: bool, outcome: UnshardOutcome) -> "torch.Tensor":
+           level: int, prefix: Coords, verify: bool, outcome: UnshardOutcome) -> "torch.Tensor":
     import torch
 
     if level == len(plan.ops):
         return load(by_coords[prefix])
     op = plan.ops[level]
+    if op.kind == "pick":
+        # Picks are innermost: every rank below this prefix holds a copy of the same shard.
+        copies = [record for coords, record in plan.shards if coords[:level] == prefix]
+        return _pick_copy(plan, copies, load, verify, outcome)
     present = _ranks_at(plan, level, prefix)
 
     def sub(rank: int) -> "torch.Tensor":
-        return _build(plan, by_coords, load, level + 1, prefix + (rank,), sum_axes, verify, outcome)
+        return _build(plan, by_coords, load, level + 1, prefix + (rank,), verify, outcome)
 
-    if op.kind == "sum" or (op.kind == "pick" and op.axis in sum_axes):
+    if op.kind == "sum":
         total = sub(present[0]).to(torch.float64)
         for rank in present[1:]:
             total += sub(rank).to(torch.float64)
         return total
-    if op.kind == "pick":
-        picked = None
-        for rank in present:
-            try:
-                replica = sub(rank)
-            except (UnshardError, KeyError):
-                continue  # an incomplete replica (checked by the planner): not verified
-            if picked is None:
-                picked = replica
-                if not verify:
-                    break
-                continue
-            from comparator.metrics import rel_diff
-
-            disagreement = rel_diff(picked, replica)
-            previous = outcome.replica_disagreement.get(op.axis, 0.0)
-            outcome.replica_disagreement[op.axis] = max(previous, disagreement) if not math.isnan(disagreement) else math.nan
-            del replica
-        assert picked is not None  # the planner guarantees one complete replica
-        return picked
     parts = [sub(rank) for rank in range(op.size)]
     if len({p.dtype for p in parts}) > 1:
         parts = [p.to(torch.float64) for p in parts]
@@ -327,6 +379,41 @@ def _build(plan: UnshardPlan, by_coords: dict[Coords, IndexRecord], load: Callab
         halves = [part.chunk(2, dim=op.dim) for part in parts]
         parts = [first for first, _ in halves] + [second for _, second in reversed(halves)]
     return torch.cat(parts, dim=op.dim)
+
+
+def _pick_copy(plan: UnshardPlan, copies: list[IndexRecord], load: Callable[[IndexRecord], "torch.Tensor"],
+               verify: bool, outcome: UnshardOutcome) -> "torch.Tensor":
+    """Keep the first copy; compare each other copy with the first of its group on each replicated axis."""
+    picked = load(copies[0])
+    if not verify or len(copies) == 1:
+        return picked
+    from comparator.metrics import rel_diff
+
+    axes = plan.replicated_axes()
+    fixed = {axis: reduction_group_axes(plan.records, axis) for axis in axes}
+    # NOTE: each group's first copy stays loaded while its group is checked; the
+    # groups of one axis partition the copies, so this holds at most one tensor per group.
+    loaded: dict[int, "torch.Tensor"] = {0: picked}
+    leaders: dict[tuple[str, tuple[int, ...]], int] = {}
+    for index, record in enumerate(copies):
+        tensor = loaded.get(index)
+        for axis in axes:
+            outcome.replica_disagreement.setdefault(axis, 0.0)
+            leader = leaders.setdefault((axis, _coords_on(record, fixed[axis])), index)
+            if leader == index:
+                if tensor is None:
+                    tensor = load(record)
+                loaded[index] = tensor
+                continue
+            if copies[leader].parallel[axis].rank == record.parallel[axis].rank:
+                continue  # the same place on this axis: the other axes judge them
+            if tensor is None:
+                tensor = load(record)
+            disagreement = rel_diff(loaded[leader], tensor)
+            previous = outcome.replica_disagreement[axis]
+            outcome.replica_disagreement[axis] = (
+                math.nan if math.isnan(disagreement) or math.isnan(previous) else max(previous, disagreement))
+    return picked
 
 
 def coords_text(plan: UnshardPlan, coords: Coords) -> str:
@@ -337,4 +424,7 @@ def grid_size(plan: UnshardPlan) -> int:
     return math.prod(op.size for op in plan.ops) if plan.ops else 1
 
 
-__all__ = ["AxisOp", "UnshardOutcome", "UnshardPlan", "execute_unshard", "plan_unshard"]
+__all__ = [
+    "AxisOp", "UnshardOutcome", "UnshardPlan", "execute_unshard", "plan_unshard", "reduction_group_axes",
+    "reduction_groups",
+]

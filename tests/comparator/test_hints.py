@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from comparator.hints import padding_hint, scale_hint, shape_hint
+from comparator.hints import padding_hint, replica_hint, scale_hint, shape_hint
 from comparator.metrics import compute_metrics
 
 
@@ -30,3 +30,12 @@ def test_padding_hint_names_the_aligner():
     middle = torch.cat([baseline[:2], torch.zeros(1, 8), baseline[2:]])
     assert "all-zero rows" in padding_hint(baseline, middle, token_dim=0, passes=lambda m: m.rel_diff < 1e-6)
     assert padding_hint(baseline, torch.randn(6, 8), token_dim=0, passes=lambda m: m.rel_diff < 1e-6) is None
+
+
+def test_replica_hint_names_axes_over_the_same_ranks():
+    x = torch.randn(100)
+    matched = compute_metrics(x, x)
+    assert replica_hint("attn_tp", 1.05, matched, True, same_ranks=("ep",)).endswith(
+        "missing all-reduce over attn_tp (here the same ranks as ep)")
+    assert replica_hint("ep", 1.05, matched, True).endswith("missing all-reduce over ep")
+    assert replica_hint("ep", 1.05, None, False).endswith("their sum does not match the baseline either")
