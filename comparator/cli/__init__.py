@@ -12,6 +12,7 @@ from comparator.cli import compare as _compare  # noqa: F401  (registers the com
 from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
 from comparator.cli import patch as _patch  # noqa: F401  (registers the command)
 from comparator.cli import run as _run  # noqa: F401  (registers the command)
+from comparator.cli import show as _show  # noqa: F401  (registers the command)
 
 __all__ = ["app", "main"]
 
