@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comparator.cli.app import app
 from comparator.cli import compare as _compare  # noqa: F401  (registers the command)
+from comparator.cli import demo as _demo  # noqa: F401  (registers the command)
 from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
 from comparator.cli import patch as _patch  # noqa: F401  (registers the command)
 from comparator.cli import run as _run  # noqa: F401  (registers the command)

@@ -1,0 +1,292 @@
+"""``dumpcmp demo``: the example MoE engine as a baseline and a target, dumped and compared.
+
+The library half of the command. :func:`run_demo` dumps a 1-process baseline and a
+multi-process target of ``examples.moe_engine`` through the same patch mechanism as
+``dumpcmp run --patch example/moe_engine`` (the preset ships as package data), runs
+the two at once, compares them with :func:`comparator.compare`, and returns a
+:class:`DemoResult`; :func:`render_demo` prints it for people.
+
+    from examples.demo import DemoConfig, run_demo
+    result = run_demo(DemoConfig(bug="double_reduce"))
+    result.report.first_divergence, result.found_expected, result.seconds
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dumper.errors import DumpcmpError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from comparator.results import Report
+
+PRESET = "example/moe_engine"
+ENGINE = ("-m", "examples.moe_engine")
+
+
+class DemoOptionError(DumpcmpError):
+    """An unknown scenario name."""
+
+
+class DemoRunFailed(RuntimeError):
+    """The example engine failed under ``dumpcmp run`` (a bug: the message holds its stderr)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """One target run of the example engine, and what the comparison should find."""
+
+    name: str
+    target_args: tuple[str, ...]
+    layout: str  # the target's processes, in words
+    seed: int | None  # SEEDS.md row
+    story: str  # what went wrong in the real engine
+    shows: str  # what the tool must show
+    aligner: str = "none"
+    expected: tuple[str, int] | None = None  # (tensor, layer) of the first divergence; None: all pass
+    expected_hint: str | None = None  # a phrase the first divergence's hint holds
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            name="ep_reduce_skipped_under_fusion",
+            target_args=("--tp", "2", "--ep", "2", "--fusion", "--bug", "ep_reduce_skipped_under_fusion"),
+            layout="4 processes: MoE TP 2 x EP 2, all-reduce fused into the next add + norm",
+            seed=1,
+            story="SGLang, Qwen3-30B MoE: with the all-reduce fused into the next layer's residual + norm, "
+                  "the MoE block skipped its EP reduction and nothing did it later.",
+            shows="the MoE output of the first MoE layer: EP ranks disagree on a tensor that must be "
+                  "replicated, and their sum is the baseline: a missing all-reduce over ep",
+            expected=("moe_output", 1),
+            expected_hint="missing all-reduce over ep",
+        ),
+        Scenario(
+            name="double_reduce",
+            target_args=("--tp", "2", "--ep", "2", "--bug", "double_reduce"),
+            layout="4 processes: MoE TP 2 x EP 2",
+            seed=2,
+            story="SGLang, 14 MoE models: hand-written copies of the 'skip the post-experts all-reduce' "
+                  "condition drifted apart and reduced the MoE output twice.",
+            shows="the MoE output of the first MoE layer is 2 x the baseline (cosine similarity 1, so a "
+                  "cosine-only check passes it): a duplicated reduction",
+            expected=("moe_output", 1),
+            expected_hint="duplicated reduction over a group of size 2",
+        ),
+        Scenario(
+            name="shared_expert_double_reduce",
+            target_args=("--tp", "2", "--bug", "shared_expert_double_reduce"),
+            layout="2 processes: TP 2",
+            seed=3,
+            story="vLLM, DeepSeek-V2-Lite: a stale 'already reduced' flag made the shared experts' output "
+                  "all-reduced twice (accuracy 0.35 -> 0.02).",
+            shows="the shared-expert output of the first MoE layer is 2 x the baseline while the "
+                  "routed-expert output still matches",
+            expected=("shared_expert_output", 1),
+            expected_hint="duplicated reduction over a group of size 2",
+        ),
+        Scenario(
+            name="dense_tp_missing_reduce",
+            target_args=("--tp", "2", "--dense-tp", "--bug", "dense_tp_missing_reduce"),
+            layout="2 processes: TP 2, dense MLP split over the attention-TP group",
+            seed=4,
+            story="SGLang, MoE dense layers: the dense MLP gained TP over the attention-TP group, with a "
+                  "new all-reduce; drop it and each rank keeps a partial sum.",
+            shows="the dense MLP output of layer 0: TP ranks hold partial sums that add up to the baseline",
+            expected=("dense_mlp_output", 0),
+            expected_hint="missing all-reduce over attn_tp",
+        ),
+        Scenario(
+            name="dp_attention_padding",
+            target_args=("--tp", "2", "--ep", "2", "--dp-attention", "2"),
+            layout="4 processes: DP-attention 2 x attention TP 2, MoE TP 2 x EP 2 (healthy)",
+            seed=5,
+            story="SGLang's DP-attention nightly test failed on every tensor with a shape mismatch: DP ranks "
+                  "pad their tokens before the gather, so the target holds extra rows.",
+            shows="without a token aligner the first MoE tensor fails on its shape and the hint says the "
+                  "extra rows look like padding: compare with --aligner concat_steps (dumpcmp demo --bug none)",
+            expected=("router_logits", 1),
+            expected_hint="looks like padding, try --aligner concat_steps",
+        ),
+        Scenario(
+            name="none",
+            target_args=("--tp", "2", "--ep", "2", "--dp-attention", "2", "--dense-tp"),
+            layout="4 processes: DP-attention 2 x attention TP 2 (dense MLP too), MoE TP 2 x EP 2",
+            seed=None,
+            story="A healthy target: every parallel path of the engine at once, with the DP ranks' padding "
+                  "trimmed by the concat_steps token aligner.",
+            shows="every tensor passes against the 1-process baseline",
+            aligner="concat_steps",
+        ),
+    )
+}
+# The seed that is easiest to miss and hardest to localise by hand: the ranks are
+# each self-consistent, the logits are merely wrong, and only the sum over EP is right.
+DEFAULT_SCENARIO = "ep_reduce_skipped_under_fusion"
+
+
+def scenario_names() -> list[str]:
+    return list(SCENARIOS)
+
+
+def get_scenario(name: str) -> Scenario:
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        raise DemoOptionError(f"unknown bug {name!r}; valid: {', '.join(SCENARIOS)}")
+    return scenario
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    bug: str = DEFAULT_SCENARIO
+    keep: str | None = None  # keep the two runs in KEEP/baseline and KEEP/target
+
+    def __post_init__(self) -> None:
+        get_scenario(self.bug)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoResult:
+    scenario: Scenario
+    baseline_command: tuple[str, ...]
+    target_command: tuple[str, ...]
+    baseline_dir: str | None  # None when the runs were not kept
+    target_dir: str | None
+    report: "Report"
+    seconds: float
+
+    @property
+    def found_expected(self) -> bool:
+        """Whether the comparison shows what the scenario says it should."""
+        first = self.report.first_divergence
+        if self.scenario.expected is None:
+            return first is None and self.report.exit_code == 0
+        if first is None:
+            return False
+        name, layer = self.scenario.expected
+        return (first.name == name and first.tags.get("layer") == layer
+                and (self.scenario.expected_hint or "") in (first.hint or ""))
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Dump the baseline and the scenario's target (at the same time), then compare them."""
+    scenario = get_scenario(config.bug)
+    started = time.perf_counter()
+    if config.keep is not None:
+        return _run_in(Path(config.keep), scenario, started, keep=True)
+    with tempfile.TemporaryDirectory(prefix="dumpcmp-demo-") as root:
+        return _run_in(Path(root), scenario, started, keep=False)
+
+
+def _run_in(root: Path, scenario: Scenario, started: float, *, keep: bool) -> DemoResult:
+    baseline_dir, target_dir = root / "baseline", root / "target"
+    baseline_command = (sys.executable, *ENGINE)
+    target_command = (sys.executable, *ENGINE, *scenario.target_args)
+    # NOTE: the two runs go in parallel: each spends most of its time importing torch
+    # and forking, so on 2 cores the pair takes little longer than the target alone.
+    processes = [_start_dumped(command, run_dir) for command, run_dir in
+                 ((baseline_command, baseline_dir), (target_command, target_dir))]
+    from comparator.pipeline import compare  # imports torch while the engines run
+
+    for process, command in zip(processes, (baseline_command, target_command)):
+        _, stderr = process.communicate()
+        if process.returncode != 0:
+            raise DemoRunFailed(f"{' '.join(command[1:])} exited with {process.returncode}:\n{stderr.strip()}")
+    report = compare(baseline_dir, target_dir, aligner=scenario.aligner)
+    return DemoResult(
+        scenario=scenario, baseline_command=baseline_command, target_command=target_command,
+        baseline_dir=str(baseline_dir) if keep else None, target_dir=str(target_dir) if keep else None,
+        report=report, seconds=time.perf_counter() - started,
+    )
+
+
+def _start_dumped(command: tuple[str, ...], run_dir: Path) -> subprocess.Popen[str]:
+    """Start ``command`` as ``dumpcmp run --patch example/moe_engine --dir RUN_DIR`` would."""
+    from patches.launch import RunConfig, prepare_run
+
+    env = prepare_run(RunConfig(command=command, dir=str(run_dir), patch_files=(PRESET,), overwrite=True))
+    # NOTE: from a checkout that is not installed, the engine's package is found
+    # through the path this module was imported from.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), package_root) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+# ------------------------------------------------------------------- rendering
+def render_demo(result: DemoResult, console: "Console | None" = None) -> None:
+    """The demo for people: the two runs, the first divergence with its hint, and the verdict."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    scenario, report = result.scenario, result.report
+    title = f"seed {scenario.seed}: {scenario.name}" if scenario.seed is not None else "a healthy target (--bug none)"
+    console.print(f"[bold]dumpcmp demo[/] - {title}", highlight=False)
+    console.print(Text(scenario.story, style="dim"))
+    console.print(f"  baseline  python -m examples.moe_engine  (1 process)", highlight=False)
+    console.print(f"  target    python -m examples.moe_engine {' '.join(scenario.target_args)}  ({scenario.layout})",
+                  highlight=False)
+    console.print(f"  both dumped through the patch preset {PRESET} (no dump calls in the engine), "
+                  f"compared with aligner={report.aligner}", highlight=False)
+    console.print()
+    summary = report.summary
+    first = report.first_divergence
+    if first is None:
+        console.print(f"[bold green]PASS[/]: {summary.passed} of {summary.total} tensors match the baseline "
+                      f"(every layer, every step)", highlight=False)
+    else:
+        result_row = report.results[first.index]
+        console.print(f"[bold red]FAIL[/]: {summary.failed} of {summary.total} tensors diverge; the first, in "
+                      "execution order:", highlight=False)
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for column in ("step", "tensor", "layer", "status", "rel_diff", "norm_ratio", "cosine"):
+            table.add_column(column, justify="left" if column in ("tensor", "status") else "right", no_wrap=True)
+        start = max(0, first.index - 3)
+        for result_index in range(start, min(len(report.results), first.index + 2)):
+            row = report.results[result_index]
+            metrics = row.metrics
+            style = "bold red" if result_index == first.index else "dim"
+            table.add_row(str(row.step), row.name, str(row.tags.get("layer", "-")), row.status,
+                          *(_fmt(getattr(metrics, m)) if metrics is not None else "-" for m in
+                            ("rel_diff", "norm_ratio", "cosine")), style=style)
+        console.print(table)
+        console.print(f"  [bold]first divergence[/]: {result_row.label}", highlight=False)
+        if first.hint:
+            console.print(f"  [bold]hint[/]: [cyan]{first.hint}[/]", highlight=False)
+        elif first.reason:
+            console.print(f"  [bold]why[/]: {first.reason}", highlight=False)
+    console.print()
+    verdict = "[green]as expected[/]" if result.found_expected else "[red]NOT what this scenario expects[/]"
+    console.print(f"Expected: {scenario.shows}. Found: {verdict}.", highlight=False)
+    console.print(f"Ran in {result.seconds:.1f} s.", highlight=False)
+    if result.baseline_dir is not None:
+        console.print(f"Runs kept: dumpcmp compare {result.baseline_dir} {result.target_dir}"
+                      + (f" --aligner {report.aligner}" if report.aligner != "none" else ""), highlight=False)
+    else:
+        others = ", ".join(name for name in SCENARIOS if name != scenario.name)
+        console.print(f"Other scenarios: dumpcmp demo --bug NAME ({others}); --keep DIR keeps the runs.",
+                      highlight=False)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "0" if value == 0 else f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+
+
+__all__ = [
+    "DEFAULT_SCENARIO", "SCENARIOS", "DemoConfig", "DemoOptionError", "DemoResult", "DemoRunFailed", "Scenario",
+    "get_scenario", "render_demo", "run_demo", "scenario_names",
+]
