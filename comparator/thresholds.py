@@ -17,6 +17,7 @@ A rule's limits are merged over the default limits of the tensor's dtype (the le
 precise of the two sides). Metrics: rel_diff, rel_l2, cosine, norm_ratio, max_abs,
 mean_abs, max_token_rel_l2 (worst token), replica_rel_diff (disagreement between
 ranks of a replicated tensor). Loaded with ``yaml.safe_load``; nothing is evaluated.
+A ``stats:`` section (same shape) judges stats-only comparisons: see comparator/stats_only.py.
 """
 
 from __future__ import annotations
@@ -216,9 +217,10 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
     if isinstance(data, list):
         rules_data = data
     elif isinstance(data, dict):
-        unknown = [k for k in data if k not in ("rules", "defaults")]
+        # NOTE: "stats" holds the limits of stats-only comparisons (comparator/stats_only.py).
+        unknown = [k for k in data if k not in ("rules", "defaults", "stats")]
         if unknown:
-            raise fail(f"unknown key {unknown[0]!r}; valid top-level keys: rules, defaults", unknown[0])
+            raise fail(f"unknown key {unknown[0]!r}; valid top-level keys: rules, defaults, stats", unknown[0])
         rules_data = data.get("rules") or []
         prefix = ("rules",)
         if not isinstance(rules_data, list):
