@@ -78,9 +78,10 @@ class Metrics:
 
 class _Sums:
     __slots__ = ("bb", "tt", "bt", "dd", "abs_sum", "max_abs", "max_index", "max_b", "max_t", "count",
-                 "nan_b", "inf_b", "nan_t", "inf_t", "mismatch")
+                 "nan_b", "inf_b", "nan_t", "inf_t", "mismatch", "scale")
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
         self.bb = self.tt = self.bt = self.dd = self.abs_sum = 0.0
         self.max_abs = -1.0
         self.max_index = 0
@@ -132,6 +133,9 @@ def _accumulate(sums: _Sums, b_raw: torch.Tensor, t_raw: torch.Tensor, offset: i
     buf_b, buf_t, buf_d, buf_s = _scratch.views(b_raw.numel())
     b = _upcast_into(buf_b, b_raw)
     t = _upcast_into(buf_t, t_raw)
+    if sums.scale != 1.0:
+        b.div_(sums.scale)
+        t.div_(sums.scale)
     flat_b, flat_t = buf_b, buf_t
     rows_bb = _row_squares(b, buf_s) if b.dim() == 2 else None
     bb = float(rows_bb.sum()) if rows_bb is not None else float(torch.dot(flat_b, flat_b))
@@ -185,9 +189,45 @@ def compute_metrics(baseline: torch.Tensor, target: torch.Tensor, *, token_dim: 
     """Compare two tensors of the same shape (any dtypes); see the module docstring."""
     if tuple(baseline.shape) != tuple(target.shape):
         raise ValueError(f"shapes differ: {tuple(baseline.shape)} vs {tuple(target.shape)}")
+    metrics = _compute(baseline, target, token_dim=token_dim, scale=1.0)
+    sums_overflowed = not all(map(math.isfinite, (metrics.baseline_norm, metrics.target_norm, metrics.dot)))
+    if not sums_overflowed:
+        return metrics
+    # NOTE: values near the float64 limit overflow in their squares (non-finite
+    # inputs are masked out before summing, so an infinite sum means overflow).
+    # Redo the pass on values divided by the largest magnitude: the ratios are
+    # scale-free, and the absolute metrics are scaled back.
+    scale = max(_max_finite_abs(baseline), _max_finite_abs(target))
+    if not (math.isfinite(scale) and scale > 0):
+        return metrics
+    scaled = _compute(baseline, target, token_dim=token_dim, scale=scale)
+    return dataclasses.replace(
+        scaled,
+        max_abs=scaled.max_abs * scale,
+        max_abs_baseline=scaled.max_abs_baseline * scale,
+        max_abs_target=scaled.max_abs_target * scale,
+        mean_abs=scaled.mean_abs * scale,
+        baseline_norm=scaled.baseline_norm * scale,
+        target_norm=scaled.target_norm * scale,
+        dot=scaled.dot * scale * scale,
+    )
+
+
+def _max_finite_abs(tensor: torch.Tensor) -> float:
+    largest = 0.0
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+        chunk = flat[start : start + CHUNK_ELEMENTS].to(torch.float64).abs()
+        chunk = chunk[torch.isfinite(chunk)]
+        if chunk.numel():
+            largest = max(largest, float(chunk.max()))
+    return largest
+
+
+def _compute(baseline: torch.Tensor, target: torch.Tensor, *, token_dim: int | None, scale: float) -> Metrics:
     shape = tuple(baseline.shape)
     numel = baseline.numel()
-    sums = _Sums()
+    sums = _Sums(scale)
     per_token: tuple[float, ...] | None = None
     if token_dim is not None and baseline.dim() >= 1 and 0 <= token_dim < baseline.dim() and numel > 0:
         tokens = shape[token_dim]

@@ -376,9 +376,10 @@ class _Executor:
             self.baseline_loader.check(record)
         for record in t.records:
             self.target_loader.check(record)
-        squared = sum((r.stats.l2 or 0.0) ** 2 for r in b.records)
+        # hypot: the shards' norms can be near the float64 limit, their squares beyond it.
+        norm = math.hypot(*(r.stats.l2 or 0.0 for r in b.records))
         return identical_metrics(
-            numel=sum(r.stats.numel for r in b.records), norm=squared ** 0.5, shape=b.shape, token_dim=token_dim,
+            numel=sum(r.stats.numel for r in b.records), norm=norm, shape=b.shape, token_dim=token_dim,
             nan=sum(r.stats.nan for r in b.records), inf=sum(r.stats.inf for r in b.records),
         )
 
