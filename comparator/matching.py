@@ -121,7 +121,7 @@ def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], optio
     for tensor in target:
         key = (tensor.name, tags_key(tensor.tags))
         series_target[key][tensor.step] = tensor
-        partner_of[key] = (name_map.baseline_name(tensor.name), tags_key(name_map.baseline_tags(tensor.tags)))
+        partner_of[key] = (name_map.baseline_name(tensor.name, tensor.tags), tags_key(name_map.baseline_tags(tensor.tags)))
     for tensor in baseline:
         series_baseline[(tensor.name, tags_key(tensor.tags))][tensor.step] = tensor
     sharing: dict[tuple[str, TagsKey], int] = defaultdict(int)

@@ -86,6 +86,9 @@ def parse_override_dims(text: str) -> DimsOverride:
     return DimsOverride(pattern=pattern, dims=dims.strip(), side=side)  # type: ignore[arg-type]
 
 
+_TAG_FIELD = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class NameMap:
     """How target names and tags translate to the baseline's (runs of two engines).
@@ -94,6 +97,7 @@ class NameMap:
 
         names:                       # exact target name -> baseline name
           model.layers.mlp: mlp_output
+          moe_output: 'model.layers.{layer}.mlp.output'   # {tag}: the target's tag value
         patterns:                    # regex on the target name -> replacement (\\1 groups)
           - {target: '^vllm\\.(.*)$', baseline: '\\1'}
         tags:                        # target tag -> baseline tag
@@ -106,13 +110,21 @@ class NameMap:
     tags: dict[str, str] = field(default_factory=dict)
     ignore_tags: frozenset[str] = frozenset()
 
-    def baseline_name(self, target_name: str) -> str:
+    def baseline_name(self, target_name: str, tags: dict[str, Any] | None = None) -> str:
+        """The baseline's name; ``{tag}`` in a mapped name is the target's tag value
+        (baselines that keep the layer in the name: ``model.layers.{layer}.mlp``)."""
+        mapped = target_name
         if target_name in self.names:
-            return self.names[target_name]
-        for pattern, replacement in self.patterns:
-            if pattern.search(target_name):
-                return pattern.sub(replacement, target_name)
-        return target_name
+            mapped = self.names[target_name]
+        else:
+            for pattern, replacement in self.patterns:
+                if pattern.search(target_name):
+                    mapped = pattern.sub(replacement, target_name)
+                    break
+        if mapped is target_name or tags is None or "{" not in mapped:
+            return mapped
+        # NOTE: plain substitution, never str.format: names are user text.
+        return _TAG_FIELD.sub(lambda m: str(tags[m.group(1)]) if m.group(1) in tags else m.group(0), mapped)
 
     def baseline_tags(self, tags: dict[str, Any]) -> dict[str, Any]:
         return {self.tags.get(k, k): v for k, v in tags.items() if k not in self.ignore_tags}
