@@ -6,6 +6,7 @@ exit 2); any other exception is a bug. Thousands of examples run in CI time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -120,14 +121,20 @@ def _read_everything(run_dir):
                 pass
 
 
-@FUZZ
-@given(mutation=mutations(), value=st.one_of(JSON_VALUES, HOSTILE_VALUES))
-def test_reader_never_crashes(good_run, mutation, value):
+@contextlib.contextmanager
+def mutated_copy(good_run, mutation, value):
     kind, rng = mutation
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = os.path.join(scratch, "run")
         shutil.copytree(good_run, run_dir)
         _mutate(run_dir, kind, rng, value)
+        yield run_dir
+
+
+@FUZZ
+@given(mutation=mutations(), value=st.one_of(JSON_VALUES, HOSTILE_VALUES))
+def test_reader_never_crashes(good_run, mutation, value):
+    with mutated_copy(good_run, mutation, value) as run_dir:
         try:
             _read_everything(run_dir)
         except DumpcmpError:
@@ -137,11 +144,7 @@ def test_reader_never_crashes(good_run, mutation, value):
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutation=mutations(), value=st.one_of(JSON_VALUES, HOSTILE_VALUES))
 def test_compare_never_crashes(good_run, mutation, value):
-    kind, rng = mutation
-    with tempfile.TemporaryDirectory() as scratch:
-        run_dir = os.path.join(scratch, "run")
-        shutil.copytree(good_run, run_dir)
-        _mutate(run_dir, kind, rng, value)
+    with mutated_copy(good_run, mutation, value) as run_dir:
         try:
             report = compare(good_run, run_dir)
         except DumpcmpError:
