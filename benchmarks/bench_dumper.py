@@ -131,6 +131,19 @@ def bare_pinned_stall(tensors, steps) -> float:
     return stall
 
 
+def bare_preallocated_stall(tensors, steps) -> float:
+    """``pinned.copy_(t, non_blocking=True)`` into buffers pinned beforehand, on the current stream."""
+    pinned = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    stall = 0.0
+    for _ in range(steps):
+        for buffer, tensor in zip(pinned, tensors):
+            t0 = time.perf_counter()
+            buffer.copy_(tensor, non_blocking=True)
+            stall += time.perf_counter() - t0
+        torch.cuda.synchronize()
+    return stall
+
+
 def plain_write_seconds(tensors, steps, work_dir, *, sync_disk: bool = False) -> float:
     """One plain file write of the same bytes (from host copies made beforehand)."""
     from dumper.stats import raw_bytes
@@ -209,6 +222,8 @@ def main() -> None:
     dump_ns, empty_ns = disabled_call_ns()
     save = med(torch_save_stall(tensors, 1, work_dir) for _ in range(repeats)) / step_mb
     bare = med(bare_pinned_stall(tensors, args.steps) for _ in range(repeats)) / burst_mb if args.device == "cuda" else None
+    prealloc = (med(bare_preallocated_stall(tensors, args.steps) for _ in range(repeats)) / burst_mb
+                if args.device == "cuda" else None)
     queue_all = burst_mb * 2 + 64
     warm = [dumper_run(tensors, args.steps, work_dir, queue_mb=queue_all, device=args.device, warm_steps=args.steps)
             for _ in range(repeats)]
@@ -241,6 +256,9 @@ def main() -> None:
     if bare is not None:
         print(f"| engine stall, warm buffers | {ms(warm_stall)} | bare .to('cpu', non_blocking=True) {ms(bare)} | "
               f"{warm_stall / bare:.2f}x |")
+    if prealloc is not None:
+        print(f"| engine stall, warm buffers | {ms(warm_stall)} | bare copy_ into preallocated pinned {ms(prealloc)} | "
+              f"{warm_stall / prealloc:.2f}x |")
     print(f"| engine stall, cold burst (fits in queue) | {ms(cold_stall)} | inline torch.save {ms(save)} | "
           f"{cold_stall / save:.3f}x |")
     print(f"| engine stall, sustained (queue full) | {ms(sustained_stall)} | inline torch.save {ms(save)} | "

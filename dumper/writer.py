@@ -80,6 +80,7 @@ class RankWriter:
         # A writer restarted after close() (dumping turned off and on) appends.
         self._next_file = sum(1 for n in os.listdir(rank_dir) if n.startswith("data-") and n.endswith(".safetensors"))
         self._busy = False
+        self._digest_workers = None
         self._lost: dict[str, int] = dict(rank_info.lost)
         self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
         write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json(), pad_to=_RANK_INFO_PAD)
@@ -128,6 +129,8 @@ class RankWriter:
             self._queue.append(None)
             self._cond.notify_all()
         self._thread.join(timeout)
+        if self._digest_workers:
+            self._digest_workers.shutdown(wait=False)
         status = "failed" if self._failed is not None else "closed"
         self._write_rank_info(status=status)
         try:
@@ -204,20 +207,50 @@ class RankWriter:
             self._cond.notify_all()
 
 
+    def _digest_pool(self):
+        """Worker threads for stats and checksums, or None to compute them inline.
+
+        NOTE: zlib.crc32, torch's reductions and file writes release the GIL, so a few
+        workers overlap checksums, stats and the data file write; on a small machine
+        (fewer than 8 cores) they would only compete with the engine for the cores.
+        """
+        if self._digest_workers is None:
+            workers = min(4, (os.cpu_count() or 1) // 4)
+            if workers < 2:
+                self._digest_workers = False
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._digest_workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dumpcmp-digest")
+        return self._digest_workers or None
+
     def _write_batch(self, batch: list[PendingRecord]) -> None:
         # Imported here so that importing dumper never pays for them.
         from dumper.stats import checksum, tensor_stats
 
-        tensors = {}
+        def digest(snapshot: Snapshot):
+            tensor = snapshot.wait()
+            return tensor_stats(tensor), checksum(tensor)
+
+        pool = self._digest_pool()
+        digests = [pool.submit(digest, item.snapshot) for item in batch] if pool is not None else None
+        file_name = data_file_name(self._next_file) if self._mode == "tensor" else None
+        if file_name:
+            final_path = os.path.join(self.rank_dir, file_name)
+            tmp_path = final_path + ".tmp"
+            try:
+                write_safetensors({f"{item.seq}": item.snapshot for item in batch}, tmp_path)
+                os.replace(tmp_path, final_path)
+            except BaseException:
+                # Give the space back (a full disk is the usual cause) before failing.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_path)
+                raise
+            self._next_file += 1
         lines = []
-        file_name = None
-        if self._mode == "tensor":
-            file_name = data_file_name(self._next_file)
-        for item in batch:
+        for position, item in enumerate(batch):
             tensor = item.snapshot.wait()
-            key = f"{item.seq}" if file_name else None
-            if file_name:
-                tensors[key] = tensor
+            stats, check = digests[position].result() if digests is not None else digest(item.snapshot)
             record = IndexRecord(
                 seq=item.seq,
                 step=item.step,
@@ -229,35 +262,74 @@ class RankWriter:
                 dtype=str(tensor.dtype).removeprefix("torch."),
                 shape=tuple(tensor.shape),
                 dims=item.dims,
-                stats=tensor_stats(tensor),
-                checksum=checksum(tensor),
+                stats=stats,
+                checksum=check,
                 file=file_name,
-                key=key,
+                key=f"{item.seq}" if file_name else None,
                 nbytes=item.nbytes,
                 time=item.time,
             )
             lines.append(record.to_json_line())
-        if file_name:
-            from safetensors.torch import save_file
-
-            final_path = os.path.join(self.rank_dir, file_name)
-            tmp_path = final_path + ".tmp"
-            try:
-                save_file(tensors, tmp_path)
-                os.replace(tmp_path, final_path)
-            except BaseException:
-                # Give the space back (a full disk is the usual cause) before failing.
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_path)
-                raise
-            self._next_file += 1
         self._index.write("\n".join(lines) + "\n")
         self._index.flush()
         self._records_written += len(batch)
         self._last_step = batch[-1].step
-        del tensors
         for item in batch:
             item.snapshot.release()
+
+
+_SAFETENSORS_DTYPES = {
+    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "int32": "I32",
+    "uint32": "U32", "int64": "I64", "uint64": "U64", "float16": "F16", "bfloat16": "BF16",
+    "float32": "F32", "float64": "F64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def write_safetensors(tensors: dict[str, Any], path: str) -> None:
+    """Write a safetensors file straight from host memory (tensors or snapshots).
+
+    The header needs only dtypes and shapes, so it goes out before any device copy
+    has landed; each tensor's bytes are then written as soon as its copy is complete,
+    with no intermediate copy (safetensors' ``save_file`` copies every tensor into a
+    bytes object first) and without holding the GIL while the kernel copies.
+    """
+    import json
+    import struct
+
+    from dumper.stats import raw_bytes
+
+    entries = []
+    header: dict[str, Any] = {}
+    offset = 0
+    for key, value in tensors.items():
+        tensor = value.tensor if isinstance(value, Snapshot) else value
+        nbytes = tensor.numel() * tensor.element_size()
+        header[key] = {
+            "dtype": _SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+        entries.append(value)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, memoryview(struct.pack("<Q", len(text)) + text))
+        for value in entries:
+            tensor = value.wait() if isinstance(value, Snapshot) else value
+            if tensor.numel():
+                _write_all(fd, raw_bytes(tensor))
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    # Slices bound the size of one system call; os.write may also write less.
+    step = 1 << 26
+    position = 0
+    while position < len(data):
+        position += os.write(fd, data[position : position + step])
 
 
 def _count_lines(path: str) -> int:

@@ -75,16 +75,16 @@ def test_unwritable_directory(tmp_path):
 def test_writer_failure_warns_once_and_engine_continues(tmp_path):
     run_dir = tmp_path / "run"
     code = """
-    import errno, torch, safetensors.torch as st
+    import errno, torch, dumper.writer as st
     from dumper import dumper
-    real_save = st.save_file
+    real_save = st.write_safetensors
     calls = []
     def failing_save(tensors, path, *a, **k):
         calls.append(path)
         if len(calls) > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(tensors, path, *a, **k)
-    st.save_file = failing_save
+    st.write_safetensors = failing_save
     for step in range(20):
         dumper.dump("x", torch.ones(1000) * step)
         dumper.flush()  # one data file per step, so the failure lands mid-run

@@ -35,16 +35,16 @@ def small_disk(tmp_path):
 
 
 QUOTA_SHIM = """
-import builtins, errno, os, safetensors.torch as st
+import builtins, errno, os, dumper.writer as st
 _limit = 2 << 20
-_real_save = st.save_file
+_real_save = st.write_safetensors
 def _quota_save(tensors, path, *a, **k):
     used = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.dirname(path)) for f in fs)
-    need = sum(t.numel() * t.element_size() for t in tensors.values())
+    need = sum(t.tensor.numel() * t.tensor.element_size() for t in tensors.values())
     if used + need > _limit:
         raise OSError(errno.ENOSPC, "No space left on device")
     return _real_save(tensors, path, *a, **k)
-st.save_file = _quota_save
+st.write_safetensors = _quota_save
 """
 
 
