@@ -81,6 +81,24 @@ def test_our_run_against_an_sglang_run_through_a_name_map(tmp_path):
     assert code == 0 and not skipped
 
 
+def test_sglang_dp_attention_target_gathers_tokens_over_attn_dp(tmp_path):
+    """``t[dp] h # dp:=attn_dp tp:replicated``: the dp axis of this tensor is attn_dp, whose
+    ranks hold consecutive token blocks; tp spans the same ranks and adds nothing."""
+    own = write_own_run(tmp_path / "own", dp_attention=True)
+    target = write_sglang_run(tmp_path / "sglang_dp2", tp_size=2, dp_attention=True)
+    name_map = tmp_path / "names.yaml"
+    name_map.write_text("tags: {layer_id: layer}\nignore_tags: [recompute_status]\n")
+    code, report = compare(own, target, "--name-map", name_map)
+    assert code == 0, report["first_divergence"]
+    gathered = by_name(report, "attn_tokens")
+    assert len(gathered) == LAYERS * STEPS and all(r["status"] == "pass" for r in gathered)
+    assert "concat dim 0 over attn_dp(2)" in gathered[0]["target"]["unshard"]
+
+
+def by_name(report: dict, name: str) -> list[dict]:
+    return [r for r in report["results"] if r["name"] == name]
+
+
 def test_sglang_runs_list_their_ranks_and_tensors(tp1, tmp_path):
     target = write_sglang_run(tmp_path / "tp2", tp_size=2)
     result = runner.invoke(app, ["ls", target, "--format", "json"])
