@@ -255,7 +255,8 @@ def render_demo(result: DemoResult, console: "Console | None" = None) -> None:
     line((scenario.story, "dim"))
     engine = " ".join(("python -m examples.moe_engine", *scenario.engine_args))
     line("  baseline  ", engine, "  (1 process)")
-    line("  target    ", " ".join((engine, *scenario.target_args)), f"  ({scenario.layout})")
+    line("  target    ", " ".join((engine, *scenario.target_args)))
+    line(f"            ({scenario.layout})")
     line(f"  both dumped through the patch preset {PRESET} (the engine has no dump calls), compared with "
          f"aligner={report.aligner}" + (f"; left out: {scenario.excluded_why}" if scenario.excluded_why else ""))
     console.print()
@@ -280,7 +281,7 @@ def render_demo(result: DemoResult, console: "Console | None" = None) -> None:
         layer = first.tags.get("layer")
         line("  ", ("first divergence", "bold"), f": {first.name}" + (f" of layer {layer}" if layer is not None else "")
              + f", step {first.step}")
-        if first.reason:
+        if first.reason and (not first.hint or len(first.reason) <= 70):  # the table has the metrics
             line("  ", ("why", "bold"), f": {first.reason}")
         if first.hint:
             line("  ", ("hint", "bold"), ": ", (first.hint, "cyan"))
