@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from comparator.report_table import STATUS_STYLE
@@ -24,8 +25,9 @@ def _stat(value: object) -> str:
 def render_view(view: TensorView, console: Console | None = None) -> None:
     console = console or Console()
     if view.tensor is None:
-        table = Table(title=f"{len(view.matches)} tensors named {view.name} in {view.run}: pick one with --step/--tags",
-                      title_justify="left", box=box.SIMPLE_HEAD)
+        console.print(f"{len(view.matches)} tensors named {view.name} in {view.run}", markup=False, highlight=False)
+        console.print("pick one with --step/--tags to see its shards (and a diff with --baseline)", markup=False)
+        table = Table(box=box.SIMPLE_HEAD)
         for column in ("step", "tags", "ranks", "shape", "dtype", "l2 (rank 0)", "mean (rank 0)"):
             table.add_column(column)
         for tensor in view.matches:
@@ -37,28 +39,28 @@ def render_view(view: TensorView, console: Console | None = None) -> None:
         return
     tensor = view.tensor
     first = tensor.records[0]
-    console.print(f"[bold]{tensor.label}[/] in {view.run}", highlight=False)
+    console.print(f"[bold]{escape(tensor.label)}[/] in {escape(view.run)}", highlight=False)
     shape = list(view.plan.shape) if view.plan is not None else "?"
     console.print(f"dtype {first.dtype}  shape {shape}  dims {first.dims!r}  "
-                  f"{'tensor data' if view.has_data else 'stats only (no data)'}", highlight=False)
+                  f"{'tensor data' if view.has_data else 'stats only (no data)'}", highlight=False, markup=False)
     if view.plan is not None:
-        console.print(f"unshard: {view.plan.describe()}", highlight=False)
+        console.print(f"unshard: {view.plan.describe()}", highlight=False, markup=False)
     if view.plan_error:
-        console.print(f"[yellow]cannot put the shards together: {view.plan_error}[/]", highlight=False)
+        console.print(f"[yellow]cannot put the shards together: {escape(view.plan_error)}[/]", highlight=False)
     if view.stats is not None:
         stats = view.stats
         console.print("whole tensor (pooled from the shards' stats): " + "  ".join(
             f"{k} {_stat(getattr(stats, k))}" for k in STAT_FIELDS if k != "numel") + f"  numel {stats.numel}",
             highlight=False)
     elif view.stats_error:
-        console.print(f"[dim]whole-tensor stats: {view.stats_error}[/]", highlight=False)
+        console.print(f"[dim]whole-tensor stats: {escape(view.stats_error)}[/]", highlight=False)
     console.print(f"[bold]{len(view.shards)} shard(s)[/]", highlight=False)
     for shard in view.shards:
         record = shard.record
         where = f"{record.source}/{record.file} key {record.key}" if record.file else "no data"
         console.print(f"  rank {record.rank} ({shard.place}) {list(record.shape)}: "
                       + "  ".join(f"{k} {_stat(getattr(record.stats, k))}" for k in STAT_FIELDS[1:])
-                      + f"  {record.checksum}  [dim]{where}[/]", highlight=False)
+                      + f"  {record.checksum}  [dim]{escape(where)}[/]", highlight=False)
     result = view.comparison
     if result is None:
         return
@@ -77,8 +79,8 @@ def render_view(view: TensorView, console: Console | None = None) -> None:
                       + f"  checksum_match {result.stats.checksum_match}", highlight=False)
     for label, text in (("why", result.reason), ("hint", result.hint)):
         if text:
-            console.print(f"  {label}: {text}", highlight=False)
+            console.print(f"  {label}: {text}", highlight=False, markup=False)
     if result.judgement is not None:
-        console.print(f"  judged by {result.judgement.rule}", highlight=False)
+        console.print(f"  judged by {result.judgement.rule}", highlight=False, markup=False)
     for note in result.notes:
-        console.print(f"  [dim]note: {note}[/]", highlight=False)
+        console.print(f"  [dim]note: {escape(note)}[/]", highlight=False)
