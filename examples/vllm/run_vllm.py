@@ -1,0 +1,58 @@
+"""Greedy generation with vLLM on the tiny model, for dumping under ``dumpcmp run``.
+
+    dumpcmp run --patch vllm/qwen3_moe --dir /tmp/runs/tp1 -- \
+        python -m examples.vllm.run_vllm /tmp/tiny-qwen3-moe --tp 1
+
+Prompts are token ids (the model has no tokenizer). vLLM starts its engine core and
+workers as spawned processes, which re-import this file: the ``__main__`` guard keeps
+them from starting vLLM again. Eager mode, because dump calls cannot run inside
+torch.compile or CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+# Two prompts of different lengths. They run one after the other (max_num_seqs=1):
+# vLLM's engine core may start the first forward before the second request arrives,
+# so a batch of both would differ from run to run (and from transformers' layout).
+PROMPTS = ([11, 42, 7, 99, 3, 250, 18], [5, 77, 130, 64, 9])
+MAX_TOKENS = 4
+KV_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(
+        model=model,
+        skip_tokenizer_init=True,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=128,
+        tensor_parallel_size=tensor_parallel_size,
+        seed=0,
+        max_num_seqs=1,
+        # NOTE: an explicit KV-cache size skips vLLM's CPU check that a fraction of
+        # the machine's memory is free (it fails on a busy shared machine).
+        kv_cache_memory_bytes=KV_CACHE_BYTES,
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in PROMPTS], params)
+    return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="directory written by examples.vllm.make_model")
+    parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    args = parser.parse_args()
+    tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens)
+    print("GENERATED " + json.dumps(tokens))
+
+
+if __name__ == "__main__":
+    main()
