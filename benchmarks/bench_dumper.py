@@ -203,8 +203,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--digest-workers", type=int, default=None, help="dumper.writer.DIGEST_WORKERS")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
+    import dumper.writer
+
+    dumper.writer.DIGEST_WORKERS = args.digest_workers
 
     dtype = getattr(torch, args.dtype)
     element = torch.empty(0, dtype=dtype).element_size()
@@ -244,7 +248,7 @@ def main() -> None:
 
     gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     print(f"# dumper benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores{gpu}, torch {torch.__version__}, device {args.device}, {args.dtype}")
+          f"{os.cpu_count()} cores{gpu}, torch {torch.__version__}, digest workers {args.digest_workers}, device {args.device}, {args.dtype}")
     print(f"# {args.tensors} tensors x {args.mb_per_tensor} MB = {step_mb:.0f} MB a step; burst {args.steps} steps, "
           f"sustained {sustained_steps} steps ({sustained_mb:.0f} MB, 1024 MB queue); median of {repeats}")
     print()

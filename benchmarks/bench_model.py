@@ -129,8 +129,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per burst")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sustained-steps", type=int, default=40)
+    parser.add_argument("--digest-workers", type=int, default=None, help="dumper.writer.DIGEST_WORKERS")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
+    import dumper.writer
+
+    dumper.writer.DIGEST_WORKERS = args.digest_workers
 
     work_dir = args.dir or tempfile.mkdtemp(prefix="dumpcmp-model-")
     os.makedirs(work_dir, exist_ok=True)
@@ -220,7 +224,7 @@ def main() -> None:
     plain = med(results["plain"])
     gpu = f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     print(f"# model benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores{gpu}, "
-          f"torch {torch.__version__}, {args.device}, {args.dtype}")
+          f"torch {torch.__version__}, digest workers {args.digest_workers}, {args.device}, {args.dtype}")
     print(f"# Qwen3-MoE-shaped: {args.layers} layers, hidden {args.hidden}, {args.experts} experts top-{args.top_k}, "
           f"{params / 1e9:.2f} B params, {args.batch} x {args.tokens} tokens; {tensors_per_step} tensors "
           f"({step_mb:.0f} MB) dumped a step; bursts of {args.steps} steps, median of {args.repeats} "

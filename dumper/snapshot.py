@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +60,12 @@ class Snapshot:
         # NOTE: called from the writer and its digest workers alike; read the event once.
         event = self.event
         if event is not None:
-            event.synchronize()
+            # NOTE: poll rather than Event.synchronize(): a thread that waits must never
+            # hold the GIL while the engine thread wants it, and sleeping gives it back.
+            delay = 2e-5
+            while not event.query():
+                time.sleep(delay)
+                delay = min(delay * 2, 1e-3)
             self.event = None
         return self.tensor
 

@@ -31,6 +31,10 @@ from dumper.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+# Threads computing stats and checksums beside the writer; None: a quarter of the
+# cores, at most 4 (0 or 1: inline, on the writer thread). Benchmarks set it.
+DIGEST_WORKERS: int | None = None
+
 # rank.json is padded to this size so that its final update still fits when the
 # disk has filled up (it is then rewritten in place, without new blocks).
 _RANK_INFO_PAD = 8192
@@ -130,7 +134,7 @@ class RankWriter:
             self._cond.notify_all()
         self._thread.join(timeout)
         if self._digest_workers:
-            self._digest_workers.shutdown(wait=False)
+            self._digest_workers.shutdown()
         status = "failed" if self._failed is not None else "closed"
         self._write_rank_info(status=status)
         try:
@@ -215,13 +219,8 @@ class RankWriter:
         (fewer than 8 cores) they would only compete with the engine for the cores.
         """
         if self._digest_workers is None:
-            workers = min(4, (os.cpu_count() or 1) // 4)
-            if workers < 2:
-                self._digest_workers = False
-            else:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._digest_workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dumpcmp-digest")
+            workers = DIGEST_WORKERS if DIGEST_WORKERS is not None else min(4, (os.cpu_count() or 1) // 4)
+            self._digest_workers = _Workers(workers) if workers >= 2 else False
         return self._digest_workers or None
 
     def _write_batch(self, batch: list[PendingRecord]) -> None:
@@ -276,6 +275,57 @@ class RankWriter:
         self._last_step = batch[-1].step
         for item in batch:
             item.snapshot.release()
+
+
+class _Job:
+    def __init__(self, function: Callable[[Any], Any], argument: Any) -> None:
+        self.function = function
+        self.argument = argument
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def result(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Workers:
+    """A few daemon threads running jobs in submission order.
+
+    NOTE: not concurrent.futures: its executors refuse new work once the main thread
+    has ended, and the writer still drains its queue at exit (atexit runs later).
+    """
+
+    def __init__(self, count: int) -> None:
+        import queue
+
+        self._jobs: "queue.SimpleQueue[_Job | None]" = queue.SimpleQueue()
+        self._count = count
+        for number in range(count):
+            threading.Thread(target=self._loop, name=f"dumpcmp-digest-{number}", daemon=True).start()
+
+    def submit(self, function: Callable[[Any], Any], argument: Any) -> _Job:
+        job = _Job(function, argument)
+        self._jobs.put(job)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job.value = job.function(job.argument)
+            except BaseException as exc:  # noqa: BLE001 - handed to the writer thread
+                job.error = exc
+            job.done.set()
+
+    def shutdown(self) -> None:
+        for _ in range(self._count):
+            self._jobs.put(None)
 
 
 _SAFETENSORS_DTYPES = {

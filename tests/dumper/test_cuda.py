@@ -20,8 +20,16 @@ from tests.dumper.cases import make_cases
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
 
-# Long enough that the host finishes its work well before the GPU does.
-_SLEEP_CYCLES = 1_000_000_000  # about 0.5 s on a 2 GHz SM clock
+
+def _queue_long_kernel(milliseconds: float = 500.0) -> None:
+    """Queue a kernel that spins for about ``milliseconds`` on the current stream."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10**7)
+    end.record()
+    end.synchronize()
+    cycles_per_ms = 10**7 / start.elapsed_time(end)
+    torch.cuda._sleep(int(cycles_per_ms * milliseconds))
 
 
 def _dumper(run_dir) -> Dumper:
@@ -60,9 +68,10 @@ def test_dump_does_not_wait_for_the_device(tmp_path):
     local.flush()
     source = torch.randn(1 << 22, device="cuda")
     done = torch.cuda.Event()
-    torch.cuda._sleep(_SLEEP_CYCLES)
+    _queue_long_kernel()
     produced = source * 2  # queued behind the long kernel
     done.record()
+    assert not done.query()
     t0 = time.perf_counter()
     for index in range(10):
         local.dump("produced", produced, index=index)
@@ -85,7 +94,7 @@ def test_freed_source_memory_is_not_reused_before_the_copy(tmp_path):
     numel = 1 << 22
     values = torch.arange(numel, device="cuda", dtype=torch.float32)
     expected = checksum(values.cpu())
-    torch.cuda._sleep(_SLEEP_CYCLES)  # the side stream's copy waits behind this
+    _queue_long_kernel()  # the side stream's copy waits behind this
     source = values.clone()
     old_pointer = source.data_ptr()
     local.dump("source", source)
