@@ -91,4 +91,6 @@ def test_random_sigkills_lose_nothing_that_was_written(tmp_path):
             report = compare(run_dir, run_dir)
             assert report.exit_code in (0, 1, 3)
             assert any("did not close" in p for p in report.problems["target"])
+    print(f"\ncrash trials: {TRIALS} x {RANKS} ranks killed, {outcomes['runs_with_data']} runs with data, "
+          f"{outcomes['records']} records read back with valid checksums")
     assert outcomes["runs_with_data"] >= TRIALS // 2, outcomes
