@@ -261,7 +261,8 @@ def _heatmap_section(report: Report) -> str:
 def _cell(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '<td class="num" data-v="">-</td>'
-    return f'<td class="num" data-v="{value!r}">{fmt(value)}</td>'
+    number = ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else repr(float(value))  # JS parseFloat
+    return f'<td class="num" data-v="{number}">{fmt(value)}</td>'
 
 
 def _table_section(report: Report) -> str:

@@ -175,7 +175,7 @@ def test_allow_skip_and_exit_3(runs):
     ("extra", "message"),
     [
         (["--aligner", "nope"], "unknown aligner 'nope'; valid aligners: none, concat_steps, by_request"),
-        (["--format", "html"], "html report not available yet"),
+        (["--format", "html", "--output", "/nonexistent-dir/report.html"], "cannot write the report"),
         (["--steps", "3:1"], "empty step range '3:1'"),
         (["--names", "("], "--names '(' is not a valid regular expression"),
         (["--override-dims", "x=t h["], "unbalanced brackets"),
