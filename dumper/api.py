@@ -72,6 +72,7 @@ class Dumper:
         self._warned: set[str] = set()
         self._exit_hook_installed = False
         self._generated_run_id: str | None = None
+        self._collectives = None  # dumper.collectives.CollectiveTracer once a rank directory exists
 
     # ----------------------------------------------------------------- config
     @property
@@ -143,6 +144,12 @@ class Dumper:
     def register_parallel_provider(self, provider: Provider) -> None:
         """An engine plugin returning ``{axis: (rank, size)}``, asked once per step."""
         self._parallel.register_provider(provider)
+
+    def name_group(self, group: Any, axis: str) -> None:
+        """Say which parallel axis a torch.distributed process group is, for the collective trace."""
+        from dumper.collectives import name_group
+
+        name_group(group, axis)
 
     @property
     def parallel(self):
@@ -269,7 +276,22 @@ class Dumper:
             )
             self._rank_info = rank_info
             self._rank_dir = rank_dir
+            if config.collectives:
+                self._start_collective_trace(rank_dir)
             return self._reopen_writer(config)
+
+    def _start_collective_trace(self, rank_dir: str) -> None:
+        if sys.modules.get("torch.distributed") is None:
+            import torch.distributed  # noqa: F401 - torch is already imported by the engine here
+        from dumper.collectives import CollectiveTracer, install
+
+        try:
+            if self._collectives is None:
+                self._collectives = CollectiveTracer(owner=self)
+                install(self._collectives)  # stays for the process's life; the tracer checks `enabled`
+            self._collectives.attach(rank_dir)
+        except Exception as exc:  # noqa: BLE001 - the trace is optional; never break the engine
+            self._warn_once("collectives", f"dumpcmp: collective tracing off ({type(exc).__name__}: {exc})")
 
     def _reopen_writer(self, config: DumpConfig):
         from dumper.writer import RankWriter
@@ -305,6 +327,8 @@ class Dumper:
         writer = self._writer
         if writer is not None:
             writer.flush()
+        if self._collectives is not None:
+            self._collectives.flush()
 
     def close(self) -> None:
         """Flush and stop the writer; called at process exit.
@@ -312,6 +336,8 @@ class Dumper:
         Dumping may go on afterwards: a new writer appends to the same rank directory.
         """
         writer = self._writer
+        if self._collectives is not None:
+            self._collectives.flush()
         if writer is not None:
             self._writer = None
             writer.close()
@@ -339,6 +365,8 @@ class Dumper:
         self._parallel.invalidate()
         self._exit_hook_installed = False
         self._seq = 0
+        if self._collectives is not None:
+            self._collectives.reset_after_fork()
 
 
 def _is_tensor(value: Any) -> bool:

@@ -11,6 +11,7 @@ DUMPCMP_FILE_MB             target size of one data file (default 256)
 DUMPCMP_OVERWRITE           ``1``: replace an earlier run's files for the same rank
 DUMPCMP_RUN_ID              identifies one run across its processes (``dumpcmp run`` sets it)
 DUMPCMP_ENABLE              ``0``: configured but off until ``dumper.enable()``
+DUMPCMP_COLLECTIVES         ``0``: do not trace torch.distributed collectives (default on)
 DUMPCMP_PATCH               patch files to apply in every process (``os.pathsep``-separated)
 DUMPCMP_REQUIRE_ENGINES     tests only: a missing engine fails instead of skipping
 ==========================  ===========================================================
@@ -37,6 +38,7 @@ KNOWN_ENV = (
     "DUMPCMP_OVERWRITE",
     "DUMPCMP_RUN_ID",
     "DUMPCMP_ENABLE",
+    "DUMPCMP_COLLECTIVES",
     "DUMPCMP_PATCH",
     "DUMPCMP_REQUIRE_ENGINES",
     "DUMPCMP_COMMAND",
@@ -53,6 +55,7 @@ class DumpConfig:
     overwrite: bool = False
     run_id: str | None = None
     enable: bool = True
+    collectives: bool = True  # trace torch.distributed collectives (dumper/collectives.py)
     command: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -114,4 +117,5 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         run_id=env.get("DUMPCMP_RUN_ID") or None,
         enable=_parse_bool("DUMPCMP_ENABLE", env.get("DUMPCMP_ENABLE", "1")),
         command=command,
+        collectives=_parse_bool("DUMPCMP_COLLECTIVES", env.get("DUMPCMP_COLLECTIVES", "1")),
     )

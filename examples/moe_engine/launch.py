@@ -117,6 +117,9 @@ def open_worker(config: EngineConfig, *, rank: int, local_rank: int) -> Iterator
         layout = ParallelLayout(rank=rank, tp=config.tp, ep=config.ep, dp_attention=config.dp_attention)
         comm = Comm(layout)
         dumper.set_parallel(**layout.dumper_axes())
+        for axis, group in comm.groups.items():
+            # NOTE: under --ep 2 the attn_tp, ep and world groups hold the same ranks: name them.
+            dumper.name_group(group, axis)
         yield Engine(config, comm, device)
     finally:
         if world_size > 1:

@@ -107,6 +107,11 @@ class Comm:
                 if layout.rank in ranks:
                     self._groups[axis] = group
 
+    @property
+    def groups(self) -> dict[str, object]:
+        """``{axis: process group}`` for every axis of size > 1 this rank belongs to."""
+        return dict(self._groups)
+
     def size(self, axis: Axis) -> int:
         return self.layout.size(axis)
 
