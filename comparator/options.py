@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from comparator.errors import NameMapError, OptionError
+from comparator.routing import RoutingOptions
 
 Format = Literal["table", "json", "junit", "html"]
 FORMATS = ("table", "json", "junit", "html")
@@ -199,6 +200,7 @@ class CompareOptions:
     override_dims: tuple[DimsOverride, ...] = ()
     jobs: int = 1
     verify_checksums: bool = False
+    routing: RoutingOptions = RoutingOptions()  # routing-aware MoE comparison (comparator/routing.py)
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -225,6 +227,7 @@ class CompareOptions:
         allow_skip: str | None = None, steps: str | None = None, baseline_steps: str | None = None,
         names: str | None = None, exclude: str | None = None, name_map: str | os.PathLike[str] | None = None,
         override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,
+        routing: bool = True, moe_outputs: str | None = None,
     ) -> "CompareOptions":
         """Build from plain strings (CLI values); raises OptionError naming the bad one."""
         from aligners import get_aligner
@@ -244,4 +247,6 @@ class CompareOptions:
             override_dims=tuple(parse_override_dims(o) for o in override_dims),
             jobs=jobs,
             verify_checksums=verify_checksums,
+            routing=RoutingOptions(enabled=routing, **(
+                {"moe_outputs": compile_regex(moe_outputs, "--moe-outputs")} if moe_outputs is not None else {})),
         )

@@ -18,6 +18,7 @@ by the number of tensors in a run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from comparator.matching import LogicalTensor, Series, TensorKey, group_records,
 from comparator.metrics import Metrics, compute_metrics, identical_metrics
 from comparator.options import CompareOptions
 from comparator.results import Report, SideInfo, TensorResult
+from comparator.routing import RoutingJudge, RoutingSources, attach_routing, keep_agreeing_tokens, topk_verdict
 from comparator.stats_only import StatsThresholds, load_stats_thresholds
 from comparator.thresholds import Thresholds, load_thresholds
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard, reduction_groups
@@ -69,6 +71,7 @@ class WorkItem:
     skip: str | None = None
     error: str | None = None
     stats_only: bool = False  # a side has no tensor data (stats mode): judge from index stats
+    routing: RoutingSources | None = None  # top-k ids / MoE output: judged with the layer's routing
 
 
 def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
@@ -151,7 +154,7 @@ def plan_comparison(baseline_run: Run, target_run: Run, options: CompareOptions,
         for unit in aligner.plan(series.step_pairs, context):
             items.append(_plan_unit(series, unit, options, axis_sizes))
     items.sort(key=lambda item: item.order)
-    return items
+    return attach_routing(items, options.routing)
 
 
 def _aux_loader(run: Run, tensors: list[LogicalTensor], options: CompareOptions, side: str) -> AuxLoader:
@@ -254,6 +257,7 @@ class _Executor:
         self.stats_thresholds = stats_thresholds if stats_thresholds is not None else load_stats_thresholds(options.thresholds)
         self.baseline_loader = TensorLoader(baseline_run, verify_checksums=options.verify_checksums)
         self.target_loader = TensorLoader(target_run, verify_checksums=options.verify_checksums)
+        self.routing = RoutingJudge(options.routing, self._load_aligned, self._passes_thresholds)
 
     def run(self, item: WorkItem) -> TensorResult:
         base = dict(
@@ -310,6 +314,16 @@ class _Executor:
             token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
                 return self._shape_mismatch(item, base, notes, baseline_tensor, target_tensor, token_dim, rule, limits)
+            if item.routing is not None:
+                # NOTE: routing flips at near-ties: comparator/routing.py.
+                routing = self.routing.check(item.routing)
+                base = dict(base, routing=routing)
+                if item.routing.role == "topk_ids":
+                    metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
+                    return self._judge_topk(base, notes, routing, metrics, rule, limits, replicas)
+                baseline_tensor, target_tensor, note = keep_agreeing_tokens(routing, baseline_tensor, target_tensor, token_dim)
+                if note or routing.flips or routing.problem:
+                    notes.append(note or routing.describe())
             metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
         else:
             baseline_tensor = target_tensor = None
@@ -324,6 +338,38 @@ class _Executor:
         hint = hint or nonfinite_hint(metrics) or scale_hint(metrics, item.axis_sizes)
         return TensorResult(**base, status="fail", reason=reason, metrics=metrics, judgement=judgement, hint=hint,
                             notes=tuple(notes), replica_disagreement=replicas)
+
+    def _judge_topk(self, base: dict[str, Any], notes: list[str], routing: Any, metrics: Metrics, rule: str,
+                    limits: dict[str, Any], replicas: dict[str, float]) -> TensorResult:
+        """Top-k ids pass when every flip is benign (a near-tie the router logits' error explains)."""
+        passed, reason, hint = topk_verdict(routing)
+        judgement = judge(metrics, rule, limits, {})
+        notes = [*notes, routing.describe()]
+        if passed:
+            return TensorResult(**base, status="pass", metrics=metrics, judgement=dataclasses.replace(judgement, failed=()),
+                                notes=tuple(notes), replica_disagreement=replicas)
+        return TensorResult(**base, status="fail", reason=reason, hint=hint, metrics=metrics,
+                            judgement=dataclasses.replace(judgement, failed=(*judgement.failed, "routing")),
+                            notes=tuple(notes), replica_disagreement=replicas)
+
+    def _load_aligned(self, item: WorkItem) -> "tuple[torch.Tensor, torch.Tensor]":
+        """Both sides of a work item, unsharded and aligned (routing tensors)."""
+        baseline = [execute_unshard(p, self.baseline_loader.load, verify_replicas=False).tensor for p in item.baseline_plans]
+        target = [execute_unshard(p, self.target_loader.load, verify_replicas=False).tensor for p in item.target_plans]
+        b_spec, t_spec = item.baseline_plans[0].dims, item.target_plans[0].dims
+        context = AlignContext(
+            name=item.name, tags=item.tags,
+            baseline_token_dim=item.baseline_plans[0].token_dim, target_token_dim=item.target_plans[0].token_dim,
+            baseline_dims=b_spec.text if b_spec is not None else None,
+            target_dims=t_spec.text if t_spec is not None else None,
+        )
+        aligned = self.aligner.align(item.unit, baseline, target, context)
+        return aligned.baseline, aligned.target
+
+    def _passes_thresholds(self, item: WorkItem, baseline: "torch.Tensor", target: "torch.Tensor") -> bool:
+        rule, limits = self.thresholds.limits_for(item.name, item.tags, item.baseline_plans[0].dtype,
+                                                  item.target_plans[0].dtype)
+        return not judge(compute_metrics(baseline, target), rule, limits, {}).failed
 
     def _compare_stats(self, item: WorkItem, base: dict[str, Any]) -> TensorResult:
         from comparator.results import Judgement

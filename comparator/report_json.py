@@ -50,6 +50,7 @@ def result_to_json(result: TensorResult) -> dict[str, Any]:
         "baseline": result.baseline.to_json() if result.baseline is not None else None,
         "target": result.target.to_json() if result.target is not None else None,
         "replica_disagreement": {a: _number(v) for a, v in result.replica_disagreement.items()},
+        "routing": result.routing.to_json() if result.routing is not None else None,
     }
     if metrics is not None:
         worst = metrics.worst_token

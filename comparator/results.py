@@ -78,6 +78,7 @@ class TensorResult:
     alignment: AlignmentNote | None = None  # what the token aligner did (steps merged, rows trimmed, ...)
     stats_only: bool = False  # judged from index stats and checksums (a side was dumped in stats mode)
     stats: StatsComparison | None = None  # the stats-only metrics
+    routing: Any = None  # comparator.routing.RoutingCheck of a top-k ids or MoE output tensor
 
     def __bool__(self) -> bool:
         return self.status == "pass"

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parallel.add_argument("--fusion", action="store_true",
                           help="defer the MoE output's all-reduce into the next residual-add + norm")
     parser.add_argument("--bug", choices=BUG_NAMES, default=None, help="switch on one seed bug")
+    parser.add_argument("--perturb-router", action="store_true",
+                        help="a planted router bug: perturb rank 0's router weights of the first MoE layer")
     parser.add_argument("--steps", type=int, default=3, help="greedy decode steps after the prefill (default 3)")
     parser.add_argument("--prompt-lens", type=_prompt_lens, default=DEFAULT_PROMPT_LENS, metavar="N,N,...",
                         help="one request per length (default %(default)s)")
@@ -50,7 +52,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         tp=args.tp, ep=args.ep, dp_attention=args.dp_attention, dense_tp=args.dense_tp, fusion=args.fusion,
         bug=args.bug, steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
-        save_logits=args.save_logits, model=model,
+        save_logits=args.save_logits, perturb_router=args.perturb_router, model=model,
     )
 
 

@@ -94,6 +94,9 @@ class EngineConfig:
     dtype: DType = "float32"
     device: Device = "cpu"
     save_logits: str | None = None
+    # A planted router bug (not a seed): rank 0's copy of the first MoE layer's router
+    # weights is perturbed, so that rank routes some tokens to other experts.
+    perturb_router: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

@@ -244,7 +244,10 @@ class MoEBlock(nn.Module):
         self.layer_id = layer_id
         self.comm = comm
         self.top_k = config.model.top_k
-        self.router = Router(weights[f"layers.{layer_id}.mlp.router"])
+        router_weight = weights[f"layers.{layer_id}.mlp.router"]
+        if config.perturb_router and comm.layout.rank == 0 and layer_id == config.model.num_dense_layers:
+            router_weight = perturbed(router_weight)
+        self.router = Router(router_weight)
         self.experts = RoutedExperts(config, weights, layer_id=layer_id, comm=comm)
         self.shared_experts = SharedExperts(config, weights, layer_id=layer_id, comm=comm)
         # --fusion: the next ResidualAddNorm reduces this block's output (see DeferredReduction).
@@ -276,6 +279,13 @@ class MoEBlock(nn.Module):
         tp_axis: Axis = "world" if self.double_reduce_bug else "moe_tp"
         moe_out = self.comm.all_reduce(moe_out, tp_axis)
         return moe_out
+
+
+def perturbed(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` plus seeded noise of half its spread (``--perturb-router``: a planted router bug)."""
+    generator = torch.Generator().manual_seed(1234)
+    noise = torch.randn(weight.shape, generator=generator) * weight.float().std() * 0.5
+    return (weight.float() + noise).to(weight.dtype)
 
 
 class DecoderLayer(nn.Module):
