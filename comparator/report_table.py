@@ -75,8 +75,22 @@ def _first_divergence_panel(report: Report) -> Panel | None:
                          f"dims {side.dims!r} ({side.plan})\n", style="dim")
     for note in result.notes:
         lines.append(f"note: {note}\n", style="dim")
+    _collective_lines(report, lines)
     lines.rstrip()
     return Panel(lines, title="first divergence", title_align="left", border_style="red")
+
+
+def _collective_lines(report: Report, lines: Text) -> None:
+    from comparator.collectives import trace_of_report
+
+    trace = trace_of_report(report)
+    if trace is None:
+        return
+    lines.append("collectives since the last passing tensor:\n", style="bold")
+    for line in trace.lines():
+        lines.append(f"  {line}\n")
+    for line in trace.differences:
+        lines.append(f"  {line}\n", style="yellow")
 
 
 def render_table(report: Report, console: Console | None = None) -> None:

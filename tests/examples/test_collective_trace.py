@@ -1,0 +1,103 @@
+"""The collective trace on the example engine: the report shows the doubled and the
+missing all-reduce between the last passing and the first failing tensor.
+
+Four runs through ``dumpcmp run --patch example/moe_engine``: a healthy and a buggy
+target for seed 2 (double_reduce) and seed 1 (EP reduce skipped under fusion), each
+compared with a healthy run of the same layout.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from comparator import compare
+from comparator.collectives import trace_of_report
+from comparator.report_table import render_table
+from dumper.collectives import read_collectives
+from tests.helpers.procs import clean_env
+
+pytestmark = pytest.mark.slow
+
+DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]
+RUNS = {
+    "ep2": "--ep 2",
+    "double_reduce": "--ep 2 --bug double_reduce",
+    "ep2_fusion": "--ep 2 --fusion",
+    "skipped_reduce": "--ep 2 --fusion --bug ep_reduce_skipped_under_fusion",
+}
+
+
+def dump(root: Path, name: str, args: str) -> Path:
+    run_dir = root / name
+    result = subprocess.run(
+        [*DUMPCMP, "run", "--patch", "example/moe_engine", "--dir", str(run_dir), "--", sys.executable, "-m",
+         "examples.moe_engine", *args.split()],
+        env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"{name}: {args}\n{result.stdout}\n{result.stderr}"
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("collectives")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(dump, root, name, args) for name, args in RUNS.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def table(report) -> str:
+    out = io.StringIO()
+    render_table(report, Console(file=out, width=200, force_terminal=False))
+    return out.getvalue()
+
+
+def test_every_rank_records_its_collectives(runs):
+    for rank in (0, 1):
+        records = read_collectives(str(runs["ep2"] / f"rank-0000{rank}"))
+        assert records and {r["op"] for r in records} == {"all_reduce", "all_gather"}  # + gather_results
+        ep = [r for r in records if r["group"]["axis"] == "ep"]
+        assert ep and all(r["group"]["ranks"] == [0, 1] and r["shape"][1] == 64 for r in ep)
+        assert all(r["after_seq"] >= 0 for r in records)
+        assert any("MoEBlock.reduce_output" in frame for r in ep for frame in r["caller"])
+
+
+def test_double_reduce_shows_the_extra_all_reduce(runs):
+    report = compare(runs["ep2"], runs["double_reduce"])
+    assert report.first_divergence.name == "moe_output"
+    trace = trace_of_report(report)
+    for rank in trace.target:
+        assert [(c.op, c.axis, c.count) for c in rank.calls] == [("all_reduce", "ep", 1), ("all_reduce", "world", 1)]
+        assert rank.after.startswith("shared_expert_output")
+    for rank in trace.baseline:
+        assert [(c.op, c.axis, c.count) for c in rank.calls] == [("all_reduce", "ep", 1)]
+    assert len(trace.differences) == 2
+    assert trace.differences[0].startswith("target rank 0: all_reduce(world, [")
+    assert "x1 here; baseline rank 0: x0 (extra in the target)" in trace.differences[0]
+    assert "all_reduce(world, [" in table(report)
+
+
+def test_skipped_reduce_shows_the_missing_all_reduce(runs):
+    report = compare(runs["ep2_fusion"], runs["skipped_reduce"])
+    assert report.first_divergence.name == "moe_output"
+    trace = trace_of_report(report)
+    assert all(rank.calls == () for rank in trace.target)
+    assert all([(c.op, c.axis) for c in rank.calls] == [("all_reduce", "ep")] for rank in trace.baseline)
+    assert "x0 here; baseline rank 1: x1 (missing in the target)" in trace.differences[1]
+    assert "missing in the target" in table(report)
+
+
+def test_a_one_rank_baseline_has_nothing_to_compare_counts_with(runs, tmp_path):
+    single = dump(tmp_path, "single", "")
+    report = compare(single, runs["double_reduce"])
+    trace = trace_of_report(report)
+    assert trace.traced == {"baseline": True, "target": True}
+    assert trace.differences == () and all(rank.calls == () for rank in trace.baseline)
+    assert [c.axis for c in trace.target[0].calls] == ["ep", "world"]
