@@ -135,7 +135,9 @@ class CollectiveTracer:
             self.flush()
 
     def _group_info(self, group: Any) -> dict[str, Any]:
-        info = self._owner._parallel.current()
+        parallel = self._owner._parallel
+        # NOTE: the cached answer (valid until the next step) skips current()'s torch.distributed queries.
+        info = parallel._cached or parallel.current()
         key = (id(group), id(info))
         found = self._groups.get(key)
         if found is None:
