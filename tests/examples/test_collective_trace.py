@@ -19,6 +19,7 @@ from rich.console import Console
 
 from comparator import compare
 from comparator.collectives import trace_of_report
+from comparator.report_json import report_to_json
 from comparator.report_table import render_table
 from dumper.collectives import read_collectives
 from tests.helpers.procs import clean_env
@@ -82,6 +83,9 @@ def test_double_reduce_shows_the_extra_all_reduce(runs):
     assert trace.differences[0].startswith("target rank 0: all_reduce(world, [")
     assert "x1 here; baseline rank 0: x0 (extra in the target)" in trace.differences[0]
     assert "all_reduce(world, [" in table(report)
+    collectives = report_to_json(report)["first_divergence"]["collectives"]
+    assert collectives["differences"] == list(trace.differences)
+    assert collectives["target"][0]["calls"][1]["axis"] == "world" and collectives["target"][0]["calls"][1]["count"] == 1
 
 
 def test_skipped_reduce_shows_the_missing_all_reduce(runs):
