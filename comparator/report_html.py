@@ -172,6 +172,12 @@ def _first_divergence(report: Report) -> str:
                                      f"dims {side.dims!r} ({side.plan})")))
     for note in result.notes:
         items.append(("note", esc(note)))
+    from comparator.collectives import trace_of_report
+
+    trace = trace_of_report(report)
+    if trace is not None:
+        lines = [esc(line) for line in trace.lines()] + [f'<span class="hint">{esc(d)}</span>' for d in trace.differences]
+        items.append(("collectives", '<span class="mono">' + "<br>".join(lines) + "</span>"))
     body = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in items)
     return f'<section id="first-divergence"><h2>First divergence</h2><dl class="card">{body}</dl></section>'
 

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from comparator import compare
 from comparator.collectives import trace_of_report
+from comparator.report_html import render_html
 from comparator.report_json import report_to_json
 from comparator.report_table import render_table
 from dumper.collectives import read_collectives
@@ -96,6 +97,7 @@ def test_skipped_reduce_shows_the_missing_all_reduce(runs):
     assert all([(c.op, c.axis) for c in rank.calls] == [("all_reduce", "ep")] for rank in trace.baseline)
     assert "x0 here; baseline rank 1: x1 (missing in the target)" in trace.differences[1]
     assert "missing in the target" in table(report)
+    assert "x0 here; baseline rank 1: x1 (missing in the target)" in render_html(report)
 
 
 def test_a_one_rank_baseline_has_nothing_to_compare_counts_with(runs, tmp_path):
