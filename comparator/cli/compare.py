@@ -44,6 +44,12 @@ def compare_command(
         [], "--override-dims", help="[baseline:|target:]NAME=DIMS; NAME is a regex matched in full. Repeatable."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes comparing tensors in parallel."),
     verify: bool = typer.Option(False, "--verify-checksums", help="Check every tensor's checksum while loading."),
+    no_routing: bool = typer.Option(
+        False, "--no-routing", help="Judge top-k ids and MoE outputs like any tensor (no routing-flip analysis)."),
+    moe_outputs: Optional[str] = typer.Option(
+        None, "--moe-outputs", metavar="REGEX",
+        help="Names of the MoE outputs judged on the tokens whose routing agrees "
+        "(default: routed_expert_output, moe_output and similar)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is being done."),
 ) -> None:
     """Compare two runs and report the first tensor that diverges, with a hint about why.
@@ -75,6 +81,7 @@ def compare_command(
             aligner=aligner, aligner_metadata=aligner_meta, thresholds=thresholds, allow_fail=allow_fail, allow_skip=allow_skip, steps=steps,
             baseline_steps=baseline_steps, names=names, exclude=exclude, name_map=name_map,
             override_dims=override_dims, jobs=jobs, verify_checksums=verify,
+            routing=not no_routing, moe_outputs=moe_outputs,
         )
         if not verbose:
             # The report lists the runs' problems itself.

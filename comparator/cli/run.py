@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from comparator.cli.app import app, setup_logging, user_errors
+from dumper.errors import ConfigError
 
 
 class DumpMode(str, Enum):
@@ -29,11 +30,28 @@ def run_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --dir."),
     no_check: bool = typer.Option(
         False, "--no-check", help="Do not check patch targets against this Python's installed engine first."),
+    verify_observer: bool = typer.Option(
+        False, "--verify-observer",
+        help="Run CMD twice and check that dumping did not change its final outputs (recorded in run.json).",
+    ),
+    observe: Optional[Path] = typer.Option(
+        None, "--observe", metavar="FILE",
+        help="With --verify-observer: a file CMD writes (e.g. logits); compared between dumping off and on.",
+    ),
+    observe_tensor: Optional[str] = typer.Option(
+        None, "--observe-tensor", metavar="NAME",
+        help="With --verify-observer and no --observe: the tensor to compare (default: the last one dumped).",
+    ),
 ) -> None:
     """Run CMD with dumping on: every Python process it starts applies the patches and dumps into --dir.
 
     The exit code is CMD's own. Patch files, the filter and the directory are checked
     before CMD starts (exit code 2 on a problem).
+
+    With --verify-observer, CMD runs a second time as a reference: with dumping off when
+    --observe FILE names an output file, else dumping only the final tensor. The verdict
+    is printed and recorded in RUN/run.json (observer_check); the exit code is CMD's, or
+    1 when dumping changed the outputs.
 
     Example: dumpcmp run --patch vllm/qwen3_moe --dir /tmp/runs/tp2 -- vllm serve Qwen/Qwen3-30B-A3B -tp 2
     """
@@ -50,6 +68,17 @@ def run_command(
             overwrite=overwrite,
             check_patches=not no_check,
         )
-        code = launch(config)
+        if (observe is not None or observe_tensor is not None) and not verify_observer:
+            raise ConfigError("--observe and --observe-tensor need --verify-observer")
+        if verify_observer:
+            from comparator.observer import verify_observer as verify
+
+            code, check = verify(config, observe_file=str(observe) if observe is not None else None,
+                                 observe_tensor=observe_tensor)
+            typer.echo(f"dumpcmp: {check.describe()}", err=True)
+            if code == 0 and check.changed:
+                code = 1
+        else:
+            code = launch(config)
     typer.echo(f"dumpcmp: dumps in {config.dir} (exit code {code})", err=True)
     raise typer.Exit(code)
