@@ -19,6 +19,9 @@ def world_of_one():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    if dist.is_initialized():
+        yield
+        return
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
@@ -38,7 +41,8 @@ def test_records_sit_between_dumps_and_name_their_group(tmp_path, world_of_one):
     rank_dir.mkdir()
     original = dist.all_reduce
     with installed(tracer):
-        assert dist.all_reduce is not original
+        # (another test's dumping process may have wrapped it already: installs do not stack)
+        assert hasattr(dist.all_reduce, "__dumpcmp_original__")
         tracer.attach(str(rank_dir))
         d.dump("a", torch.ones(3))
         group = dist.new_group([0])
