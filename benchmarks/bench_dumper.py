@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--digest-workers", type=int, default=None, help="dumper.writer.DIGEST_WORKERS")
+    parser.add_argument("--digest-workers", type=int, default=0, help="dumper.writer.DIGEST_WORKERS")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
     import dumper.writer

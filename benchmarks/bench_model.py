@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per burst")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sustained-steps", type=int, default=40)
-    parser.add_argument("--digest-workers", type=int, default=None, help="dumper.writer.DIGEST_WORKERS")
+    parser.add_argument("--digest-workers", type=int, default=0, help="dumper.writer.DIGEST_WORKERS")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
     import dumper.writer

@@ -31,9 +31,11 @@ from dumper.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-# Threads computing stats and checksums beside the writer; None: a quarter of the
-# cores, at most 4 (0 or 1: inline, on the writer thread). Benchmarks set it.
-DIGEST_WORKERS: int | None = None
+# Threads computing stats and checksums beside the writer (0 or 1: inline, on the
+# writer thread). NOTE: off by default: on an H100 with a Python-bound engine, 4 workers
+# doubled the writer's throughput but made a dumping step 2x slower than 0 workers,
+# through GIL hand-offs with the engine thread (docs/performance.md). Benchmarks set it.
+DIGEST_WORKERS: int = 0
 
 # rank.json is padded to this size so that its final update still fits when the
 # disk has filled up (it is then rewritten in place, without new blocks).
@@ -219,7 +221,7 @@ class RankWriter:
         (fewer than 8 cores) they would only compete with the engine for the cores.
         """
         if self._digest_workers is None:
-            workers = DIGEST_WORKERS if DIGEST_WORKERS is not None else min(4, (os.cpu_count() or 1) // 4)
+            workers = DIGEST_WORKERS
             self._digest_workers = _Workers(workers) if workers >= 2 else False
         return self._digest_workers or None
 
@@ -304,8 +306,10 @@ class _Workers:
 
         self._jobs: "queue.SimpleQueue[_Job | None]" = queue.SimpleQueue()
         self._count = count
-        for number in range(count):
-            threading.Thread(target=self._loop, name=f"dumpcmp-digest-{number}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._loop, name=f"dumpcmp-digest-{number}", daemon=True)
+                         for number in range(count)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, function: Callable[[Any], Any], argument: Any) -> _Job:
         job = _Job(function, argument)
@@ -326,6 +330,9 @@ class _Workers:
     def shutdown(self) -> None:
         for _ in range(self._count):
             self._jobs.put(None)
+        # Joined so that none is still inside torch when the interpreter finalizes.
+        for thread in self._threads:
+            thread.join(5.0)
 
 
 _SAFETENSORS_DTYPES = {

@@ -21,15 +21,19 @@ from tests.dumper.cases import make_cases
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
 
 
-def _queue_long_kernel(milliseconds: float = 500.0) -> None:
-    """Queue a kernel that spins for about ``milliseconds`` on the current stream."""
+def _queue_long_kernel(milliseconds: float = 300.0) -> None:
+    """Queue about ``milliseconds`` of matmuls on the current stream (a deterministic busy GPU)."""
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    torch.cuda._sleep(10**7)
+    for _ in range(10):
+        torch.mm(a, b)
     end.record()
     end.synchronize()
-    cycles_per_ms = 10**7 / start.elapsed_time(end)
-    torch.cuda._sleep(int(cycles_per_ms * milliseconds))
+    per_matmul = start.elapsed_time(end) / 10
+    for _ in range(max(1, int(milliseconds / per_matmul))):
+        a = torch.mm(a, b)
 
 
 def _dumper(run_dir) -> Dumper:
