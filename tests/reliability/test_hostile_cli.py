@@ -60,7 +60,7 @@ def assert_clean_failure(result, *, contains: str, code: int = 2):
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("hostile") / "good"
-    dump_run(path, CHILD)
+    dump_run(path, CHILD, DUMPCMP_FILE_MB="0.0001")  # one data file per record
     return path
 
 
@@ -73,22 +73,35 @@ def broken(good_run, tmp_path):
     return path, rank, data
 
 
-def test_truncated_data_file(broken, good_run):
+def test_truncated_data_files(broken, good_run):
+    path, rank, data = broken
+    for file in data:
+        raw = file.read_bytes()
+        file.write_bytes(raw[: len(raw) // 2])
+    assert dumpcmp("ls", str(path)).returncode == 0  # ls reads only the index
+    # Nothing usable on the target side: exit 2, naming a broken file.
+    result = dumpcmp("compare", str(good_run), str(path))
+    assert_clean_failure(result, contains=data[0].parent.name, code=2)
+
+
+def test_bit_flipped_headers(broken, good_run):
+    path, rank, data = broken
+    for file in data:
+        raw = bytearray(file.read_bytes())
+        raw[10] ^= 0xFF
+        file.write_bytes(bytes(raw))
+    result = dumpcmp("compare", str(good_run), str(path))
+    assert_clean_failure(result, contains=data[0].parent.name, code=2)
+
+
+def test_one_broken_file_among_good_ones(broken, good_run):
     path, rank, data = broken
     raw = data[0].read_bytes()
     data[0].write_bytes(raw[: len(raw) // 2])
-    assert dumpcmp("ls", str(path)).returncode == 0  # ls reads only the index
-    result = dumpcmp("compare", str(good_run), str(path))
-    assert_clean_failure(result, contains=data[0].name, code=2)
-
-
-def test_bit_flipped_header(broken, good_run):
-    path, rank, data = broken
-    raw = bytearray(data[0].read_bytes())
-    raw[10] ^= 0xFF
-    data[0].write_bytes(bytes(raw))
-    result = dumpcmp("compare", str(good_run), str(path))
-    assert_clean_failure(result, contains=data[0].name, code=2)
+    as_json = json.loads(dumpcmp("compare", str(good_run), str(path), "--format", "json").stdout)
+    errored = [r for r in as_json["results"] if r["status"] == "error"]
+    assert errored and all(data[0].name in json.dumps(r) for r in errored)
+    assert as_json["summary"]["passed"] + len(errored) == as_json["summary"]["total"]
 
 
 def test_absurd_shape_in_safetensors_header(broken, good_run):
