@@ -49,8 +49,13 @@ for trial in range(trials):
             finally:
                 os._exit(1)
         pids.append(pid)
-    # Kill each rank at its own random point: mid-write, between files, anywhere.
-    for pid in pids:
+    # Kill each rank at its own random point (mid-write, between files, anywhere)
+    # once it has started writing: on a loaded machine a rank can take a while.
+    for rank, pid in enumerate(pids):
+        index = os.path.join(run_dir, f"rank-{rank:05d}", "index.jsonl")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (os.path.exists(index) and os.path.getsize(index) > 0):
+            time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
         os.kill(pid, signal.SIGKILL)
     for pid in pids:
