@@ -221,9 +221,10 @@ def attach_routing(items: list[Any], options: RoutingOptions) -> list[Any]:
     if not topk:
         return items
     logits = {key(i): i for i in usable if options.router_logits.search(i.name)}
+    usable_ids = {id(i) for i in usable}  # NOTE: by identity: comparing work items field by field is slow
     attached = []
     for item in items:
-        found = topk.get(key(item)) if item in usable else None
+        found = topk.get(key(item)) if id(item) in usable_ids else None
         role = ("topk_ids" if options.topk_ids.search(item.name)
                 else "moe_output" if options.moe_outputs.search(item.name) else None)
         if found is None or role is None:
