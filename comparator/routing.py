@@ -289,3 +289,29 @@ def topk_verdict(check: RoutingCheck) -> tuple[bool, str | None, str | None]:
     reason = (f"{len(check.suspicious)} of {check.tokens} tokens chose other experts with a clear margin "
               f"(largest {worst.margin:.3g} at token {worst.token}; {why})")
     return False, reason, UPSTREAM_HINT
+
+
+# ------------------------------------------------------------------------ reporting
+def annotate_downstream(results: Sequence[Any]) -> list[Any]:
+    """Failures after a benign flip (in execution order) get a hint naming the flip.
+
+    NOTE: a benign flip changes its token's MoE output for real; the next layers carry
+    that change (to the token's request through attention, and to later steps through
+    the KV cache), so tensors after it may fail though nothing is wrong. They still
+    fail (this module does not know which rows belong to which request); the hint
+    tells the user where to look instead of sending them hunting for a bug.
+    """
+    first: Any = None
+    annotated = []
+    for result in results:
+        routing = result.routing
+        if first is None and routing is not None and routing.benign and not routing.suspicious:
+            first = result
+        elif first is not None and result.status == "fail" and result.hint is None and routing is None:
+            flip = first.routing.benign[0]
+            result = dataclasses.replace(result, hint=(
+                f"downstream of {len(first.routing.benign)} benign routing flip(s) at {first.label} (token {flip.token}, "
+                f"margin {flip.margin:.3g}): a near-tie sent that token to other experts, and the change propagates "
+                "to its request's later tokens and steps; check that the per-token errors sit there"))
+        annotated.append(result)
+    return annotated
