@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bug", choices=BUG_NAMES, default=None, help="switch on one seed bug")
     parser.add_argument("--perturb-router", action="store_true",
                         help="a planted router bug: perturb rank 0's router weights of the first MoE layer")
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="sum each expert's split-K down-projection in a run-seeded shuffled order "
+                             "(healthy runs then differ at rounding level)")
     parser.add_argument("--steps", type=int, default=3, help="greedy decode steps after the prefill (default 3)")
     parser.add_argument("--prompt-lens", type=_prompt_lens, default=DEFAULT_PROMPT_LENS, metavar="N,N,...",
                         help="one request per length (default %(default)s)")
@@ -52,7 +55,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         tp=args.tp, ep=args.ep, dp_attention=args.dp_attention, dense_tp=args.dense_tp, fusion=args.fusion,
         bug=args.bug, steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
-        save_logits=args.save_logits, perturb_router=args.perturb_router, model=model,
+        save_logits=args.save_logits, perturb_router=args.perturb_router,
+        nondeterministic=args.nondeterministic, model=model,
     )
 
 

@@ -97,6 +97,9 @@ class EngineConfig:
     # A planted router bug (not a seed): rank 0's copy of the first MoE layer's router
     # weights is perturbed, so that rank routes some tokens to other experts.
     perturb_router: bool = False
+    # Split-K expert down-projections summed in an order shuffled per run (os.urandom):
+    # two healthy runs then differ at rounding level, as with atomics-based GPU kernels.
+    nondeterministic: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,8 @@ lists them.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,6 +197,9 @@ class RoutedExperts(nn.Module):
         self.register_buffer("gate_proj", shard(weights[f"{prefix}.gate_proj"][local], 1, tp_rank, tp_size))
         self.register_buffer("up_proj", shard(weights[f"{prefix}.up_proj"][local], 1, tp_rank, tp_size))
         self.register_buffer("down_proj", shard(weights[f"{prefix}.down_proj"][local], 2, tp_rank, tp_size))
+        # --nondeterministic: a fresh seed per run, so no two runs share the summation order.
+        self.shuffle = (torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+                        if config.nondeterministic else None)
 
     def forward(self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         routed = torch.zeros_like(hidden)
@@ -204,9 +209,24 @@ class RoutedExperts(nn.Module):
                 continue
             x = hidden[rows]
             h = F.silu(F.linear(x, self.gate_proj[local_index])) * F.linear(x, self.up_proj[local_index])
-            y = F.linear(h, self.down_proj[local_index])
+            y = self.down_project(h, self.down_proj[local_index])
             routed.index_add_(0, rows, y * topk_weights[rows, slots, None])
         return routed
+
+    def down_project(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.shuffle is None:
+            return F.linear(h, weight)
+        # NOTE: a split-K GEMM whose partial sums land in a run-dependent order (atomics
+        # on a GPU): the result differs between runs at rounding level only.
+        chunks = torch.arange(h.shape[-1]).chunk(SPLIT_K)
+        order = torch.randperm(len(chunks), generator=self.shuffle).tolist()
+        out = torch.zeros(h.shape[0], weight.shape[0], dtype=torch.float32, device=h.device)
+        for index in order:
+            out += F.linear(h[:, chunks[index]].float(), weight[:, chunks[index]].float())
+        return out.to(h.dtype)
+
+
+SPLIT_K = 8
 
 
 class SharedExperts(nn.Module):
