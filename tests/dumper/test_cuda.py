@@ -21,19 +21,17 @@ from tests.dumper.cases import make_cases
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
 
 
-def _queue_long_kernel(milliseconds: float = 300.0) -> None:
-    """Queue about ``milliseconds`` of matmuls on the current stream (a deterministic busy GPU)."""
-    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64
+def _queue_long_kernel(milliseconds: float = 500.0) -> None:
+    """Queue one kernel that spins for about ``milliseconds`` on the current stream."""
+    torch.cuda._sleep(1000)  # NOTE: the first launch loads the kernel; keep it out of the calibration
+    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(10):
-        torch.mm(a, b)
+    torch.cuda._sleep(10**7)
     end.record()
     end.synchronize()
-    per_matmul = max(start.elapsed_time(end) / 10, 0.05)
-    for _ in range(min(20000, max(1, int(milliseconds / per_matmul)))):
-        a = torch.mm(a, b)
+    cycles_per_ms = 10**7 / start.elapsed_time(end)
+    torch.cuda._sleep(int(cycles_per_ms * milliseconds))
 
 
 def _dumper(run_dir) -> Dumper:
@@ -71,19 +69,22 @@ def test_dump_does_not_wait_for_the_device(tmp_path):
     local.dump("warmup", torch.ones(1 << 20, device="cuda"))  # writer thread, pinned arena
     local.flush()
     source = torch.randn(1 << 22, device="cuda")
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    _queue_long_kernel(300.0)
+    done = torch.cuda.Event()
+    _queue_long_kernel(500.0)
     produced = source * 2  # queued behind the long kernel
+    done.record()
     queued = time.perf_counter()
     for index in range(10):
         local.dump("produced", produced, index=index)
     dumped = time.perf_counter()
+    still_busy = not done.query()
     torch.cuda.synchronize()
     drained = time.perf_counter()
-    # The GPU was busy for a long while after the dump calls returned: they did not wait for it.
-    assert drained - dumped > 0.1, f"GPU idle after the dumps: {(dumped - queued) * 1e3:.1f} ms in dump()"
-    assert dumped - queued < 0.05, f"10 dump() calls took {(dumped - queued) * 1e3:.1f} ms on the host"
+    timing = (f"10 dumps {1e3 * (dumped - queued):.2f} ms on the host, "
+              f"then the GPU was busy {1e3 * (drained - dumped):.0f} ms more")
+    print(timing)
+    # Every dump call returned while the producing kernel was still queued.
+    assert still_busy and dumped - queued < 0.05, timing
     local.close()
     expected = checksum((source * 2).cpu())
     with open_run(tmp_path / "run") as run:
@@ -91,8 +92,6 @@ def test_dump_does_not_wait_for_the_device(tmp_path):
     assert len(copies) == 10
     # The side stream's copy waited for the engine's stream: it saw the finished product.
     assert all(checksum(copy) == expected for copy in copies)
-    print(f"queue {1e3 * (queued - t0):.1f} ms, 10 dumps {1e3 * (dumped - queued):.2f} ms, "
-          f"GPU still busy {1e3 * (drained - dumped):.0f} ms after them")
 
 
 def test_freed_source_memory_is_not_reused_before_the_copy(tmp_path):
@@ -102,7 +101,7 @@ def test_freed_source_memory_is_not_reused_before_the_copy(tmp_path):
     numel = 1 << 22
     values = torch.arange(numel, device="cuda", dtype=torch.float32)
     expected = checksum(values.cpu())
-    _queue_long_kernel()  # the side stream's copy waits behind this
+    _queue_long_kernel(500.0)  # the side stream's copy waits behind this
     source = values.clone()
     old_pointer = source.data_ptr()
     local.dump("source", source)
