@@ -32,6 +32,10 @@ class ThresholdsError(ComparatorError):
     """A thresholds YAML file is unreadable or holds an invalid rule (message has file:line)."""
 
 
+class CalibrateError(ComparatorError):
+    """The runs given to ``dumpcmp calibrate`` cannot be calibrated on (too few, or they differ in tensors)."""
+
+
 class NameMapError(ComparatorError):
     """A name-mapping YAML file is unreadable or invalid."""
 

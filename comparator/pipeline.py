@@ -285,6 +285,7 @@ class _Executor:
         if baseline_dtype != target_dtype:
             notes.append(f"dtypes differ ({baseline_dtype} vs {target_dtype}): compared in float64 after upcasting")
         rule, limits = self.thresholds.limits_for(item.name, item.tags, baseline_dtype, target_dtype)
+        calibrated = self.thresholds.calibration_for(item.name, item.tags, baseline_dtype, target_dtype)
         token_dim = _token_dim(item)
         metrics = self._identical(item, token_dim)
         replicas: dict[str, float] = {}
@@ -327,7 +328,7 @@ class _Executor:
             metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
         else:
             baseline_tensor = target_tensor = None
-        judgement = judge(metrics, rule, limits, replicas)
+        judgement = judge(metrics, rule, limits, replicas, calibrated=calibrated)
         if not judgement.failed:
             return TensorResult(**base, status="pass", metrics=metrics, judgement=judgement, notes=tuple(notes),
                                 replica_disagreement=replicas)

@@ -47,6 +47,7 @@ def result_to_json(result: TensorResult) -> dict[str, Any]:
         "alignment": result.alignment.to_json() if result.alignment is not None else None,
         "rule": result.judgement.rule if result.judgement is not None else None,
         "judgement": result.judgement.to_json() if result.judgement is not None else None,
+        "floor_ratio": _number(result.floor_ratio),  # metric / calibrated noise (dumpcmp calibrate); null if none
         "baseline": result.baseline.to_json() if result.baseline is not None else None,
         "target": result.target.to_json() if result.target is not None else None,
         "replica_disagreement": {a: _number(v) for a, v in result.replica_disagreement.items()},

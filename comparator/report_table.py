@@ -67,6 +67,8 @@ def _first_divergence_panel(report: Report) -> Panel | None:
         lines.append(f"judged by {result.judgement.rule}")
         if required:
             lines.append(f"; would pass with {required}")
+        if result.floor_ratio is not None:
+            lines.append(f"; {_fmt(result.floor_ratio)} x its calibrated noise")
         lines.append("\n")
     for side in (result.baseline, result.target):
         if side is not None:
@@ -121,13 +123,16 @@ def render_table(report: Report, console: Console | None = None) -> None:
             cells[column] = _fmt(getattr(metrics, column)) if metrics is not None else "-"
         if result.stats is not None:
             cells["norm_ratio"] = _fmt(result.stats.norm_ratio)
+        cells["floor"] = _fmt(result.floor_ratio)  # metric / calibrated noise (dumpcmp calibrate)
         alignment = result.alignment.describe() if result.alignment is not None and result.alignment.changed_anything else ""
         rows.append((cells, STATUS_STYLE[result.status], result.hint or _short_reason(result) or alignment,
                      "dim" if result.origin == "propagated" else ""))
-    order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"]
+    order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "floor", "max_abs"]
     widths = {c: max([len(c)] + [len(r[0][c]) for r in rows if r is not None]) for c in order}
     # Essential columns first; the others only while the hint keeps some room.
     chosen = ["step", "name", "status", "rel_diff", "norm_ratio"] + (["tags"] if show_tags else [])
+    if any(r.floor_ratio is not None for r in report.results):
+        chosen.append("floor")  # thresholds from dumpcmp calibrate: x times the measured noise
     for optional in ("rel_l2", "cosine", "max_abs", "#"):
         if sum(widths[c] + 2 for c in chosen + [optional]) + 32 <= console.width:
             chosen.append(optional)

@@ -42,6 +42,8 @@ class Judgement:
     limits: dict[str, Limit]
     failed: tuple[str, ...]
     required: dict[str, Limit]  # the narrowest limits this tensor passes (the tolerance that would pass)
+    calibrated: dict[str, float] = field(default_factory=dict)  # the rule's measured noise (dumpcmp calibrate)
+    floor_ratio: float | None = None  # this tensor's metric / the calibrated noise (largest over the metrics)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class Judgement:
             "limits": {m: limit.to_json() for m, limit in self.limits.items()},
             "failed": list(self.failed),
             "required": {m: limit.to_json() for m, limit in self.required.items()},
+            "calibrated": dict(self.calibrated),
         }
 
 
@@ -82,6 +85,11 @@ class TensorResult:
 
     def __bool__(self) -> bool:
         return self.status == "pass"
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """How many times its calibrated noise this tensor's metric is (None: not calibrated)."""
+        return self.judgement.floor_ratio if self.judgement is not None else None
 
     @property
     def label(self) -> str:

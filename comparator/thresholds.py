@@ -12,12 +12,18 @@ File format (``--thresholds FILE``)::
         cosine: 0.999           # lower bound
         norm_ratio: [0.98, 1.02]  # range; a number x means [1-x, 1+x]
         max_abs: null           # null removes a default limit
+        calibrated: {rel_diff: 4e-14, norm_ratio: 7e-8}  # optional: the noise it was calibrated on
 
 A rule's limits are merged over the default limits of the tensor's dtype (the less
 precise of the two sides). Metrics: rel_diff, rel_l2, cosine, norm_ratio, max_abs,
 mean_abs, max_token_rel_l2 (worst token), replica_rel_diff (disagreement between
 ranks of a replicated tensor). Loaded with ``yaml.safe_load``; nothing is evaluated.
 A ``stats:`` section (same shape) judges stats-only comparisons: see comparator/stats_only.py.
+
+``calibrated:`` (written by ``dumpcmp calibrate``, comparator/calibrate.py) records the noise
+measured between runs that should agree: an upper metric's largest value, or norm_ratio's
+largest distance from 1. Results judged by such a rule carry a ``floor_ratio``: how many
+times that noise the tensor's own metric is (the largest over the calibrated metrics).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ UPPER = ("rel_diff", "rel_l2", "max_abs", "mean_abs", "max_token_rel_l2", "repli
 LOWER = ("cosine",)
 RANGE = ("norm_ratio",)
 METRICS = UPPER + LOWER + RANGE
-RULE_KEYS = ("name", "tags", "dtype")
+RULE_KEYS = ("name", "tags", "dtype", "calibrated")
+CALIBRATED_METRICS = UPPER + RANGE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +83,7 @@ class Rule:
     name: re.Pattern[str] | None = None
     tags: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
+    calibrated: dict[str, float] = field(default_factory=dict)  # metric -> measured noise (dumpcmp calibrate)
 
     def matches(self, name: str, tags: Mapping[str, Any], dtypes: tuple[str, ...]) -> bool:
         if self.name is not None and self.name.search(name) is None:
@@ -147,6 +155,13 @@ class Thresholds:
     rules: tuple[Rule, ...] = ()
     defaults: dict[str, dict[str, Limit | None]] = field(default_factory=lambda: dict(BUILTIN_DEFAULTS))
     source: str | None = None  # the YAML file, if any
+
+    def calibration_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str, target_dtype: str) -> dict[str, float]:
+        """The calibrated noise of the rule that judges this tensor (empty when it was not calibrated)."""
+        for rule in self.rules:
+            if rule.matches(name, tags, (baseline_dtype, target_dtype)):
+                return dict(rule.calibrated)
+        return {}
 
     def limits_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str, target_dtype: str) -> tuple[str, dict[str, Limit]]:
         """(rule description, active limits) for one tensor."""
@@ -254,9 +269,10 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
             raise fail("tags must be a mapping, e.g. {layer: 0}", *keys, "tags")
         limits = _parse_limits({k: v for k, v in rule_data.items() if k not in RULE_KEYS},
                                lambda m, *k: fail(m, *keys, *k))
+        calibrated = _parse_calibrated(rule_data.get("calibrated"), lambda m, *k: fail(m, *keys, "calibrated", *k))
         rules.append(Rule(
             source=f"{os.path.basename(path)}:{line}", limits=limits, name=pattern, tags=dict(tags),
-            dtype=str(rule_data["dtype"]) if rule_data.get("dtype") is not None else None,
+            dtype=str(rule_data["dtype"]) if rule_data.get("dtype") is not None else None, calibrated=calibrated,
         ))
     return Thresholds(rules=tuple(rules), defaults=defaults, source=path)
 
@@ -275,3 +291,22 @@ def _parse_limits(data: dict[str, Any], fail: Any) -> dict[str, Limit | None]:
             hint = "[low, high] or a number x for [1-x, 1+x]" if metric in RANGE else "a number"
             raise fail(f"invalid limit for {metric}: {value!r} ({exc}); expected {hint}", metric) from None
     return limits
+
+
+def _parse_calibrated(data: Any, fail: Any) -> dict[str, float]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise fail("calibrated must map metrics to measured noise, e.g. {rel_diff: 4e-14}")
+    calibrated: dict[str, float] = {}
+    for metric, value in data.items():
+        if metric not in CALIBRATED_METRICS:
+            raise fail(f"unknown calibrated metric {metric!r}; valid: {', '.join(CALIBRATED_METRICS)}", metric)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not number >= 0 or math.isinf(number):
+            raise fail(f"invalid calibrated noise for {metric}: {value!r}; expected a number >= 0", metric)
+        calibrated[metric] = number
+    return calibrated

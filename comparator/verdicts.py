@@ -30,7 +30,8 @@ def metric_values(metrics: Metrics, replica_disagreement: dict[str, float]) -> d
     }
 
 
-def judge(metrics: Metrics, rule: str, limits: dict[str, Limit], replica_disagreement: dict[str, float]) -> Judgement:
+def judge(metrics: Metrics, rule: str, limits: dict[str, Limit], replica_disagreement: dict[str, float], *,
+          calibrated: dict[str, float] | None = None) -> Judgement:
     values = metric_values(metrics, replica_disagreement)
     failed: list[str] = []
     required: dict[str, Limit] = {}
@@ -44,7 +45,21 @@ def judge(metrics: Metrics, rule: str, limits: dict[str, Limit], replica_disagre
             required[metric] = limit.widened_to(value)
     if metrics.nonfinite_mismatch:
         failed.append("nonfinite")
-    return Judgement(rule=rule, limits=dict(limits), failed=tuple(failed), required=required)
+    calibrated = dict(calibrated or {})
+    return Judgement(rule=rule, limits=dict(limits), failed=tuple(failed), required=required,
+                     calibrated=calibrated, floor_ratio=floor_ratio(values, calibrated))
+
+
+def floor_ratio(values: dict[str, float | None], calibrated: dict[str, float]) -> float | None:
+    """The largest metric / calibrated noise (norm_ratio: its distance from 1), in float64."""
+    ratios = []
+    for metric, noise in calibrated.items():
+        value = values.get(metric)
+        if value is None or math.isnan(value):
+            continue
+        excess = abs(value - 1.0) if metric == "norm_ratio" else value
+        ratios.append(excess / noise if noise > 0 else (0.0 if excess == 0 else math.inf))
+    return max(ratios, default=None)
 
 
 def describe_failure(judgement: Judgement, metrics: Metrics, replica_disagreement: dict[str, float]) -> str:

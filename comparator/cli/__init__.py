@@ -8,6 +8,7 @@ function, so that ``dumpcmp --help`` starts fast.
 from __future__ import annotations
 
 from comparator.cli.app import app
+from comparator.cli import calibrate as _calibrate  # noqa: F401  (registers the command)
 from comparator.cli import compare as _compare  # noqa: F401  (registers the command)
 from comparator.cli import demo as _demo  # noqa: F401  (registers the command)
 from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
