@@ -34,7 +34,8 @@ from comparator.matching import LogicalTensor, Series, TensorKey, group_records,
 from comparator.metrics import Metrics, compute_metrics, identical_metrics
 from comparator.options import CompareOptions
 from comparator.results import Report, SideInfo, TensorResult
-from comparator.routing import RoutingJudge, RoutingSources, attach_routing, keep_agreeing_tokens, topk_verdict
+from comparator.routing import (RoutingJudge, RoutingSources, annotate_downstream, attach_routing, keep_agreeing_tokens,
+                               topk_verdict)
 from comparator.stats_only import StatsThresholds, load_stats_thresholds
 from comparator.thresholds import Thresholds, load_thresholds
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard, reduction_groups
@@ -105,6 +106,8 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             if progress is not None:
                 progress(done, len(items), result.label)
         problems = {"baseline": tuple(baseline_run.problems), "target": tuple(target_run.problems)}
+    if options.routing.enabled:
+        results = annotate_downstream(results)
     final, summary, first, code, reason = finalize(results, options)
     if summary.compared == 0 and summary.errored and all(r.load_error for r in final if r.status == "error"):
         first_error = next(r for r in final if r.status == "error")
