@@ -69,9 +69,12 @@ def test_dump_does_not_wait_for_the_device(tmp_path):
     local.dump("warmup", torch.ones(1 << 20, device="cuda"))  # writer thread, pinned arena
     local.flush()
     source = torch.randn(1 << 22, device="cuda")
+    # NOTE: allocated before the long kernel: a fresh cudaMalloc behind it can block
+    # the host (the test's own allocation, not the dumper's).
+    produced = torch.empty_like(source)
     done = torch.cuda.Event()
     _queue_long_kernel(500.0)
-    produced = source * 2  # queued behind the long kernel
+    torch.mul(source, 2, out=produced)  # queued behind the long kernel
     done.record()
     queued = time.perf_counter()
     for index in range(10):
@@ -101,8 +104,9 @@ def test_freed_source_memory_is_not_reused_before_the_copy(tmp_path):
     numel = 1 << 22
     values = torch.arange(numel, device="cuda", dtype=torch.float32)
     expected = checksum(values.cpu())
+    source = torch.empty_like(values)
     _queue_long_kernel(500.0)  # the side stream's copy waits behind this
-    source = values.clone()
+    source.copy_(values)
     old_pointer = source.data_ptr()
     local.dump("source", source)
     del source  # the engine frees it at once ...
