@@ -30,6 +30,9 @@ JOBS = {
     "router_perturbed": f"{BF16} --tp 2 --ep 2 --perturb-router",
     "seed2": f"{BF16} --ep 2 --bug double_reduce",
     "seed3": f"{BF16} --tp 2 --bug shared_expert_double_reduce",
+    # Weights of seed 7 with 4 layers: a benign flip in layer 1, felt by the layers after it.
+    "deep_baseline": "--dtype bfloat16 --seed 7 --layers 4",
+    "deep_tp2_ep2": "--dtype bfloat16 --seed 7 --layers 4 --tp 2 --ep 2",
 }
 
 
@@ -60,6 +63,15 @@ def test_without_routing_awareness_the_flip_fails_moe_outputs(runs):
     report = compare(runs["baseline"], runs["tp2_ep2"], thresholds=THRESHOLDS, routing=False)
     failed = {(r.name, r.tags.get("layer")) for r in report.results if r.status == "fail"}
     assert {("topk_ids", 2), ("routed_expert_output", 2)} <= failed
+
+
+def test_failures_downstream_of_a_benign_flip_name_the_flip(runs):
+    report = compare(runs["deep_baseline"], runs["deep_tp2_ep2"], thresholds=THRESHOLDS)
+    topk = result_for(report, "topk_ids", 1)
+    assert topk.status == "pass" and len(topk.routing.benign) == 1
+    first = report.first_divergence
+    assert first is not None and first.tags["layer"] > 1  # after the flip, not at it
+    assert first.hint.startswith("downstream of 1 benign routing flip(s) at topk_ids[layer=1]@step0")
 
 
 def test_perturbed_router_is_a_suspicious_flip_with_the_upstream_hint(runs):
