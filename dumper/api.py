@@ -73,6 +73,7 @@ class Dumper:
         self._exit_hook_installed = False
         self._generated_run_id: str | None = None
         self._collectives = None  # dumper.collectives.CollectiveTracer once a rank directory exists
+        self._online = None  # dumper.online.OnlineMonitor when comparing against a baseline (DUMPCMP_AGAINST)
 
     # ----------------------------------------------------------------- config
     @property
@@ -88,9 +89,10 @@ class Dumper:
             changes["filter"] = parse_filter(changes["filter"])
         base = config if config is not None else self._config
         new = base.with_changes(**changes) if changes else base
-        if new.dir != self._config.dir or new.mode != self._config.mode:
+        if new.dir != self._config.dir or new.mode != self._config.mode or new.against != self._config.against:
             self.close()
             self._rank_dir = None
+            self._online = None
         self._config = new
         self.enabled = new.active
 
@@ -296,6 +298,14 @@ class Dumper:
     def _reopen_writer(self, config: DumpConfig):
         from dumper.writer import RankWriter
 
+        if config.against is not None and self._online is None:
+            from dumper.online import OnlineConfig, OnlineMonitor
+
+            self._online = OnlineMonitor(
+                OnlineConfig(against=os.path.abspath(config.against), escalate_steps=config.escalate_steps,
+                             rtol=config.online_rtol),
+                rank=self._rank_info.rank,
+            )
         self._writer = RankWriter(
             rank_dir=self._rank_dir,
             rank_info=self._rank_info,
@@ -303,6 +313,7 @@ class Dumper:
             queue_bytes=config.queue_bytes,
             file_bytes=config.file_bytes,
             on_failure=self._fail,
+            online=self._online if config.against is not None else None,
         )
         self._install_exit_hook()
         return self._writer
@@ -365,6 +376,7 @@ class Dumper:
         self._parallel.invalidate()
         self._exit_hook_installed = False
         self._seq = 0
+        self._online = None  # the child is another rank: it compares against its own baseline index
         if self._collectives is not None:
             self._collectives.reset_after_fork()
 

@@ -12,6 +12,9 @@ DUMPCMP_OVERWRITE           ``1``: replace an earlier run's files for the same r
 DUMPCMP_RUN_ID              identifies one run across its processes (``dumpcmp run`` sets it)
 DUMPCMP_ENABLE              ``0``: configured but off until ``dumper.enable()``
 DUMPCMP_COLLECTIVES         ``0``: do not trace torch.distributed collectives (default on)
+DUMPCMP_AGAINST             baseline run: write stats only until a record disagrees with it
+DUMPCMP_ESCALATE_STEPS      with DUMPCMP_AGAINST: steps written with tensor data (default 2)
+DUMPCMP_ONLINE_RTOL         with DUMPCMP_AGAINST: one tolerance for every dtype (default per dtype)
 DUMPCMP_PATCH               patch files to apply in every process (``os.pathsep``-separated)
 DUMPCMP_REQUIRE_ENGINES     tests only: a missing engine fails instead of skipping
 ==========================  ===========================================================
@@ -39,6 +42,9 @@ KNOWN_ENV = (
     "DUMPCMP_RUN_ID",
     "DUMPCMP_ENABLE",
     "DUMPCMP_COLLECTIVES",
+    "DUMPCMP_AGAINST",
+    "DUMPCMP_ESCALATE_STEPS",
+    "DUMPCMP_ONLINE_RTOL",
     "DUMPCMP_PATCH",
     "DUMPCMP_REQUIRE_ENGINES",
     "DUMPCMP_COMMAND",
@@ -57,8 +63,16 @@ class DumpConfig:
     enable: bool = True
     collectives: bool = True  # trace torch.distributed collectives (dumper/collectives.py)
     command: tuple[str, ...] = ()
+    # Online divergence (dumper/online.py): compare stats with this baseline run as it goes.
+    against: str | None = None
+    escalate_steps: int = 2
+    online_rtol: float | None = None
 
     def __post_init__(self) -> None:
+        if self.against is not None and self.mode != "tensor":
+            raise ConfigError("DUMPCMP_AGAINST needs DUMPCMP_MODE=tensor: it writes tensor data from the first divergence")
+        if self.escalate_steps < 1:
+            raise ConfigError(f"DUMPCMP_ESCALATE_STEPS={self.escalate_steps} must be at least 1")
         if self.mode not in MODES:
             raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         if self.queue_bytes <= 0 or self.file_bytes <= 0:
@@ -91,6 +105,23 @@ def _parse_mb(name: str, text: str) -> int:
     return int(value * (1 << 20))
 
 
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a whole number (e.g. {name}=2)") from None
+
+
+def _parse_rtol(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name}={text!r} is not a tolerance; use a non-negative number, e.g. {name}=1e-3")
+    return value
+
+
 def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
     return sorted(k for k in environ if k.startswith("DUMPCMP_") and k not in KNOWN_ENV)
 
@@ -118,4 +149,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         enable=_parse_bool("DUMPCMP_ENABLE", env.get("DUMPCMP_ENABLE", "1")),
         command=command,
         collectives=_parse_bool("DUMPCMP_COLLECTIVES", env.get("DUMPCMP_COLLECTIVES", "1")),
+        against=env.get("DUMPCMP_AGAINST") or None,
+        escalate_steps=_parse_int("DUMPCMP_ESCALATE_STEPS", env["DUMPCMP_ESCALATE_STEPS"]) if env.get("DUMPCMP_ESCALATE_STEPS") else 2,
+        online_rtol=_parse_rtol("DUMPCMP_ONLINE_RTOL", env["DUMPCMP_ONLINE_RTOL"]) if env.get("DUMPCMP_ONLINE_RTOL") else None,
     )

@@ -260,6 +260,10 @@ class RankInfo:
     error: str | None = None
     # "name: reason" -> count of dump calls that could not be recorded.
     lost: dict[str, int] = field(default_factory=dict)
+    # Online divergence (dumper/online.py): the comparison against a baseline, and
+    # where this rank switched from stats to tensor data (None: it never did).
+    online: dict[str, Any] | None = None
+    escalation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

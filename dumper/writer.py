@@ -69,6 +69,7 @@ class RankWriter:
         queue_bytes: int,
         file_bytes: int,
         on_failure: Callable[[BaseException], None],
+        online: Any = None,
     ) -> None:
         self.rank_dir = rank_dir
         self._rank_info = rank_info
@@ -76,6 +77,8 @@ class RankWriter:
         self._queue_limit = queue_bytes
         self._file_limit = file_bytes
         self._on_failure = on_failure
+        # dumper.online.OnlineMonitor: data is written only for records it keeps.
+        self._online = online
         self._queue: collections.deque[PendingRecord | None] = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()
@@ -152,6 +155,7 @@ class RankWriter:
                 "records": self._records_written,
                 "last_step": self._last_step,
                 "lost": dict(self._lost),
+                **(self._online_json() if self._online is not None else {}),
                 "error": None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}"[:1000],
             }
         )
@@ -163,6 +167,10 @@ class RankWriter:
                 rewrite_json_in_place(path, info.to_json())
             except OSError as exc:
                 log.debug("dumpcmp: could not update %s: %s", path, exc)
+
+    def _online_json(self) -> dict[str, Any]:
+        escalation = self._online.escalation
+        return {"online": self._online.to_json(), "escalation": escalation.to_json() if escalation else None}
 
     def _take_batch(self) -> tuple[list[PendingRecord], bool]:
         with self._cond:
@@ -235,12 +243,17 @@ class RankWriter:
 
         pool = self._digest_pool()
         digests = [pool.submit(digest, item.snapshot) for item in batch] if pool is not None else None
-        file_name = data_file_name(self._next_file) if self._mode == "tensor" else None
+        kept = batch if self._mode == "tensor" else []
+        escalated = False
+        if self._online is not None:
+            kept, digests, escalated = self._online_filter(batch, digests, digest)
+        file_name = data_file_name(self._next_file) if kept else None
+        kept_seqs = {item.seq for item in kept}
         if file_name:
             final_path = os.path.join(self.rank_dir, file_name)
             tmp_path = final_path + ".tmp"
             try:
-                write_safetensors({f"{item.seq}": item.snapshot for item in batch}, tmp_path)
+                write_safetensors({f"{item.seq}": item.snapshot for item in kept}, tmp_path)
                 os.replace(tmp_path, final_path)
             except BaseException:
                 # Give the space back (a full disk is the usual cause) before failing.
@@ -265,8 +278,8 @@ class RankWriter:
                 dims=item.dims,
                 stats=stats,
                 checksum=check,
-                file=file_name,
-                key=f"{item.seq}" if file_name else None,
+                file=file_name if item.seq in kept_seqs else None,
+                key=f"{item.seq}" if item.seq in kept_seqs else None,
                 nbytes=item.nbytes,
                 time=item.time,
             )
@@ -277,6 +290,23 @@ class RankWriter:
         self._last_step = batch[-1].step
         for item in batch:
             item.snapshot.release()
+        if self._online is not None and escalated:
+            self._write_rank_info(status="running")
+
+    def _online_filter(self, batch: list[PendingRecord], digests, digest):
+        """The records whose data the online monitor keeps; their stats are computed first."""
+        done = [_Done(digests[position].result() if digests is not None else digest(item.snapshot))
+                for position, item in enumerate(batch)]
+        before = self._online.escalation
+        kept = []
+        for item, job in zip(batch, done):
+            stats, _ = job.value
+            tensor = item.snapshot.tensor
+            if self._online.keep_data(seq=item.seq, step=item.step, name=item.name, tags=item.tags,
+                                      shape=tuple(tensor.shape), dtype=str(tensor.dtype).removeprefix("torch."),
+                                      stats=stats):
+                kept.append(item)
+        return kept, done, self._online.escalation is not before
 
 
 class _Job:
@@ -291,6 +321,16 @@ class _Job:
         self.done.wait()
         if self.error is not None:
             raise self.error
+        return self.value
+
+
+class _Done:
+    """A result already computed, with a job's ``result()``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
         return self.value
 
 

@@ -20,6 +20,7 @@ from dumper.config import MODES
 from dumper.errors import ConfigError
 from dumper.filters import parse_filter
 from dumper.format import PROC_DIR_PREFIX, RANK_DIR_PREFIX, RUN_INFO_FILE
+from dumper.online import validate_baseline
 from patches.bootstrap import PATCH_ENV, python_path_with_bootstrap
 from patches.check import check_patch_files
 from patches.errors import PatchError
@@ -35,6 +36,9 @@ class RunConfig:
     filter: str = ""
     overwrite: bool = False
     check_patches: bool = True  # validate targets and anchors against the installed source first
+    against: str | None = None  # online divergence: baseline run to compare stats with (dumper/online.py)
+    escalate_steps: int = 2
+    online_rtol: float | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -42,6 +46,10 @@ class RunConfig:
             raise ConfigError("no command to run; put it after '--', e.g. dumpcmp run --dir RUN -- python serve.py")
         if self.mode not in MODES:
             raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.against is not None and self.mode != "tensor":
+            raise ConfigError("--against needs --mode tensor: the run writes tensor data from the first divergence")
+        if self.escalate_steps < 1:
+            raise ConfigError(f"--escalate-steps {self.escalate_steps} must be at least 1")
 
 
 def default_run_dir() -> str:
@@ -54,6 +62,7 @@ def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> 
     if patch_paths:
         _validate_patches(patch_paths, check=config.check_patches)
     parse_filter(config.filter)  # raises FilterSyntaxError with a clear message
+    against = validate_baseline(config.against) if config.against is not None else None
     run_dir = os.path.abspath(config.dir)
     _prepare_directory(run_dir, overwrite=config.overwrite)
     env = {k: v for k, v in (os.environ if environ is None else environ).items() if not k.startswith("DUMPCMP_")
@@ -66,6 +75,10 @@ def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> 
     )
     if config.filter.strip():
         env["DUMPCMP_FILTER"] = config.filter
+    if against is not None:
+        env.update(DUMPCMP_AGAINST=against, DUMPCMP_ESCALATE_STEPS=str(config.escalate_steps))
+        if config.online_rtol is not None:
+            env["DUMPCMP_ONLINE_RTOL"] = repr(config.online_rtol)
     if patch_paths:
         env[PATCH_ENV] = os.pathsep.join(patch_paths)
     env["PYTHONPATH"] = python_path_with_bootstrap(env.get("PYTHONPATH"))

@@ -30,6 +30,16 @@ def run_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --dir."),
     no_check: bool = typer.Option(
         False, "--no-check", help="Do not check patch targets against this Python's installed engine first."),
+    against: Optional[Path] = typer.Option(
+        None, "--against", metavar="BASELINE",
+        help="Baseline run: write stats only while they agree with it, tensor data from the first divergence.",
+    ),
+    escalate_steps: int = typer.Option(
+        2, "--escalate-steps", metavar="N", help="With --against: steps written with tensor data from the divergence."),
+    online_rtol: Optional[float] = typer.Option(
+        None, "--online-rtol", metavar="RTOL",
+        help="With --against: relative tolerance on l2, mean, abs_mean (default per dtype, e.g. 1e-4 for float32).",
+    ),
     verify_observer: bool = typer.Option(
         False, "--verify-observer",
         help="Run CMD twice and check that dumping did not change its final outputs (recorded in run.json).",
@@ -47,6 +57,11 @@ def run_command(
 
     The exit code is CMD's own. Patch files, the filter and the directory are checked
     before CMD starts (exit code 2 on a problem).
+
+    With --against BASELINE (a stats or tensor run of the same engine), each rank compares
+    the stats of what it dumps with the baseline's as it goes: it writes stats only while
+    they agree, and tensor data from the first divergence for --escalate-steps steps; its
+    rank.json says where and why (escalation).
 
     With --verify-observer, CMD runs a second time as a reference: with dumping off when
     --observe FILE names an output file, else dumping only the final tensor. The verdict
@@ -67,6 +82,9 @@ def run_command(
             filter=filter,
             overwrite=overwrite,
             check_patches=not no_check,
+            against=str(against) if against is not None else None,
+            escalate_steps=escalate_steps,
+            online_rtol=online_rtol,
         )
         if (observe is not None or observe_tensor is not None) and not verify_observer:
             raise ConfigError("--observe and --observe-tensor need --verify-observer")
