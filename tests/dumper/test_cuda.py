@@ -69,9 +69,11 @@ def test_dump_does_not_wait_for_the_device(tmp_path):
     local.dump("warmup", torch.ones(1 << 20, device="cuda"))  # writer thread, pinned arena
     local.flush()
     source = torch.randn(1 << 22, device="cuda")
-    # NOTE: allocated before the long kernel: a fresh cudaMalloc behind it can block
-    # the host (the test's own allocation, not the dumper's).
+    # NOTE: allocated and launched once before the long kernel: with CUDA's lazy module
+    # loading, the first launch of a kernel waits for the device to go idle (the
+    # test's own kernel, not the dumper's).
     produced = torch.empty_like(source)
+    torch.mul(source, 2, out=produced)
     done = torch.cuda.Event()
     _queue_long_kernel(500.0)
     torch.mul(source, 2, out=produced)  # queued behind the long kernel
