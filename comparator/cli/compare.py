@@ -27,8 +27,10 @@ def compare_command(
         None, "--aligner-meta", help="Token metadata dump names for the aligners, KEY=NAME[,KEY=NAME] "
         "(keys: input_ids, positions, token_req_ids, req_ids, seq_lens, extend_lens, num_tokens_per_dp_rank)."),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", "-t", help="YAML rules: name regex -> limits (first match wins); its stats: section judges stats-only comparisons."),
-    allow_fail: Optional[str] = typer.Option(None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate."),
-    allow_skip: Optional[str] = typer.Option(None, "--allow-skip", help="Regex of tensor names that may be missing on one side."),
+    allow_fail: Optional[list[str]] = typer.Option(
+        None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate (repeatable: any matches)."),
+    allow_skip: Optional[list[str]] = typer.Option(
+        None, "--allow-skip", help="Regex of tensor names that may be missing on one side (repeatable: any matches)."),
     format: CompareFormat = typer.Option(
         CompareFormat.table, "--format", "-f",
         help="table for people, json for scripts, junit for CI, html for a self-contained page with plots "
@@ -78,7 +80,8 @@ def compare_command(
         from comparator.options import CompareOptions
 
         options = CompareOptions.from_values(
-            aligner=aligner, aligner_metadata=aligner_meta, thresholds=thresholds, allow_fail=allow_fail, allow_skip=allow_skip, steps=steps,
+            aligner=aligner, aligner_metadata=aligner_meta, thresholds=thresholds, allow_fail=_any_of(allow_fail),
+            allow_skip=_any_of(allow_skip), steps=steps,
             baseline_steps=baseline_steps, names=names, exclude=exclude, name_map=name_map,
             override_dims=override_dims, jobs=jobs, verify_checksums=verify,
             routing=not no_routing, moe_outputs=moe_outputs,
@@ -143,3 +146,10 @@ def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:  # typ
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise OptionError(f"{output}: cannot write the report ({exc.strerror})") from None
+
+
+def _any_of(patterns: Optional[list[str]]) -> Optional[str]:
+    """Repeated regex options: a name is allowed when any of them matches."""
+    if not patterns:
+        return None
+    return patterns[0] if len(patterns) == 1 else "|".join(f"(?:{pattern})" for pattern in patterns)

@@ -168,6 +168,9 @@ def test_allow_skip_and_exit_3(runs):
     args = (runs["tp1"], runs["tp1_again"], "--steps", "0:1", "--baseline-steps", "0:2", "--format", "json")
     assert invoke(*args).exit_code == 1
     assert invoke(*args, "--allow-skip", "^(hidden_in|up_proj|down_partial|mlp_out|residual)$").exit_code == 0
+    # Repeated: a name is allowed when any pattern matches; one pattern alone is not enough.
+    assert invoke(*args, "--allow-skip", "^(hidden_in|up_proj)$", "--allow-skip", "^(down_partial|mlp_out|residual)$").exit_code == 0
+    assert invoke(*args, "--allow-skip", "^(hidden_in|up_proj)$").exit_code == 1
     assert invoke(runs["tp1"], runs["tp2"], "--names", "nothing_matches").exit_code == 3
 
 
