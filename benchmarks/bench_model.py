@@ -62,7 +62,7 @@ def build_model(args):
             model = Qwen3MoeForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    model.eval()
+    model.train(False)  # inference mode (nn.Module), not Python eval
     params = sum(p.numel() for p in model.parameters())
     return model, params
 

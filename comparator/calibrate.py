@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from comparator.errors import CalibrateError
@@ -49,7 +49,8 @@ def _floors(klass: str) -> dict[str, float]:
     # caps the floor, so a margin of 10 never loosens a low-precision default.
     epsilon, defaults = _EPSILON[klass], BUILTIN_DEFAULTS[klass]
     rel_diff, norm_ratio = defaults["rel_diff"], defaults["norm_ratio"]
-    assert rel_diff is not None and rel_diff.high is not None and norm_ratio is not None and norm_ratio.high is not None
+    if rel_diff is None or rel_diff.high is None or norm_ratio is None or norm_ratio.high is None:
+        raise RuntimeError(f"built-in {klass} defaults lack rel_diff/norm_ratio upper limits")
     return {
         "rel_diff": min(max(epsilon ** 2, 64 * _EPSILON["float64"]), rel_diff.high / 10),
         "norm_ratio": min(epsilon, (norm_ratio.high - 1.0) / 10),

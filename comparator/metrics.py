@@ -165,8 +165,7 @@ def _accumulate(sums: _Sums, b_raw: torch.Tensor, t_raw: torch.Tensor, offset: i
     torch.sub(flat_t, flat_b, out=buf_d)
     diff = buf_d.view(b.shape)
     rows = None
-    if diff.dim() == 2:
-        assert rows_bb is not None
+    if rows_bb is not None:  # 2-D chunk: per-row sums for the per-token error
         rows = (_row_squares(diff, buf_s), rows_bb)
         sums.dd += float(rows[0].sum())
     else:
@@ -239,7 +238,8 @@ def _compute(baseline: torch.Tensor, target: torch.Tensor, *, token_dim: int | N
         token_bb: list[torch.Tensor] = []
         for start in range(0, tokens, step):
             rows = _accumulate(sums, rows_b[start : start + step], rows_t[start : start + step], start * width)
-            assert rows is not None  # 2-D chunks always return row sums
+            if rows is None:
+                raise RuntimeError("a 2-D chunk returned no row sums")
             token_dd.append(rows[0])
             token_bb.append(rows[1])
         dd_rows = torch.cat(token_dd).sqrt_()

@@ -51,8 +51,10 @@ def parse_steps(text: str | None) -> StepRange:
 
 
 def compile_regex(text: str | None, option: str) -> re.Pattern[str] | None:
-    if text is None:
-        return None
+    return None if text is None else compile_pattern(text, option)
+
+
+def compile_pattern(text: str, option: str) -> re.Pattern[str]:
     try:
         return re.compile(text)
     except re.error as exc:
@@ -82,8 +84,7 @@ def parse_override_dims(text: str) -> DimsOverride:
         if name.startswith(prefix):
             side, name = prefix[:-1], name[len(prefix):]
     parse_dims(dims.strip())  # fail now, before any tensor is read
-    pattern = compile_regex(name.strip(), "--override-dims name")
-    assert pattern is not None
+    pattern = compile_pattern(name.strip(), "--override-dims name")
     return DimsOverride(pattern=pattern, dims=dims.strip(), side=side)  # type: ignore[arg-type]
 
 

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from aligners import AlignContext, Aligner, AlignmentNote, AlignUnit, AuxLoader, get_aligner
+from aligners import AlignContext, Aligner, AlignUnit, AuxLoader, get_aligner
 from comparator.errors import NothingUsableError, UnshardError
 from comparator.loading import TensorLoader
 from comparator.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
@@ -513,7 +513,8 @@ def _init_worker(baseline_path: str, target_path: str, formats: tuple[str, str],
 
 
 def _work(item: WorkItem) -> TensorResult:
-    assert _worker is not None
+    if _worker is None:
+        raise RuntimeError("_work called outside a worker started by _init_worker")
     return _worker.run(item)
 
 

@@ -245,7 +245,8 @@ def _pool(plan: UnshardPlan, by_coords: dict[tuple[int, ...], Any], level: int, 
                 replicas.checksum_mismatch.add(op.axis)
                 a, b = picked.finish(""), pool.finish("")
                 replicas.stats_diff = max(replicas.stats_diff, *_stats_distance(a, b))
-        assert picked is not None
+        if picked is None:
+            raise RuntimeError("a replicated axis with no shard to pick")
         return picked
     combined = _Pool()
     for rank in range(op.size):

@@ -261,7 +261,8 @@ def _walk_shape(plan: UnshardPlan, level: int, prefix: Coords) -> tuple[int, ...
         if len(set(shapes)) > 1:
             raise UnshardError(f"{plan.label}: partial sums over {op.axis} have different shapes {shapes}")
         return shapes[0]
-    assert op.dim is not None
+    if op.dim is None:
+        raise RuntimeError(f"{plan.label}: a concat over {op.axis} without a dim")
     if op.zigzag and any(shape[op.dim] % 2 for shape in shapes):
         raise UnshardError(
             f"{plan.label}: a zigzag split over {op.axis} needs an even number of entries in dim {op.dim} "

@@ -37,7 +37,8 @@ class _Line:
     where: str = ""  # "edit 2 (match, append) of pkg.mod.f", for messages
 
     def yaml_location(self) -> str:
-        assert self.snippet is not None
+        if self.snippet is None:
+            return self.where
         return f"{self.snippet.location.file}:{self.snippet.yaml_line(self.snippet_index)}"
 
 
@@ -94,7 +95,8 @@ def build_function_ast(source: FunctionSource, layers: Sequence[TargetPatch]) ->
 
 # ------------------------------------------------------------------ text edits
 def _apply_match(lines: list[_Line], edit: Edit, layer: TargetPatch, source: FunctionSource) -> list[_Line]:
-    assert edit.match is not None
+    if edit.match is None:
+        raise RuntimeError(f"{edit} reached the text-edit path without a match")
     wanted = [line.strip() for line in edit.match.strip().splitlines()]
     stripped = [line.text.strip() for line in lines]
     size = len(wanted)

@@ -136,7 +136,8 @@ def static_function_source(location: TargetLocation) -> FunctionSource:
             scope, owner, class_name = node.body, f"class {part}", part
         elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             raise PatchTargetError(f"target {location.target!r}: {part!r} in {owner} is not a function")
-    assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise PatchTargetError(f"target {location.target!r} does not name a function")
     return _function_source(location.file, lines, node, qualname=location.qualname, class_name=class_name)
 
 

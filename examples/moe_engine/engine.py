@@ -52,7 +52,7 @@ class Engine:
         self.device = device
         layout = comm.layout
         self.model = MoEModel(config, generate_weights(config.model), comm=comm)
-        self.model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+        self.model.to(device=device, dtype=DTYPES[config.dtype]).train(False)
         prompts = make_prompts(config)
         self.dp_rank = layout.attn_dp_rank
         self.dp_size = layout.dp_attention

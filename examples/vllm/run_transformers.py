@@ -37,7 +37,7 @@ def generate(model_dir: str, *, hooks: bool = False, max_tokens: int = MAX_TOKEN
     from dumper import dumper
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").train(False)
     generated = []
     with torch.no_grad(), _hook_mode(model, dumper, enabled=hooks):
         for prompt in PROMPTS:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,10 +22,8 @@ from comparator.cli import app
 from comparator.errors import CalibrateError, ThresholdsError
 from comparator.report_json import report_to_json
 from comparator.thresholds import load_thresholds
-from tests.helpers.procs import REPO, clean_env
+from tests.helpers.example_runs import dump_examples
 
-DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]
-PRESET = str(REPO / "patches" / "presets" / "example" / "moe_engine.yaml")
 
 RUNS = {
     "healthy_a": "",
@@ -43,23 +38,9 @@ RUNS = {
 SEED_TENSORS = {"seed2": ("moe_output", 1), "seed3": ("shared_expert_output", 1), "seed4": ("dense_mlp_output", 0)}
 
 
-def dump(root: Path, name: str, args: str) -> Path:
-    run_dir = root / name
-    result = subprocess.run(
-        [*DUMPCMP, "run", "--patch", PRESET, "--dir", str(run_dir), "--", sys.executable, "-m", "examples.moe_engine",
-         "--nondeterministic", *args.split()],
-        env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, f"{name}: {args}\n{result.stdout}\n{result.stderr}"
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("calibrate")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(dump, root, name, args) for name, args in RUNS.items()}
-        return {name: future.result() for name, future in futures.items()}
+    return dump_examples(tmp_path_factory.mktemp("calibrate"), {name: f"--nondeterministic {args}" for name, args in RUNS.items()})
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,6 @@ compared with a healthy run of the same layout.
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,11 +20,10 @@ from comparator.report_html import render_html
 from comparator.report_json import report_to_json
 from comparator.report_table import render_table
 from dumper.collectives import read_collectives
-from tests.helpers.procs import clean_env
+from tests.helpers.example_runs import dump_example, dump_examples
 
 pytestmark = pytest.mark.slow
 
-DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]
 RUNS = {
     "ep2": "--ep 2",
     "double_reduce": "--ep 2 --bug double_reduce",
@@ -36,23 +32,9 @@ RUNS = {
 }
 
 
-def dump(root: Path, name: str, args: str) -> Path:
-    run_dir = root / name
-    result = subprocess.run(
-        [*DUMPCMP, "run", "--patch", "example/moe_engine", "--dir", str(run_dir), "--", sys.executable, "-m",
-         "examples.moe_engine", *args.split()],
-        env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, f"{name}: {args}\n{result.stdout}\n{result.stderr}"
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("collectives")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(dump, root, name, args) for name, args in RUNS.items()}
-        return {name: future.result() for name, future in futures.items()}
+    return dump_examples(tmp_path_factory.mktemp("collectives"), RUNS)
 
 
 def table(report) -> str:
@@ -101,7 +83,7 @@ def test_skipped_reduce_shows_the_missing_all_reduce(runs):
 
 
 def test_a_one_rank_baseline_has_nothing_to_compare_counts_with(runs, tmp_path):
-    single = dump(tmp_path, "single", "")
+    single = dump_example(tmp_path, "single", "")
     report = compare(single, runs["double_reduce"])
     trace = trace_of_report(report)
     assert trace.traced == {"baseline": True, "target": True}

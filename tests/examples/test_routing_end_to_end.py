@@ -9,7 +9,6 @@ seed tests expect; a perturbed router on one rank is a suspicious flip.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import pytest
 from comparator import compare
 from comparator.report_json import report_to_json
 from comparator.routing import UPSTREAM_HINT
-from tests.examples.test_seeds_end_to_end import dump, failing, result_for
+from tests.examples.test_seeds_end_to_end import failing, result_for
+from tests.helpers.example_runs import dump_examples
 from tests.helpers.procs import REPO
 
 pytestmark = pytest.mark.slow
@@ -38,10 +38,7 @@ JOBS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("routing")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(dump, root, name, args) for name, args in JOBS.items()}
-        return {name: future.result() for name, future in futures.items()}
+    return dump_examples(tmp_path_factory.mktemp("routing"), JOBS)
 
 
 def test_healthy_bf16_target_passes_with_benign_flips_listed(runs):

@@ -9,20 +9,15 @@ block (layer 0 is dense, layers 1-2 are MoE), with the hint that explains it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from comparator import compare
-from tests.helpers.procs import REPO, clean_env
+from tests.helpers.example_runs import dump_examples
 
 pytestmark = pytest.mark.slow
 
-DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]
-PRESET = str(REPO / "patches" / "presets" / "example" / "moe_engine.yaml")
 
 HEALTHY = {
     "tp2": "--tp 2",
@@ -41,25 +36,9 @@ BUGS = {
 }
 
 
-def dump(root: Path, name: str, args: str) -> Path:
-    run_dir = root / name
-    result = subprocess.run(
-        [*DUMPCMP, "run", "--patch", PRESET, "--dir", str(run_dir), "--", sys.executable, "-m", "examples.moe_engine",
-         *args.split()],
-        env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, f"{name}: {args}\n{result.stdout}\n{result.stderr}"
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("seeds")
-    # NOTE: two at a time: each run mostly imports torch and forks, so 2 cores stay busy.
-    jobs = {"baseline": "", **HEALTHY, **BUGS}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(dump, root, name, args) for name, args in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
+    return dump_examples(tmp_path_factory.mktemp("seeds"), {"baseline": "", **HEALTHY, **BUGS})
 
 
 def failing(report) -> list[tuple]:

@@ -55,3 +55,22 @@ def example_runs_root(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.getbasetemp() / "example_runs"
     root.mkdir(exist_ok=True)
     return root
+
+
+def dump_example(root: Path, name: str, args: str, *, mode: str = "tensor") -> Path:
+    """Dump one example-engine run (engine arguments ``args``) into ``root/name``; fail loudly."""
+    path = root / name
+    proc = dumpcmp("run", "--mode", mode, "--patch", "example/moe_engine", "--dir", str(path), "--",
+                   sys.executable, "-m", "examples.moe_engine", *shlex.split(args), timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"dumping {name} ({args}) failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return path
+
+
+def dump_examples(root: Path, jobs: dict[str, str]) -> dict[str, Path]:
+    """Dump several runs, two at a time (each mostly imports torch and forks: 2 cores stay busy)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(dump_example, root, name, args) for name, args in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
