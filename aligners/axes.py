@@ -5,7 +5,7 @@ sides are viewed as their atomic named dims, the target's are permuted into the
 baseline's order, then grouped as the baseline's are. Only the names of the dims
 matter here (shards and the ``#`` comment were already used by the unsharder).
 
-NOTE: :mod:`comparator.dims` holds the full grammar; aligners sit below the
+NOTE: :mod:`dumper.dims` holds the full grammar; aligners sit below the
 comparator and read only the names, so this module keeps its own small reader.
 """
 

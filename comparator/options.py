@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from comparator.errors import NameMapError, OptionError
-from comparator.routing import RoutingOptions
+from comparator.judge.routing import RoutingOptions
 
 Format = Literal["table", "json", "junit", "html"]
 FORMATS = ("table", "json", "junit", "html")
@@ -74,7 +74,7 @@ class DimsOverride:
 
 
 def parse_override_dims(text: str) -> DimsOverride:
-    from comparator.dims import parse_dims
+    from dumper.dims import parse_dims
 
     name, sep, dims = text.partition("=")
     if not sep or not name.strip() or not dims.strip():
@@ -201,7 +201,7 @@ class CompareOptions:
     override_dims: tuple[DimsOverride, ...] = ()
     jobs: int = 1
     verify_checksums: bool = False
-    routing: RoutingOptions = RoutingOptions()  # routing-aware MoE comparison (comparator/routing.py)
+    routing: RoutingOptions = RoutingOptions()  # routing-aware MoE comparison (comparator/judge/routing.py)
 
     def __post_init__(self) -> None:
         if self.jobs < 1:

@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from aligners import AlignContext, Aligner, AlignUnit, AuxLoader, get_aligner
 from comparator.errors import NothingUsableError, UnshardError
 from comparator.loading import TensorLoader
-from comparator.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
+from comparator.judge.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
 from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
-from comparator.metrics import Metrics, compute_metrics, identical_metrics
+from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
 from comparator.options import CompareOptions
 from comparator.results import Report, SideInfo, TensorResult
-from comparator.routing import (RoutingJudge, RoutingSources, annotate_downstream, attach_routing, keep_agreeing_tokens,
+from comparator.judge.routing import (RoutingJudge, RoutingSources, annotate_downstream, attach_routing, keep_agreeing_tokens,
                                topk_verdict)
-from comparator.stats_only import StatsThresholds, load_stats_thresholds
-from comparator.thresholds import Thresholds, load_thresholds
+from comparator.judge.stats_only import StatsThresholds, load_stats_thresholds
+from comparator.judge.thresholds import Thresholds, load_thresholds
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard, reduction_groups
-from comparator.verdicts import describe_failure, finalize, judge
+from comparator.judge.verdicts import describe_failure, finalize, judge
 from dumper.errors import DumpcmpError, RunFormatError, RunNotFoundError
 from dumper.format import IndexRecord
 from dumper.reader import Run, open_run
@@ -224,7 +224,7 @@ def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions, axis_si
                if any(record.file is None for plan in plans for record in plan.records)]
     if no_data:
         # NOTE: a stats-mode run still has every tensor's stats and checksum in its index:
-        # judge from those (comparator/stats_only.py) rather than skip.
+        # judge from those (comparator/judge/stats_only.py) rather than skip.
         return WorkItem(**common, baseline_plans=tuple(baseline_plans), target_plans=tuple(target_plans),
                         baseline=baseline_info, target=target_info, stats_only=True)
     return WorkItem(**common, baseline_plans=tuple(baseline_plans), target_plans=tuple(target_plans),
@@ -319,7 +319,7 @@ class _Executor:
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
                 return self._shape_mismatch(item, base, notes, baseline_tensor, target_tensor, token_dim, rule, limits)
             if item.routing is not None:
-                # NOTE: routing flips at near-ties: comparator/routing.py.
+                # NOTE: routing flips at near-ties: comparator/judge/routing.py.
                 routing = self.routing.check(item.routing)
                 base = dict(base, routing=routing)
                 if item.routing.role == "topk_ids":
@@ -377,7 +377,7 @@ class _Executor:
 
     def _compare_stats(self, item: WorkItem, base: dict[str, Any]) -> TensorResult:
         from comparator.results import Judgement
-        from comparator.stats_only import compare_stats, describe_stats_failure, judge_stats, stats_hint
+        from comparator.judge.stats_only import compare_stats, describe_stats_failure, judge_stats, stats_hint
 
         base = dict(base, stats_only=True)
         try:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aligners import AlignmentNote
-from comparator.metrics import Metrics
-from comparator.stats_only import StatsComparison
-from comparator.thresholds import Limit
+from comparator.judge.metrics import Metrics
+from comparator.judge.stats_only import StatsComparison
+from comparator.judge.thresholds import Limit
 
 Status = Literal["pass", "fail", "skip", "error"]
 Origin = Literal["source", "propagated"]
@@ -81,7 +81,7 @@ class TensorResult:
     alignment: AlignmentNote | None = None  # what the token aligner did (steps merged, rows trimmed, ...)
     stats_only: bool = False  # judged from index stats and checksums (a side was dumped in stats mode)
     stats: StatsComparison | None = None  # the stats-only metrics
-    routing: Any = None  # comparator.routing.RoutingCheck of a top-k ids or MoE output tensor
+    routing: Any = None  # comparator.judge.routing.RoutingCheck of a top-k ids or MoE output tensor
 
     def __bool__(self) -> bool:
         return self.status == "pass"

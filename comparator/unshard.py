@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
-from comparator.dims import DimsSpec, parse_dims
+from dumper.dims import DimsSpec, parse_dims
 from comparator.errors import DimsSyntaxError, UnshardError
 from dumper.format import IndexRecord
 
@@ -388,7 +388,7 @@ def _pick_copy(plan: UnshardPlan, copies: list[IndexRecord], load: Callable[[Ind
     picked = load(copies[0])
     if not verify or len(copies) == 1:
         return picked
-    from comparator.metrics import rel_diff
+    from comparator.judge.metrics import rel_diff
 
     axes = plan.replicated_axes()
     fixed = {axis: reduction_group_axes(plan.records, axis) for axis in axes}

@@ -29,3 +29,7 @@ class RunFormatError(DumpcmpError):
 
 class RunConflictError(DumpcmpError):
     """A dump directory already holds an earlier run's files."""
+
+
+class DimsSyntaxError(DumpcmpError):
+    """A dims annotation (``t h[tp]``, ``t h # tp:replicated``) could not be parsed."""

@@ -40,7 +40,7 @@ def calibrate_command(
     """
     setup_logging(verbose)
     with user_errors():
-        from comparator.calibrate import calibrate
+        from comparator.judge.calibrate import calibrate
         from comparator.options import CompareOptions
 
         options = CompareOptions.from_values(aligner=aligner, steps=steps, names=names, exclude=exclude)

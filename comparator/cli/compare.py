@@ -115,21 +115,21 @@ def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:  # typ
     from comparator.errors import OptionError
 
     if format is CompareFormat.json:
-        from comparator.report_json import render_json
+        from comparator.report.json import render_json
 
         text = render_json(report)
     elif format is CompareFormat.html:
-        from comparator.report_html import render_html
+        from comparator.report.html import render_html
 
         text = render_html(report)
     elif format is CompareFormat.junit:
-        from comparator.report_junit import render_junit
+        from comparator.report.junit import render_junit
 
         text = render_junit(report)
     else:
         from rich.console import Console
 
-        from comparator.report_table import render_table
+        from comparator.report.table import render_table
 
         if output is None:
             render_table(report)

@@ -46,7 +46,7 @@ def demo_command(
         except DemoRunFailed as exc:
             raise fail(f"the example engine failed: {exc}", code=1) from None
     if format is DemoFormat.json:
-        from comparator.report_json import render_json
+        from comparator.report.json import render_json
 
         typer.echo(render_json(result.report), nl=False)
     else:

@@ -29,7 +29,7 @@ def ls_command(
     Example: dumpcmp ls /tmp/runs/tp2 --format json | jq .problems
     """
     setup_logging()
-    from comparator.inventory import summarize_run
+    from comparator.inspect.inventory import summarize_run
     from dumper.reader import open_run
 
     with user_errors():
@@ -42,6 +42,6 @@ def ls_command(
     if format is LsFormat.json:
         typer.echo(json.dumps(summary.to_json(), indent=1))
         return
-    from comparator.render_ls import render_summary
+    from comparator.inspect.render_ls import render_summary
 
     render_summary(summary)

@@ -89,7 +89,7 @@ def run_command(
         if (observe is not None or observe_tensor is not None) and not verify_observer:
             raise ConfigError("--observe and --observe-tensor need --verify-observer")
         if verify_observer:
-            from comparator.observer import verify_observer as verify
+            from comparator.cli.observer import verify_observer as verify
 
             code, check = verify(config, observe_file=str(observe) if observe is not None else None,
                                  observe_tensor=observe_tensor)

@@ -42,14 +42,14 @@ def show_command(
     import logging
     import sys
 
-    from comparator.show import parse_tags, picture, show_tensor, write_plot
+    from comparator.inspect.show import parse_tags, picture, show_tensor, write_plot
 
     logging.getLogger("dumper.reader").setLevel(logging.ERROR)
     with user_errors():
         wanted = parse_tags(tags)
         with _spinner(sys.stderr.isatty(), "reading" + (" and comparing" if baseline else "")):
             view = show_tensor(run_dir, name, step=step, tags=wanted, baseline=baseline, aligner=aligner, dims=dims)
-        from comparator.render_show import render_view
+        from comparator.inspect.render_show import render_view
 
         render_view(view)
         if plot is not None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from aligners import AlignerError, MissingMetadataError, get_aligner
-from comparator.hints import padding_hint
-from comparator.metrics import compute_metrics
+from comparator.judge.hints import padding_hint
+from comparator.judge.metrics import compute_metrics
 from tests.aligners.synthetic import build_side, context, step_pairs, stream_features
 
 PROMPT = [(0, pos) for pos in range(5)]

@@ -188,7 +188,7 @@ def test_truncated_data_files_leave_nothing_usable(runs, tmp_path):
 
 
 def test_stats_mode_runs_are_compared_from_stats(runs, tmp_path):
-    # More in tests/comparator/test_stats_only.py.
+    # More in tests/comparator/judge/test_stats_only.py.
     stats = tmp_path / "stats"
     dump_run(stats, MODEL, DUMPCMP_MODE="stats")
     report = compare(runs["tp1"], stats)

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from comparator.inventory import summarize_run
+from comparator.inspect.inventory import summarize_run
 from dumper.reader import open_run
 from dumper.stats import checksum
 from tests.helpers.procs import clean_env

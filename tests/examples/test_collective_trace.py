@@ -16,9 +16,9 @@ from rich.console import Console
 
 from comparator import compare
 from comparator.collectives import trace_of_report
-from comparator.report_html import render_html
-from comparator.report_json import report_to_json
-from comparator.report_table import render_table
+from comparator.report.html import render_html
+from comparator.report.json import report_to_json
+from comparator.report.table import render_table
 from dumper.collectives import read_collectives
 from tests.helpers.example_runs import dump_example, dump_examples
 

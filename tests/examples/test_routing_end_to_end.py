@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from comparator import compare
-from comparator.report_json import report_to_json
-from comparator.routing import UPSTREAM_HINT
+from comparator.report.json import report_to_json
+from comparator.judge.routing import UPSTREAM_HINT
 from tests.examples.test_seeds_end_to_end import failing, result_for
 from tests.helpers.example_runs import dump_examples
 from tests.helpers.procs import REPO

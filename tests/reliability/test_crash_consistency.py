@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from comparator import compare
-from comparator.inventory import summarize_run
+from comparator.inspect.inventory import summarize_run
 from dumper.errors import DumpcmpError
 from dumper.reader import open_run
 from dumper.stats import checksum

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from comparator import compare
 from comparator.options import load_name_map
-from comparator.thresholds import load_thresholds
+from comparator.judge.thresholds import load_thresholds
 from dumper.errors import DumpcmpError
 from dumper.reader import open_run
 from patches.spec import parse_patch_text

@@ -31,7 +31,7 @@ def _short_reason(result: TensorResult) -> str | None:
     """One line: the first failed limit, or the reason for a skip or error."""
     judgement, metrics = result.judgement, result.metrics
     if judgement is not None and metrics is not None and judgement.failed:
-        from comparator.verdicts import metric_values
+        from comparator.judge.verdicts import metric_values
 
         metric = judgement.failed[0]
         if metric in judgement.limits:

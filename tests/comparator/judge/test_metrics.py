@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import comparator.metrics as metrics_module
-from comparator.metrics import compute_metrics
+import comparator.judge.metrics as metrics_module
+from comparator.judge.metrics import compute_metrics
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
 

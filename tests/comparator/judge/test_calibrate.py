@@ -1,4 +1,4 @@
-"""``dumpcmp calibrate`` (comparator/calibrate.py): thresholds from the noise between runs that should agree.
+"""``dumpcmp calibrate`` (comparator/judge/calibrate.py): thresholds from the noise between runs that should agree.
 
 The example engine runs with ``--nondeterministic`` (split-K expert down-projections
 summed in a run-seeded order), so two healthy runs differ at rounding level. Thresholds
@@ -17,11 +17,11 @@ import yaml
 from typer.testing import CliRunner
 
 from comparator import compare
-from comparator.calibrate import NOISE_FLOORS, calibrate
+from comparator.judge.calibrate import NOISE_FLOORS, calibrate
 from comparator.cli import app
 from comparator.errors import CalibrateError, ThresholdsError
-from comparator.report_json import report_to_json
-from comparator.thresholds import load_thresholds
+from comparator.report.json import report_to_json
+from comparator.judge.thresholds import load_thresholds
 from tests.helpers.example_runs import dump_examples
 
 
@@ -161,7 +161,7 @@ def test_calibrated_entry_is_parsed_and_checked(tmp_path):
 
 
 def test_floor_ratio_is_the_largest_metric_over_noise():
-    from comparator.verdicts import floor_ratio
+    from comparator.judge.verdicts import floor_ratio
 
     values = {"rel_diff": 4e-13, "norm_ratio": 1 - 3e-7}
     assert floor_ratio(values, {"rel_diff": 1e-13, "norm_ratio": 1e-7}) == pytest.approx(4.0)

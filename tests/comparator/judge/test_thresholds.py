@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from comparator.errors import ThresholdsError
-from comparator.metrics import compute_metrics
-from comparator.thresholds import judged_dtype, load_thresholds
-from comparator.verdicts import judge
+from comparator.judge.metrics import compute_metrics
+from comparator.judge.thresholds import judged_dtype, load_thresholds
+from comparator.judge.verdicts import judge
 
 
 def test_defaults_depend_on_the_less_precise_dtype():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comparator.dims import parse_dims
+from dumper.dims import parse_dims
 from comparator.errors import DimsSyntaxError, UnshardError
 from comparator.unshard import execute_unshard, plan_unshard
 from tests.comparator.test_unshard import record

@@ -1,4 +1,4 @@
-"""comparator/routing.py on hand-made routing: flips, margins, benign vs suspicious, masking."""
+"""comparator/judge/routing.py on hand-made routing: flips, margins, benign vs suspicious, masking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from comparator.routing import UPSTREAM_HINT, keep_agreeing_tokens, measure_routing, topk_verdict
+from comparator.judge.routing import UPSTREAM_HINT, keep_agreeing_tokens, measure_routing, topk_verdict
 
 # 4 tokens, 4 experts, top-2. Token 2's 2nd and 3rd logits are nearly tied (margin 0.01).
 LOGITS = torch.tensor([
@@ -88,7 +88,7 @@ def test_moe_outputs_are_judged_on_agreeing_tokens():
 
 def test_failures_after_a_benign_flip_get_a_hint_naming_it():
     from comparator.results import TensorResult
-    from comparator.routing import annotate_downstream
+    from comparator.judge.routing import annotate_downstream
 
     target_logits = LOGITS.clone()
     target_logits[2, 1:3] = torch.tensor([0.995, 0.996])

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from comparator.cli import app
-from comparator.png import read_png_size
+from comparator.report.png import read_png_size
 from tests.helpers.example_runs import demo_runs, example_run, example_runs_root
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from comparator.metrics import Metrics, compute_metrics
+from comparator.judge.metrics import Metrics, compute_metrics
 
 if TYPE_CHECKING:
     import torch

@@ -11,10 +11,10 @@ import dataclasses
 import math
 from typing import Iterable, Sequence
 
-from comparator.metrics import Metrics
+from comparator.judge.metrics import Metrics
 from comparator.options import CompareOptions
 from comparator.results import FirstDivergence, Judgement, Summary, TensorResult
-from comparator.thresholds import Limit
+from comparator.judge.thresholds import Limit
 
 EXIT_PASS = 0
 EXIT_FAIL = 1

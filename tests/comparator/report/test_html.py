@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from comparator.png import read_png_size
+from comparator.report.png import read_png_size
 from tests.helpers.example_runs import demo_runs, dumpcmp, example_runs_root
 
 FIRST = "moe_output[layer=1]@step0"

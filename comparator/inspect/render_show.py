@@ -1,4 +1,4 @@
-"""Render a :class:`comparator.show.TensorView` for the terminal (``dumpcmp show``)."""
+"""Render a :class:`comparator.inspect.show.TensorView` for the terminal (``dumpcmp show``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from comparator.report_table import STATUS_STYLE
-from comparator.show import TensorView
-from comparator.svg import fmt
+from comparator.report.table import STATUS_STYLE
+from comparator.inspect.show import TensorView
+from comparator.report.svg import fmt
 
 STAT_FIELDS = ("numel", "min", "max", "mean", "abs_mean", "std", "l2", "nan", "inf")
 

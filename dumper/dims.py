@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from comparator.errors import DimsSyntaxError
+from dumper.errors import DimsSyntaxError
 
 TOKEN_DIM = "t"
 SQUEEZE_DIM = "1"  # SGLang's name for a dim of size 1 that is dropped before comparing

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from comparator.inventory import RunSummary
+from comparator.inspect.inventory import RunSummary
 
 
 def _human_bytes(count: int) -> str:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from comparator.errors import ThresholdsError, UnshardError
-from comparator.thresholds import Limit, Rule, judged_dtype
+from comparator.judge.thresholds import Limit, Rule, judged_dtype
 from comparator.unshard import UnshardPlan
 
 STATS_METRICS = ("norm_ratio", "mean_diff", "abs_mean_diff", "replica_stats_diff")

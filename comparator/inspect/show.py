@@ -7,7 +7,7 @@ Several logical tensors can match a name (one per step and tag set): then ``view
 lists them (``matches``) and the rest stays empty until ``step``/``tags`` narrow it
 down to one. Pictures (``write_plot``): a heatmap of |t - b| (with a baseline) or of
 |values|, rows = tokens (or the first dim), plus a histogram; PNG written by
-comparator/png.py, or SVG with labelled axes when the file name ends in ``.svg``.
+comparator/report/png.py, or SVG with labelled axes when the file name ends in ``.svg``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from comparator.errors import ComparatorError, OptionError, UnshardError
 from comparator.matching import LogicalTensor, group_records
 from comparator.results import TensorResult
-from comparator.stats_only import PooledStats, pool_stats
+from comparator.judge.stats_only import PooledStats, pool_stats
 from comparator.unshard import UnshardPlan, coords_text, execute_unshard, plan_unshard
 from dumper.format import IndexRecord
 from dumper.reader import open_run
@@ -209,7 +209,7 @@ def picture(view: TensorView, *, baseline: str | os.PathLike[str] | None = None)
 
 def write_plot(path: str | os.PathLike[str], pic: Picture, *, title: str) -> str:
     """Write the picture (PNG, or SVG for a .svg path); returns a legend to print."""
-    from comparator.svg import LogScale, fmt
+    from comparator.report.svg import LogScale, fmt
 
     cells = [v for row in pic.matrix for v in row]
     scale = LogScale.fit(cells, 0.0, 1.0, floor_exp=-12)
@@ -227,8 +227,8 @@ def write_plot(path: str | os.PathLike[str], pic: Picture, *, title: str) -> str
 
 
 def _write_png(path: str | os.PathLike[str], pic: Picture, *, scale: Any, title: str, legend: str) -> None:
-    from comparator.png import write_png
-    from comparator.svg import colormap
+    from comparator.report.png import write_png
+    from comparator.report.svg import colormap
 
     rows, columns = len(pic.matrix), len(pic.matrix[0]) if pic.matrix else 1
     cell = max(1, min(12, 1024 // max(columns, 1), 768 // max(rows, 1)))
@@ -274,7 +274,7 @@ def _write_png(path: str | os.PathLike[str], pic: Picture, *, scale: Any, title:
 
 
 def _write_svg(path: str | os.PathLike[str], pic: Picture, *, title: str) -> None:
-    from comparator.svg import esc, heatmap, histogram
+    from comparator.report.svg import esc, heatmap, histogram
 
     step = max(1, math.ceil(len(pic.matrix) / 64))  # one element per cell: keep the file light
     rows = [(f"{pic.row_name} {r * pic.block[0]}", pic.matrix[r]) for r in range(0, len(pic.matrix), step)]

@@ -191,7 +191,7 @@ def compare_files(reference: str, dumping: str) -> tuple[OutputDiff, ...]:
         import torch
         from safetensors.torch import load_file
 
-        from comparator.metrics import compute_metrics
+        from comparator.judge.metrics import compute_metrics
 
         off, on = load_file(reference), load_file(dumping)
         diffs = []

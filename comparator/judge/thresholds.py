@@ -18,9 +18,9 @@ A rule's limits are merged over the default limits of the tensor's dtype (the le
 precise of the two sides). Metrics: rel_diff, rel_l2, cosine, norm_ratio, max_abs,
 mean_abs, max_token_rel_l2 (worst token), replica_rel_diff (disagreement between
 ranks of a replicated tensor). Loaded with ``yaml.safe_load``; nothing is evaluated.
-A ``stats:`` section (same shape) judges stats-only comparisons: see comparator/stats_only.py.
+A ``stats:`` section (same shape) judges stats-only comparisons: see comparator/judge/stats_only.py.
 
-``calibrated:`` (written by ``dumpcmp calibrate``, comparator/calibrate.py) records the noise
+``calibrated:`` (written by ``dumpcmp calibrate``, comparator/judge/calibrate.py) records the noise
 measured between runs that should agree: an upper metric's largest value, or norm_ratio's
 largest distance from 1. Results judged by such a rule carry a ``floor_ratio``: how many
 times that noise the tensor's own metric is (the largest over the calibrated metrics).
@@ -232,7 +232,7 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
     if isinstance(data, list):
         rules_data = data
     elif isinstance(data, dict):
-        # NOTE: "stats" holds the limits of stats-only comparisons (comparator/stats_only.py).
+        # NOTE: "stats" holds the limits of stats-only comparisons (comparator/judge/stats_only.py).
         unknown = [k for k in data if k not in ("rules", "defaults", "stats")]
         if unknown:
             raise fail(f"unknown key {unknown[0]!r}; valid top-level keys: rules, defaults, stats", unknown[0])

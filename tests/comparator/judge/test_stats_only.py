@@ -14,7 +14,7 @@ import torch
 
 from comparator import compare
 from comparator.errors import ThresholdsError
-from comparator.stats_only import compare_stats, load_stats_thresholds, pool_stats
+from comparator.judge.stats_only import compare_stats, load_stats_thresholds, pool_stats
 from comparator.unshard import plan_unshard
 from dumper.format import AxisInfo, IndexRecord
 from dumper.stats import checksum, tensor_stats

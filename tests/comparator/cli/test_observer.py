@@ -1,4 +1,4 @@
-"""``dumpcmp run --verify-observer`` (comparator/observer.py): dumping off vs on, recorded in run.json."""
+"""``dumpcmp run --verify-observer`` (comparator/cli/observer.py): dumping off vs on, recorded in run.json."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comparator.observer import ObserverCheck, OutputDiff, compare_files, record_check
+from comparator.cli.observer import ObserverCheck, OutputDiff, compare_files, record_check
 from tests.helpers.procs import REPO, clean_env
 
 DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from comparator.dims import parse_dims
+from dumper.dims import parse_dims
 from comparator.errors import DimsSyntaxError
 
 

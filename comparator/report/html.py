@@ -7,7 +7,7 @@ instead of leaking). Sections, top to bottom:
 1. the verdict (exit code and why) and the summary counts;
 2. the first divergence with its reason, hint, worst element and token, and sides;
 3. a plot of the error metric against execution order, with each tensor's
-   threshold and the first divergence marked (inline SVG, comparator/svg.py);
+   threshold and the first divergence marked (inline SVG, comparator/report/svg.py);
 4. a per-token error heatmap of the divergent tensor: across its steps, then every
    tensor of its step (how the error spreads through the layers);
 5. a sortable, filterable table of every tensor (a few lines of inline JS);
@@ -23,7 +23,7 @@ from typing import Sequence
 
 from comparator.fingerprint import RunFingerprint, read_fingerprint
 from comparator.results import Report, TensorResult
-from comparator.svg import PlotPoint, error_plot, esc, fmt, heatmap
+from comparator.report.svg import PlotPoint, error_plot, esc, fmt, heatmap
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 VERDICTS = {0: ("PASS", "pass"), 1: ("FAIL", "fail"), 3: ("NOTHING COMPARED", "skip")}

@@ -1,6 +1,6 @@
 """Calibrated thresholds: measure the noise between runs that should agree, write rules with a margin.
 
-    from comparator.calibrate import calibrate
+    from comparator.judge.calibrate import calibrate
     calibration = calibrate(["runs/a", "runs/b"], margin=10.0)
     calibration.write("thresholds.yaml")   # then: dumpcmp compare BASELINE TARGET -t thresholds.yaml
 
@@ -9,7 +9,7 @@ run and an fp32 run of itself. Every pair of runs is compared with the library's
 ``compare``; per tensor name, the noise is the largest rel_diff and the largest
 ``|norm_ratio - 1|`` over every pair, step and tag (layer). A rule per name then allows
 ``margin`` times that noise, and records the noise in ``calibrated:`` so that compare
-reports each tensor's ``floor_ratio`` (comparator/thresholds.py).
+reports each tensor's ``floor_ratio`` (comparator/judge/thresholds.py).
 
 NOTE: exact-zero noise (a tensor upstream of every nondeterministic op) would give a zero
 limit and a flaky gate, so the noise is raised to a floor per dtype first (NOISE_FLOORS:
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from comparator.errors import CalibrateError
 from comparator.options import CompareOptions
-from comparator.thresholds import BUILTIN_DEFAULTS, Limit, judged_dtype
+from comparator.judge.thresholds import BUILTIN_DEFAULTS, Limit, judged_dtype
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from comparator.hints import padding_hint, replica_hint, scale_hint, shape_hint
-from comparator.metrics import compute_metrics
+from comparator.judge.hints import padding_hint, replica_hint, scale_hint, shape_hint
+from comparator.judge.metrics import compute_metrics
 
 
 def test_scale_hint_matches_group_sizes_and_axis_names():

@@ -1,0 +1,1 @@
+"""Looking inside runs: ls (inventory) and show (one tensor)."""

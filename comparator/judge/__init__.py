@@ -1,0 +1,1 @@
+"""Judging a comparison: metrics, thresholds, verdicts, hints, routing, calibration."""

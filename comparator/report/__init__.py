@@ -1,0 +1,1 @@
+"""Renderers: pure functions of a Report (table, JSON, JUnit, HTML, SVG/PNG plots)."""
