@@ -188,7 +188,7 @@ def writer_parts_ms_per_mb(tensors, work_dir) -> dict[str, float]:
 
 def _write_safetensors(tensors, path) -> None:
     try:
-        from dumper.writer import write_safetensors
+        from dumper.safetensors_io import write_safetensors
     except ImportError:  # older writer: safetensors' own save_file
         from safetensors.torch import save_file as write_safetensors
     write_safetensors(tensors, path)

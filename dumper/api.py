@@ -11,28 +11,19 @@ import atexit
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from dumper.config import DumpConfig, config_from_env
-from dumper.errors import ConfigError, DumpcmpError, RunConflictError
-from dumper.filters import DumpFilter, parse_filter
-from dumper.format import (
-    PROC_DIR_PREFIX,
-    RANK_INFO_FILE,
-    RUN_INFO_FILE,
-    SCHEMA_VERSION,
-    TOOL_VERSION,
-    RankInfo,
-    RunInfo,
-    rank_dir_name,
-)
+from dumper.errors import ConfigError, DumpcmpError
+from dumper.filters import parse_filter
+from dumper.format import RankInfo
 from dumper.parallel import ParallelState, Provider
+from dumper.rundir import claim_rank_dir
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +241,6 @@ class Dumper:
     # ---------------------------------------------------------------- writer
     def _start_writer(self, info):
         from dumper.snapshot import Snapshotter
-        from dumper.writer import RankWriter
 
         with self._lock:
             if self._writer is not None:
@@ -260,7 +250,7 @@ class Dumper:
                 return self._reopen_writer(config)
             run_dir = os.path.abspath(config.dir)
             run_id = config.run_id or self._generated_run_id or uuid.uuid4().hex[:12]
-            rank_dir, run_id = _claim_rank_dir(run_dir, info, config, run_id)
+            rank_dir, run_id = claim_rank_dir(run_dir, info, config, run_id)
             if config.run_id is None:
                 # Children started from now on must join the run this process joined.
                 os.environ["DUMPCMP_RUN_ID"] = run_id
@@ -384,91 +374,6 @@ class Dumper:
 def _is_tensor(value: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
-
-
-def _claim_rank_dir(run_dir: str, info, config: DumpConfig, run_id: str) -> tuple[str, str]:
-    """Create this process's directory, refusing to mix with an earlier run's files.
-
-    Returns the directory and the run id this process belongs to. With an explicit
-    run id (``DUMPCMP_RUN_ID``, set by ``dumpcmp run`` or inherited from a parent),
-    a run.json of another id is an earlier run. Without one, the process joins the
-    run.json it finds (its siblings may have written it) and only an existing
-    directory for its own rank counts as an earlier run.
-    """
-    from dumper.format import write_json_atomic
-    import json
-
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create dump directory {run_dir}: {exc.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"dump directory {run_dir} is not writable")
-    run_info_path = os.path.join(run_dir, RUN_INFO_FILE)
-    run_info = RunInfo(
-        schema_version=SCHEMA_VERSION,
-        tool_version=TOOL_VERSION,
-        run_id=run_id,
-        command=list(config.command) or list(sys.argv),
-        mode=config.mode,
-        start_time=time.time(),
-    )
-    if not _create_exclusive_json(run_info_path, run_info.to_json()):
-        try:
-            with open(run_info_path, encoding="utf-8") as handle:
-                existing_id = json.load(handle).get("run_id")
-        except (OSError, ValueError):
-            existing_id = None
-        if config.run_id is not None and existing_id != config.run_id:
-            if not config.overwrite:
-                raise RunConflictError(
-                    f"{run_dir} already holds an earlier run (run id {existing_id}); "
-                    "choose a new directory or set DUMPCMP_OVERWRITE=1 (dumpcmp run --overwrite)"
-                )
-            write_json_atomic(run_info_path, run_info.to_json())
-        elif config.run_id is None and existing_id:
-            run_id = existing_id
-    rank_dir = os.path.join(run_dir, rank_dir_name(info.rank))
-    try:
-        os.mkdir(rank_dir)
-        return rank_dir, run_id
-    except FileExistsError:
-        pass
-    try:
-        with open(os.path.join(rank_dir, RANK_INFO_FILE), encoding="utf-8") as handle:
-            owner = json.load(handle)
-    except (OSError, ValueError):
-        owner = {}
-    same_run = config.run_id is not None and owner.get("run_id") == run_id
-    if same_run:
-        # A sibling process of this run already holds this rank (e.g. a launcher and
-        # its worker, both rank 0): keep both, keyed by process id.
-        proc_dir = os.path.join(run_dir, f"{PROC_DIR_PREFIX}{os.getpid()}")
-        os.makedirs(proc_dir, exist_ok=True)
-        return proc_dir, run_id
-    if not config.overwrite:
-        raise RunConflictError(
-            f"{rank_dir} already holds an earlier run's files for rank {info.rank}; "
-            "choose a new directory or set DUMPCMP_OVERWRITE=1 (dumpcmp run --overwrite)"
-        )
-    shutil.rmtree(rank_dir)
-    os.mkdir(rank_dir)
-    return rank_dir, run_id
-
-
-def _create_exclusive_json(path: str, data: dict[str, Any]) -> bool:
-    """Create ``path`` with full content, or return False if it already exists."""
-    from dumper.format import write_json_atomic
-
-    tmp = f"{path}.new-{os.getpid()}"
-    write_json_atomic(tmp, data)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
 
 
 dumper = Dumper()

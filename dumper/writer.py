@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +26,8 @@ from dumper.format import (
     rewrite_json_in_place,
     write_json_atomic,
 )
+from dumper.digest_workers import Done, Workers
+from dumper.safetensors_io import write_safetensors
 from dumper.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class RankWriter:
         """
         if self._digest_workers is None:
             workers = DIGEST_WORKERS
-            self._digest_workers = _Workers(workers) if workers >= 2 else False
+            self._digest_workers = Workers(workers) if workers >= 2 else False
         return self._digest_workers or None
 
     def _write_batch(self, batch: list[PendingRecord]) -> None:
@@ -295,7 +296,7 @@ class RankWriter:
 
     def _online_filter(self, batch: list[PendingRecord], digests, digest):
         """The records whose data the online monitor keeps; their stats are computed first."""
-        done = [_Done(digests[position].result() if digests is not None else digest(item.snapshot))
+        done = [Done(digests[position].result() if digests is not None else digest(item.snapshot))
                 for position, item in enumerate(batch)]
         before = self._online.escalation
         kept = []
@@ -307,126 +308,6 @@ class RankWriter:
                                       stats=stats):
                 kept.append(item)
         return kept, done, self._online.escalation is not before
-
-
-class _Job:
-    def __init__(self, function: Callable[[Any], Any], argument: Any) -> None:
-        self.function = function
-        self.argument = argument
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def result(self) -> Any:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class _Done:
-    """A result already computed, with a job's ``result()``."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
-
-
-class _Workers:
-    """A few daemon threads running jobs in submission order.
-
-    NOTE: not concurrent.futures: its executors refuse new work once the main thread
-    has ended, and the writer still drains its queue at exit (atexit runs later).
-    """
-
-    def __init__(self, count: int) -> None:
-        import queue
-
-        self._jobs: "queue.SimpleQueue[_Job | None]" = queue.SimpleQueue()
-        self._count = count
-        self._threads = [threading.Thread(target=self._loop, name=f"dumpcmp-digest-{number}", daemon=True)
-                         for number in range(count)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, function: Callable[[Any], Any], argument: Any) -> _Job:
-        job = _Job(function, argument)
-        self._jobs.put(job)
-        return job
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job.value = job.function(job.argument)
-            except BaseException as exc:  # noqa: BLE001 - handed to the writer thread
-                job.error = exc
-            job.done.set()
-
-    def shutdown(self) -> None:
-        for _ in range(self._count):
-            self._jobs.put(None)
-        # Joined so that none is still inside torch when the interpreter finalizes.
-        for thread in self._threads:
-            thread.join(5.0)
-
-
-_SAFETENSORS_DTYPES = {
-    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "int32": "I32",
-    "uint32": "U32", "int64": "I64", "uint64": "U64", "float16": "F16", "bfloat16": "BF16",
-    "float32": "F32", "float64": "F64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-}
-
-
-def write_safetensors(tensors: dict[str, Any], path: str) -> None:
-    """Write a safetensors file straight from host memory (tensors or snapshots).
-
-    The header needs only dtypes and shapes, so it goes out before any device copy
-    has landed; each tensor's bytes are then written as soon as its copy is complete,
-    with no intermediate copy (safetensors' ``save_file`` copies every tensor into a
-    bytes object first) and without holding the GIL while the kernel copies.
-    """
-    import json
-    import struct
-
-    from dumper.stats import raw_bytes
-
-    entries = []
-    header: dict[str, Any] = {}
-    offset = 0
-    for key, value in tensors.items():
-        tensor = value.tensor if isinstance(value, Snapshot) else value
-        nbytes = tensor.numel() * tensor.element_size()
-        header[key] = {
-            "dtype": _SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-        entries.append(value)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, memoryview(struct.pack("<Q", len(text)) + text))
-        for value in entries:
-            tensor = value.wait() if isinstance(value, Snapshot) else value
-            if tensor.numel():
-                _write_all(fd, raw_bytes(tensor))
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    # Slices bound the size of one system call; os.write may also write less.
-    step = 1 << 26
-    position = 0
-    while position < len(data):
-        position += os.write(fd, data[position : position + step])
 
 
 def _count_lines(path: str) -> int:

@@ -26,9 +26,9 @@ from typing import Iterable, Sequence
 
 from dumper import dumper
 from patches.errors import PatchError, PatchTargetError
-from patches.rewrite import DUMPER_GLOBAL, compile_patched
+from patches.rewrite import compile_patched
 from patches.source import FunctionSource, TargetLocation, live_function_source, locate_target
-from patches.spec import PatchFile, TargetPatch, load_patch_file
+from patches.spec import DUMPER_GLOBAL, PatchFile, TargetPatch, load_patch_file
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,9 @@ EDIT_KEYS = ("match", "at", "prepend", "append", "replacement")
 DUMP_KEYS = ("dump", "expr", "dims", "tags")
 AT_ANCHORS = ("entry", "return")
 RETURN_VALUE_NAME = "__ret__"
+# Injected code says ``dumper``; it is renamed to this global so that a module with
+# its own ``dumper`` (SGLang's model runner has one) keeps it.
+DUMPER_GLOBAL = "__dumpcmp_dumper__"
 
 AtAnchor = Literal["entry", "return"]
 Mode = Literal["prepend", "append", "replacement"]
