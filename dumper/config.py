@@ -153,3 +153,16 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         escalate_steps=_parse_int("DUMPCMP_ESCALATE_STEPS", env["DUMPCMP_ESCALATE_STEPS"]) if env.get("DUMPCMP_ESCALATE_STEPS") else 2,
         online_rtol=_parse_rtol("DUMPCMP_ONLINE_RTOL", env["DUMPCMP_ONLINE_RTOL"]) if env.get("DUMPCMP_ONLINE_RTOL") else None,
     )
+
+
+def check_user_settings(environ: Mapping[str, str]) -> None:
+    """Raise ConfigError for a misspelled or invalid ``DUMPCMP_*`` setting (``dumpcmp run`` checks before starting)."""
+    unknown = unknown_env_names(environ)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], KNOWN_ENV, n=1)
+        suggestion = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown setting {unknown[0]} in the environment; {suggestion}"
+                          f"valid DUMPCMP_* variables: {', '.join(KNOWN_ENV)}")
+    config_from_env({k: v for k, v in environ.items() if k.startswith("DUMPCMP_")})

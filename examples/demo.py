@@ -239,11 +239,12 @@ def _start_dumped(command: tuple[str, ...], run_dir: Path) -> subprocess.Popen[s
 # ------------------------------------------------------------------- rendering
 def render_demo(result: DemoResult, console: "Console | None" = None) -> None:
     """The demo for people: the two runs, the first divergence with its hint, and the verdict."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console()
+    from comparator.report.console import output_console
+
+    console = console or output_console()
     scenario, report = result.scenario, result.report
 
     def line(*parts: str | tuple[str, str]) -> None:
@@ -268,7 +269,9 @@ def render_demo(result: DemoResult, console: "Console | None" = None) -> None:
         line(("FAIL", "bold red"), f": {summary.failed} of {summary.total} tensors diverge; the first, in execution order:")
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for column in ("step", "tensor", "layer", "status", "rel_diff", "norm_ratio", "cosine", "shape"):
-            table.add_column(column, justify="left" if column in ("tensor", "status", "shape") else "right", no_wrap=True)
+            longest = max(len(r.name) for r in report.results) if column == "tensor" else None
+            table.add_column(column, justify="left" if column in ("tensor", "status", "shape") else "right",
+                             overflow="fold", min_width=longest)
         for index in range(max(0, first.index - 3), min(len(report.results), first.index + 2)):
             row = report.results[index]
             metrics = row.metrics

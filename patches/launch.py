@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from dumper.config import MODES
+from dumper.config import MODES, check_user_settings
 from dumper.errors import ConfigError
 from dumper.filters import parse_filter
 from dumper.format import PROC_DIR_PREFIX, RANK_DIR_PREFIX, RUN_INFO_FILE
@@ -65,8 +65,11 @@ def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> 
     against = validate_baseline(config.against) if config.against is not None else None
     run_dir = os.path.abspath(config.dir)
     _prepare_directory(run_dir, overwrite=config.overwrite)
-    env = {k: v for k, v in (os.environ if environ is None else environ).items() if not k.startswith("DUMPCMP_")
-           or k == "DUMPCMP_REQUIRE_ENGINES"}
+    source = os.environ if environ is None else environ
+    check_user_settings(source)
+    # NOTE: the settings this run decides (directory, mode, run id, filter, ...) come
+    # from its options; the user's other DUMPCMP_* settings (queue size, ...) pass through.
+    env = {k: v for k, v in source.items() if not k.startswith("DUMPCMP_") or k not in RUN_OWNED_ENV}
     env.update(
         DUMPCMP_DIR=run_dir,
         DUMPCMP_MODE=config.mode,
@@ -84,6 +87,12 @@ def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> 
     env["PYTHONPATH"] = python_path_with_bootstrap(env.get("PYTHONPATH"))
     env.update(config.extra_env)
     return env
+
+
+RUN_OWNED_ENV = frozenset({
+    "DUMPCMP_DIR", "DUMPCMP_MODE", "DUMPCMP_RUN_ID", "DUMPCMP_COMMAND", "DUMPCMP_FILTER", "DUMPCMP_OVERWRITE",
+    "DUMPCMP_AGAINST", "DUMPCMP_ESCALATE_STEPS", "DUMPCMP_ONLINE_RTOL", PATCH_ENV,
+})
 
 
 def run_command(config: RunConfig) -> int:

@@ -71,6 +71,14 @@ def run_command(
     Example: dumpcmp run --patch vllm/qwen3_moe --dir /tmp/runs/tp2 -- vllm serve Qwen/Qwen3-30B-A3B -tp 2
     """
     setup_logging()
+    with user_errors():
+        import os
+
+        from dumper.config import check_user_settings
+
+        # NOTE: before importing the patcher, which imports the dumper: a bad setting is
+        # one error line here, not also a "dumping disabled" warning from this process.
+        check_user_settings(os.environ)
     from patches.launch import RunConfig, default_run_dir, run_command as launch
 
     with user_errors():

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from comparator.inspect.inventory import RunSummary
+from comparator.report.console import output_console
 
 
 def _human_bytes(count: int) -> str:
@@ -33,20 +34,22 @@ def _ranges(values: list[int]) -> str:
 
 
 def render_summary(summary: RunSummary, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     console.print(f"[bold]{summary.path}[/]  format={summary.format} mode={summary.mode} world_size={summary.world_size}")
     if summary.command:
         console.print(f"command: {' '.join(summary.command)}", highlight=False)
     ranks = Table(title="ranks", title_justify="left")
     for column in ("dir", "rank", "status", "records", "steps", "parallel"):
-        ranks.add_column(column)
+        ranks.add_column(column, overflow="fold")
     for rank in summary.ranks:
         parallel = " ".join(f"{axis}={info['rank']}/{info['size']}" for axis, info in sorted(rank.parallel.items()))
         ranks.add_row(rank.directory, str(rank.rank), rank.status, str(rank.records), _ranges(rank.steps), parallel or "-")
     console.print(ranks)
     tensors = Table(title="tensors", title_justify="left")
     for column in ("name", "tags", "dtype", "shape", "dims", "steps", "ranks", "bytes"):
-        tensors.add_column(column)
+        # NOTE: names are what `dumpcmp show` needs: they keep their width, other cells wrap.
+        longest = max((len(t.name) for t in summary.tensors), default=4) if column == "name" else None
+        tensors.add_column(column, overflow="fold", min_width=longest)
     for tensor in summary.tensors:
         tags = " ".join(f"{k}={v}" for k, v in sorted(tensor.tags.items()))
         shapes = " | ".join("[" + ", ".join(map(str, s)) + "]" for s in tensor.shapes[:3])

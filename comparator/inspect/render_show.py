@@ -9,6 +9,7 @@ from rich.table import Table
 
 from comparator.report.table import STATUS_STYLE
 from comparator.inspect.show import TensorView
+from comparator.report.console import output_console
 from comparator.report.svg import fmt
 
 STAT_FIELDS = ("numel", "min", "max", "mean", "abs_mean", "std", "l2", "nan", "inf")
@@ -23,13 +24,13 @@ def _stat(value: object) -> str:
 
 
 def render_view(view: TensorView, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     if view.tensor is None:
         console.print(f"{len(view.matches)} tensors named {view.name} in {view.run}", markup=False, highlight=False)
         console.print("pick one with --step/--tags to see its shards (and a diff with --baseline)", markup=False)
         table = Table(box=box.SIMPLE_HEAD)
         for column in ("step", "tags", "ranks", "shape", "dtype", "l2 (rank 0)", "mean (rank 0)"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for tensor in view.matches:
             first = tensor.records[0]
             table.add_row(str(tensor.step), " ".join(f"{k}={v}" for k, v in sorted(tensor.tags.items())) or "-",

@@ -8,6 +8,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from comparator.report.console import output_console
+
 from comparator.results import Report, TensorResult
 
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "magenta"}
@@ -96,7 +98,7 @@ def _collective_lines(report: Report, lines: Text) -> None:
 
 
 def render_table(report: Report, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     console.print(f"[bold]baseline[/] {report.baseline}   [bold]target[/] {report.target}   aligner={report.aligner}", highlight=False)
     panel = _first_divergence_panel(report)
     if panel is not None:
@@ -140,9 +142,10 @@ def render_table(report: Report, console: Console | None = None) -> None:
     used = sum(widths[c] + 2 for c in columns)
     for column in columns:
         justify = "left" if column in ("name", "tags", "status") else "right"
-        table.add_column(column, justify=justify, no_wrap=True, min_width=widths[column])  # type: ignore[arg-type]
+        # NOTE: names and tags wrap (fold) when they must: a cut name is useless to `dumpcmp show`.
+        table.add_column(column, justify=justify, no_wrap=column not in ("name", "tags"), overflow="fold", min_width=widths[column])  # type: ignore[arg-type]
     room = max(16, console.width - used - 4)
-    table.add_column("hint / reason", no_wrap=True, overflow="ellipsis", max_width=room)
+    table.add_column("hint / reason", overflow="fold", min_width=min(room, 16))
     fold_counts = iter(folded)
     for row in rows:
         if row is None:
@@ -151,8 +154,6 @@ def render_table(report: Report, console: Console | None = None) -> None:
             table.add_row(*(Text(cells[c], style="dim") for c in columns), "")
             continue
         cells, style, hint, hint_style = row
-        if len(hint) > room:
-            hint = hint[: room - 1] + "…"
         table.add_row(*(Text(cells[c], style=style) if c == "status" else cells[c] for c in columns), Text(hint, style=hint_style))
     console.print(table)
     summary = report.summary

@@ -1,0 +1,79 @@
+"""What a new user meets first: output that fits 80 columns when piped, one-line usage errors,
+settings checked before a command starts (issue "What a new user meets first")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.example_runs import DUMPCMP, demo_runs, example_runs_root
+from tests.helpers.procs import clean_env
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with stdout piped (not a terminal), as in a CI log."""
+    return subprocess.run([*DUMPCMP, *args], env=clean_env(**env), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return demo_runs(example_runs_root(tmp_path_factory))
+
+
+def test_piped_compare_at_80_columns_cuts_nothing(demo):
+    baseline, target = demo
+    table = cli("compare", str(baseline), str(target), COLUMNS="80")
+    assert table.returncode == 1, table.stderr
+    report = json.loads(cli("compare", str(baseline), str(target), "--format", "json").stdout)
+    assert "…" not in table.stdout
+    words = table.stdout.split()
+    for result in report["results"]:
+        if result["status"] != "pass":
+            assert result["name"] in words, f"{result['name']} cut from the table"
+    hint = report["first_divergence"]["hint"]
+    # The hint wraps (inside its cell and the first-divergence panel) but loses no word.
+    assert all(word in table.stdout for word in hint.split()), hint
+
+
+def test_piped_ls_at_80_columns_keeps_every_name_whole(demo):
+    _, target = demo
+    listing = cli("ls", str(target), COLUMNS="80")
+    assert listing.returncode == 0, listing.stderr
+    names = {t["name"] for t in json.loads(cli("ls", str(target), "--format", "json").stdout)["tensors"]}
+    assert names and "…" not in listing.stdout
+    cells = {cell.strip() for line in listing.stdout.splitlines() for cell in line.split("│")}
+    assert names <= cells, sorted(names - cells)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("compare", "only-one"), "dumpcmp compare: error: Missing argument 'target'. (see 'dumpcmp compare -h')"),
+    (("compare", "--bogus", "a", "b"),
+     "dumpcmp compare: error: No such option: --bogus (Possible options: --jobs, --verbose) (see 'dumpcmp compare -h')"),
+    (("nonsense",), "dumpcmp: error: No such command 'nonsense'. (see 'dumpcmp -h')"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, line):
+    proc = cli(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [line]
+
+
+def test_misspelled_setting_stops_run_before_the_command_starts(tmp_path):
+    marker = tmp_path / "started"
+    proc = cli("run", "--dir", str(tmp_path / "run"), "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')",
+               DUMPCMP_MODEE="stats")
+    assert proc.returncode == 2
+    assert not marker.exists(), "the command ran despite a misspelled setting"
+    assert proc.stderr.splitlines()[-1].startswith(
+        "dumpcmp: error: unknown setting DUMPCMP_MODEE in the environment; did you mean DUMPCMP_MODE?")
+
+
+def test_user_settings_that_run_does_not_own_pass_through(tmp_path):
+    out = tmp_path / "seen"
+    proc = cli("run", "--dir", str(tmp_path / "run"), "--", sys.executable, "-c",
+               f"import os; open({str(out)!r}, 'w').write(os.environ.get('DUMPCMP_QUEUE_MB', ''))",
+               DUMPCMP_QUEUE_MB="64")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "64"
