@@ -19,6 +19,10 @@ def calibrate_command(
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps A:B (A to B-1), A:, :B or A."),
     names: Optional[str] = typer.Option(None, "--names", help="Only tensors whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="Leave out tensors whose name matches this regex."),
+    accept_bug_like: bool = typer.Option(
+        False, "--accept-bug-like",
+        help="Write thresholds even when the runs differ like a bug (k x scale, replicas that disagree, noise far above "
+        "the dtype's); each such tensor is listed on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is being done."),
 ) -> None:
     """Measure the noise per tensor name between runs that should agree, and write threshold rules.
@@ -29,8 +33,12 @@ def calibrate_command(
     and records it under calibrated:, so compare reports every tensor's floor_ratio
     (its metric / the calibrated noise). Integer tensors keep their exact defaults.
 
+    Runs that differ like a bug (a tensor k x the other with cosine 1, replicas that
+    disagree, noise far above the dtype's rounding) are refused: thresholds calibrated
+    on them would pass the bug.
+
     Exit codes: 0 the thresholds were written; 2 bad input (fewer than two runs, runs
-    that differ in their tensors, a margin below 1).
+    that differ in their tensors or like a bug, a margin below 1).
 
     Examples:
 
@@ -44,7 +52,12 @@ def calibrate_command(
         from comparator.options import CompareOptions
 
         options = CompareOptions.from_values(aligner=aligner, steps=steps, names=names, exclude=exclude)
-        calibration = calibrate(runs, margin=margin, options=options)
+        calibration = calibrate(runs, margin=margin, options=options, accept_bug_like=accept_bug_like)
         calibration.write(output)
+    for suspicion in calibration.suspicions:
+        typer.echo(f"dumpcmp: warning: accepted a bug-like difference: {suspicion.label}: {suspicion.why}", err=True)
+    typer.echo("measured noise (largest over pairs, steps and layers):")
+    for line in calibration.describe():
+        typer.echo(f"  {line}")
     typer.echo(f"wrote {len(calibration.tensors)} calibrated rules to {output} "
                f"(margin {calibration.margin:g}, {len(calibration.runs)} runs)")

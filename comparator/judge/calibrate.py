@@ -60,6 +60,45 @@ def _floors(klass: str) -> dict[str, float]:
 NOISE_FLOORS: dict[str, dict[str, float]] = {klass: _floors(klass) for klass in _EPSILON}
 
 
+# NOTE: rounding noise between runs that should agree stays near the dtype's default
+# limits; a difference many times above them is what a bug looks like (seed 2's doubled
+# reduction: rel_diff 0.2, norm_ratio 2), and thresholds calibrated on it would pass it.
+BUG_LIKE_FACTOR = {"rel_diff": 10.0, "norm_ratio": 5.0, "replica_rel_diff": 10.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suspicion:
+    """A difference between runs that should agree that looks like a bug, not noise."""
+
+    label: str
+    why: str
+
+
+def bug_like(result: Any, klass: str) -> str | None:
+    """Why this result's difference looks like a bug rather than noise, or None."""
+    metrics = result.metrics
+    defaults = BUILTIN_DEFAULTS[klass]
+    ratio, cosine = metrics.norm_ratio, metrics.cosine
+    if math.isfinite(ratio) and ratio > 0 and cosine > 0.999 and max(ratio, 1 / ratio) >= 1.5:
+        k = round(max(ratio, 1 / ratio))
+        return (f"target = {ratio:.3g} x baseline with cosine {cosine:.4g}: a {'duplicated' if ratio > 1 else 'missing'} "
+                f"reduction over a group of about {k}, not noise")
+    for axis, disagreement in sorted(result.replica_disagreement.items()):
+        limit = defaults.get("replica_rel_diff")
+        if limit is not None and limit.high is not None and disagreement > BUG_LIKE_FACTOR["replica_rel_diff"] * limit.high:
+            return f"ranks disagree on a tensor declared replicated over {axis} (rel_diff {disagreement:.3g}): a missing all-reduce?"
+    rel_diff_limit, norm_limit = defaults["rel_diff"], defaults["norm_ratio"]
+    if rel_diff_limit is not None and rel_diff_limit.high is not None:
+        ceiling = BUG_LIKE_FACTOR["rel_diff"] * rel_diff_limit.high
+        if metrics.rel_diff > ceiling:
+            return f"rel_diff {metrics.rel_diff:.3g} is far above {klass} rounding noise (calibrate refuses above {ceiling:.3g})"
+    if norm_limit is not None and norm_limit.high is not None:
+        ceiling = BUG_LIKE_FACTOR["norm_ratio"] * (norm_limit.high - 1.0)
+        if abs(ratio - 1.0) > ceiling:
+            return f"norm_ratio {ratio:.4g} is far from 1 for {klass} noise (calibrate refuses beyond 1 +- {ceiling:.3g})"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TensorNoise:
     """The noise of one tensor name over every pair, step and tag, and the rule it gives."""
@@ -85,6 +124,16 @@ class Calibration:
     margin: float
     tensors: tuple[TensorNoise, ...]
     uncalibrated: tuple[str, ...] = ()  # integer tensors: their exact defaults stay
+    suspicions: tuple[Suspicion, ...] = ()  # bug-like differences accepted with accept_bug_like=True
+
+    def describe(self) -> list[str]:
+        """What was measured, for people: the noisiest tensors first."""
+        noisiest = sorted(self.tensors, key=lambda t: t.measured["rel_diff"], reverse=True)
+        lines = [f"{t.name} ({t.dtype}, {t.samples} samples): rel_diff {t.measured['rel_diff']:.3g}, "
+                 f"|norm_ratio - 1| {t.measured['norm_ratio']:.3g}" for t in noisiest[:5]]
+        if len(noisiest) > 5:
+            lines.append(f"... and {len(noisiest) - 5} quieter tensor names")
+        return lines
 
     def to_yaml(self) -> str:
         import yaml
@@ -108,7 +157,7 @@ class Calibration:
 
 
 def calibrate(runs: Sequence[str | os.PathLike[str]], *, margin: float = DEFAULT_MARGIN,
-              options: CompareOptions | None = None) -> Calibration:
+              options: CompareOptions | None = None, accept_bug_like: bool = False) -> Calibration:
     """Compare every pair of ``runs`` and derive per-name limits of ``margin`` x the noise.
 
     ``options`` are the compare options the gate will use (aligner, steps, names); their
@@ -127,6 +176,7 @@ def calibrate(runs: Sequence[str | os.PathLike[str]], *, margin: float = DEFAULT
     dtypes: dict[str, str] = {}
     samples: dict[str, int] = {}
     integers: set[str] = set()
+    suspicions: list[Suspicion] = []
     for first, second in itertools.combinations(runs, 2):
         logger.info("comparing %s with %s", first, second)
         report = compare(first, second, options=options)
@@ -138,6 +188,9 @@ def calibrate(runs: Sequence[str | os.PathLike[str]], *, margin: float = DEFAULT
             if klass == "integer":
                 integers.add(result.name)
                 continue
+            why = bug_like(result, klass)
+            if why is not None:
+                suspicions.append(Suspicion(label=f"{result.label} ({os.fspath(first)} vs {os.fspath(second)})", why=why))
             values = result.metrics.as_dict()
             noise = measured.setdefault(result.name, {metric: 0.0 for metric in CALIBRATED})
             noise["rel_diff"] = max(noise["rel_diff"], _finite(values["rel_diff"], result.label, first, second))
@@ -148,9 +201,15 @@ def calibrate(runs: Sequence[str | os.PathLike[str]], *, margin: float = DEFAULT
     if not measured:
         raise CalibrateError(f"no floating-point tensor was compared between {', '.join(map(os.fspath, runs))}; "
                              "nothing to calibrate (check --names/--steps)")
+    if suspicions and not accept_bug_like:
+        first_one = suspicions[0]
+        more = f" (and {len(suspicions) - 1} more)" if len(suspicions) > 1 else ""
+        raise CalibrateError(
+            f"these runs disagree like a bug, not like noise: {first_one.label}: {first_one.why}{more}; "
+            "calibrate only runs that should agree (the same command twice), or pass --accept-bug-like to write it anyway")
     tensors = tuple(_noise_rule(name, dtypes[name], values, margin, samples[name]) for name, values in measured.items())
     return Calibration(runs=tuple(os.fspath(r) for r in runs), margin=margin, tensors=tensors,
-                       uncalibrated=tuple(sorted(integers - set(measured))))
+                       uncalibrated=tuple(sorted(integers - set(measured))), suspicions=tuple(suspicions))
 
 
 def _finite(value: float, label: str, first: Any, second: Any) -> float:
@@ -176,9 +235,11 @@ def _noise_rule(name: str, klass: str, measured: dict[str, float], margin: float
     floors = NOISE_FLOORS[klass]
     noise = {metric: _round_up(max(measured[metric], floors[metric])) for metric in CALIBRATED}
     deviation = _round_up(margin * noise["norm_ratio"])
+    # NOTE: a norm ratio is never negative: a deviation of 1 or more (only possible with
+    # --accept-bug-like) gives the bound [0, 1 + deviation], never an empty or negative one.
     limits = {
         "rel_diff": Limit(metric="rel_diff", high=_round_up(margin * noise["rel_diff"])),
-        "norm_ratio": Limit(metric="norm_ratio", low=1.0 - deviation, high=1.0 + deviation),
+        "norm_ratio": Limit(metric="norm_ratio", low=max(0.0, 1.0 - deviation), high=1.0 + deviation),
     }
     return TensorNoise(name=name, dtype=klass, measured=dict(measured), noise=noise, limits=limits, samples=samples)
 

@@ -116,6 +116,28 @@ def test_runs_with_different_tensors_are_refused(runs):
         calibrate([runs["healthy_a"], runs["two_layers"]])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "why"), [
+    ("seed2", r"moe_output\[layer=1\]@step0 .*: target = 2 x baseline with cosine 1: a duplicated reduction"),
+    ("seed3", r"shared_expert_output\[layer=1\]@step0 .*: target = 2 x baseline with cosine 1: a duplicated reduction"),
+    ("seed4", r"dense_mlp_output\[layer=0\]@step0 .*: (ranks disagree on a tensor declared replicated|rel_diff .* is far above)"),
+])
+def test_runs_that_disagree_like_a_bug_are_refused(runs, seed, why):
+    with pytest.raises(CalibrateError, match=r"these runs disagree like a bug, not like noise: " + why):
+        calibrate([runs["healthy_a"], runs[seed]])
+
+
+@pytest.mark.slow
+def test_accepting_a_bug_like_difference_never_writes_a_negative_bound(runs, tmp_path):
+    calibration = calibrate([runs["healthy_a"], runs["seed2"]], accept_bug_like=True)
+    assert any(s.label.startswith("moe_output[layer=1]@step0") for s in calibration.suspicions)
+    for tensor in calibration.tensors:
+        low, high = tensor.limits["norm_ratio"].low, tensor.limits["norm_ratio"].high
+        assert 0 <= low < 1 < high, (tensor.name, low, high)
+    result = CliRunner().invoke(app, ["calibrate", str(runs["healthy_a"]), str(runs["seed2"]), "-o", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 2 and not (tmp_path / "t.yaml").exists()
+
+
 # ---------------------------------------------------------------- the CLI
 @pytest.mark.slow
 def test_cli_writes_thresholds_that_compare_uses(runs, tmp_path):
@@ -123,7 +145,8 @@ def test_cli_writes_thresholds_that_compare_uses(runs, tmp_path):
     result = CliRunner().invoke(app, ["calibrate", str(runs["healthy_a"]), str(runs["healthy_b"]), str(runs["healthy_c"]),
                                       "-o", str(output), "--margin", "20"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("wrote 8 calibrated rules to") and "margin 20, 3 runs" in result.output
+    assert result.output.startswith("measured noise (largest over pairs, steps and layers):\n  ")
+    assert "wrote 8 calibrated rules to" in result.output and "margin 20, 3 runs" in result.output
     assert output.read_text().startswith("# dumpcmp calibrate: 3 runs (3 pairs)")
     compared = CliRunner().invoke(app, ["compare", str(runs["healthy_a"]), str(runs["seed2"]), "-t", str(output),
                                         "--format", "json"])
