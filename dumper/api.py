@@ -37,6 +37,13 @@ class _StickyTags(contextlib.ContextDecorator):
         self._saved: list[dict[str, Any]] = []
 
     def __enter__(self) -> "_StickyTags":
+        if _compiling():
+            # Traced by torch.compile: the tags are set at runtime, by an operator of the graph.
+            if self._owner.enabled:
+                from dumper.compiled import trace_push_tags
+
+                trace_push_tags(self._tags)
+            return self
         local = self._owner._local
         current = getattr(local, "tags", {})
         self._saved.append(current)
@@ -44,6 +51,12 @@ class _StickyTags(contextlib.ContextDecorator):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if _compiling():
+            if self._owner.enabled:
+                from dumper.compiled import trace_pop_tags
+
+                trace_pop_tags()
+            return
         self._owner._local.tags = self._saved.pop()
 
 
@@ -117,6 +130,13 @@ class Dumper:
 
     def step(self) -> int:
         """Advance the step counter (one forward pass); returns the new step."""
+        if _compiling():
+            # Traced by torch.compile: the counter advances at runtime, by an operator of the graph.
+            if self.enabled:
+                from dumper.compiled import trace_step
+
+                trace_step()
+            return self._step
         self._step += 1
         self._parallel.invalidate()
         return self._step
@@ -151,6 +171,13 @@ class Dumper:
     # ------------------------------------------------------------------- dump
     def dump(self, name: str, value: Any, *, dims: str | None = None, **tags: Any) -> None:
         if not self.enabled:
+            return
+        if _compiling():
+            # Traced by torch.compile (dynamo guards on `enabled`): the call becomes an
+            # operator of the graph that dumps at runtime (dumper/compiled.py).
+            from dumper.compiled import trace_dump
+
+            trace_dump(self, name, value, dims, tags)
             return
         try:
             self._dump(name, value, dims, tags)
@@ -237,6 +264,16 @@ class Dumper:
                 nbytes=tensor.numel() * tensor.element_size(),
             )
         )
+
+    def report_not_dumped(self, name: str, reason: str) -> None:
+        """A dump site that cannot be taken: warned once with the reason, counted in rank.json."""
+        self._warn_once(f"not-dumped:{name}", f"dumpcmp: not dumping {name!r}: {reason}; the engine continues")
+        try:
+            writer = self._writer or self._start_writer(self._parallel.current())
+            if writer is not None:
+                writer.note_lost(name, reason)
+        except Exception as exc:  # noqa: BLE001 - never break the engine
+            self._fail(exc)
 
     # ---------------------------------------------------------------- writer
     def _start_writer(self, info):
@@ -369,6 +406,12 @@ class Dumper:
         self._online = None  # the child is another rank: it compares against its own baseline index
         if self._collectives is not None:
             self._collectives.reset_after_fork()
+
+
+def _compiling() -> bool:
+    """True while torch.compile's dynamo traces the caller; never imports torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def _is_tensor(value: Any) -> bool:
