@@ -78,6 +78,7 @@ class Dumper:
         self._generated_run_id: str | None = None
         self._collectives = None  # dumper.collectives.CollectiveTracer once a rank directory exists
         self._online = None  # dumper.online.OnlineMonitor when comparing against a baseline (DUMPCMP_AGAINST)
+        self._grafter = None  # dumper.graft.Grafter when a graft plan is configured (DUMPCMP_GRAFT)
 
     # ----------------------------------------------------------------- config
     @property
@@ -97,6 +98,10 @@ class Dumper:
             self.close()
             self._rank_dir = None
             self._online = None
+        if new.graft != self._config.graft or (new.graft is not None and self._grafter is None):
+            from dumper.graft import Grafter
+
+            self._grafter = Grafter(new.graft) if new.graft is not None else None
         self._config = new
         self.enabled = new.active
 
@@ -186,7 +191,31 @@ class Dumper:
         except Exception as exc:  # noqa: BLE001 - never break the engine
             self._fail(exc)
 
-    def _dump(self, name: str, value: Any, dims: str | None, tags: dict[str, Any]) -> None:
+    def graft_point(self, name: str, value: Any, *, dims: str | None = None, **tags: Any) -> Any:
+        """``dump()`` that returns what the engine goes on with: ``value``, or the baseline's
+        value for this site, step and tags when ``dumpcmp run --graft`` names it (docs/graft.md).
+
+        Use it as ``x = dumper.graft_point("name", x, dims=...)``; a preset entry with
+        ``graft: true`` injects exactly that.
+        """
+        if not self.enabled:
+            return value
+        grafter = self._grafter
+        if grafter is None:
+            self.dump(name, value, dims=dims, **tags)
+            return value
+        try:
+            sticky = getattr(self._local, "tags", None)
+            all_tags = {**sticky, **tags} if sticky else tags
+            grafted, source = grafter.apply(name, value, dims=dims, step=self._step, tags=all_tags,
+                                            parallel=self._parallel.current().axes, warn=self._warn_once)
+            self._dump(name, grafted, dims, tags, graft=source)
+            return grafted
+        except Exception as exc:  # noqa: BLE001 - never break the engine: it goes on with its own value
+            self._fail(exc)
+            return value
+
+    def _dump(self, name: str, value: Any, dims: str | None, tags: dict[str, Any], *, graft: str | None = None) -> None:
         sticky = getattr(self._local, "tags", None)
         all_tags = {**sticky, **tags} if sticky else tags
         info = self._parallel.current()
@@ -194,13 +223,14 @@ class Dumper:
             return
         if callable(value) and not _is_tensor(value):
             value = value()
-        self._dump_value(name, value, dims, all_tags, info)
+        self._dump_value(name, value, dims, all_tags, info, graft)
 
-    def _dump_value(self, name: str, value: Any, dims: str | None, tags: dict[str, Any], info) -> None:
+    def _dump_value(self, name: str, value: Any, dims: str | None, tags: dict[str, Any], info,
+                    graft: str | None = None) -> None:
         import torch
 
         if isinstance(value, torch.Tensor):
-            self._enqueue(name, value, dims, tags, info)
+            self._enqueue(name, value, dims, tags, info, graft)
         elif isinstance(value, (tuple, list)):
             for position, item in enumerate(value):
                 if item is not None:
@@ -220,7 +250,8 @@ class Dumper:
                 "(pass a tensor, a tuple/list/dict of tensors, a number, or a callable returning one)",
             )
 
-    def _enqueue(self, name: str, tensor: Any, dims: str | None, tags: dict[str, Any], info) -> None:
+    def _enqueue(self, name: str, tensor: Any, dims: str | None, tags: dict[str, Any], info,
+                 graft: str | None = None) -> None:
         import torch
 
         if tensor.is_complex() or tensor.layout != torch.strided:
@@ -262,6 +293,7 @@ class Dumper:
                 time=time.time(),
                 snapshot=snapshot,
                 nbytes=tensor.numel() * tensor.element_size(),
+                graft=graft,
             )
         )
 

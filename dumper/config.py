@@ -15,6 +15,7 @@ DUMPCMP_COLLECTIVES         ``0``: do not trace torch.distributed collectives (d
 DUMPCMP_AGAINST             baseline run: write stats only until a record disagrees with it
 DUMPCMP_ESCALATE_STEPS      with DUMPCMP_AGAINST: steps written with tensor data (default 2)
 DUMPCMP_ONLINE_RTOL         with DUMPCMP_AGAINST: one tolerance for every dtype (default per dtype)
+DUMPCMP_GRAFT               graft plan directory (``dumpcmp run --graft``): graft points return the baseline's value
 DUMPCMP_PATCH               patch files to apply in every process (``os.pathsep``-separated)
 DUMPCMP_REQUIRE_ENGINES     tests only: a missing engine fails instead of skipping
 ==========================  ===========================================================
@@ -46,6 +47,7 @@ KNOWN_ENV = (
     "DUMPCMP_ESCALATE_STEPS",
     "DUMPCMP_ONLINE_RTOL",
     "DUMPCMP_PATCH",
+    "DUMPCMP_GRAFT",
     "DUMPCMP_REQUIRE_ENGINES",
     "DUMPCMP_COMMAND",
 )
@@ -67,6 +69,8 @@ class DumpConfig:
     against: str | None = None
     escalate_steps: int = 2
     online_rtol: float | None = None
+    # Grafting (dumper/graft.py): the plan directory graft points read the baseline's values from.
+    graft: str | None = None
 
     def __post_init__(self) -> None:
         if self.against is not None and self.mode != "tensor":
@@ -152,6 +156,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         against=env.get("DUMPCMP_AGAINST") or None,
         escalate_steps=_parse_int("DUMPCMP_ESCALATE_STEPS", env["DUMPCMP_ESCALATE_STEPS"]) if env.get("DUMPCMP_ESCALATE_STEPS") else 2,
         online_rtol=_parse_rtol("DUMPCMP_ONLINE_RTOL", env["DUMPCMP_ONLINE_RTOL"]) if env.get("DUMPCMP_ONLINE_RTOL") else None,
+        graft=env.get("DUMPCMP_GRAFT") or None,
     )
 
 

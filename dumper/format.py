@@ -98,6 +98,9 @@ class IndexRecord:
     key: str | None  # safetensors key inside ``file``
     nbytes: int
     time: float  # seconds since the epoch, when the engine called dump()
+    # The baseline run whose value the engine went on with here (``dumpcmp run --graft``);
+    # optional in the index: absent when nothing was grafted, and in runs written before it.
+    graft: str | None = None
     # Set by the reader, never written: which directory the record came from.
     source: str = field(default="", compare=False)
 
@@ -125,6 +128,8 @@ class IndexRecord:
             "nbytes": self.nbytes,
             "time": self.time,
         }
+        if self.graft is not None:
+            data["graft"] = self.graft
         return json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
 
     @classmethod
@@ -165,6 +170,7 @@ class IndexRecord:
             key=_opt_str(data.get("key"), "key"),
             nbytes=_int(data.get("nbytes", 0), "nbytes"),
             time=_float(data.get("time", 0.0), "time"),
+            graft=_opt_str(data.get("graft"), "graft"),
             source=source,
         )
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from dumper.dims import parse_dims
 from dumper.errors import DumpcmpError
@@ -147,6 +147,56 @@ class GraftSource:
         return cached
 
 
+class Grafter:
+    """The engine side of a graft: opens the plan on first use, answers each graft point.
+
+    A site the plan cannot serve (a layout or dtype that does not fit) is refused with
+    one warning line per site, and the engine goes on with its own value.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._source: GraftSource | None = None
+
+    def source(self) -> GraftSource:
+        if self._source is None:
+            self._source = GraftSource(read_graft_plan(self.directory))
+        return self._source
+
+    def apply(self, name: str, value: Any, *, dims: str | None, step: int, tags: Mapping[str, Any],
+              parallel: Mapping[str, AxisInfo], warn: Callable[[str, str], None]) -> tuple[Any, str | None]:
+        """``(value the engine goes on with, the baseline it came from or None)``."""
+        source = self.source()
+        entry = source.lookup(name, step, tags)
+        if entry is None:
+            return value, None
+        try:
+            return graft_value(source.tensor(entry), value, dims, parallel, label=entry.label), source.plan.baseline
+        except GraftError as exc:
+            warn(f"graft:{entry.label}", f"dumpcmp: not grafting {exc}")
+            return value, None
+
+
+def graft_value(full: "torch.Tensor", value: Any, dims: str | None, parallel: Mapping[str, AxisInfo], *,
+                label: str) -> "torch.Tensor":
+    """This rank's shard of ``full`` in place of ``value``: same shape, the engine's dtype and device."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise GraftError(f"{label}: the graft point holds a {type(value).__name__}, not a tensor; "
+                         "graft a site that dumps one tensor")
+    if value.dtype.is_floating_point != full.dtype.is_floating_point or value.dtype.is_complex:
+        raise GraftError(f"{label}: the engine holds {str(value.dtype).removeprefix('torch.')} here and the baseline "
+                         f"{str(full.dtype).removeprefix('torch.')}; a graft casts between floating types only")
+    shard = reshard(full, dims, parallel, label=label)
+    if tuple(shard.shape) != tuple(value.shape):
+        raise GraftError(f"{label}: this rank's shard of the baseline is {list(shard.shape)} where the engine holds "
+                         f"{list(value.shape)} (dims {dims!r}); the runs batch or split this site differently")
+    # NOTE: a copy, always: the engine may write into what it goes on with, and the plan's
+    # tensor is cached for the other sites and ranks of this process.
+    return shard.to(device=value.device, dtype=value.dtype, copy=True)
+
+
 def reshard(full: "torch.Tensor", dims: str | None, parallel: Mapping[str, AxisInfo], *, label: str = "tensor"
             ) -> "torch.Tensor":
     """This rank's shard of the logical tensor ``full``, from the site's dims and the rank's coordinates.
@@ -203,5 +253,5 @@ def _cut(tensor: "torch.Tensor", dim: int, info: AxisInfo, *, zigzag: bool, labe
     return torch.cat([first, second], dim=dim)
 
 
-__all__ = ["GraftEntry", "GraftError", "GraftPlan", "GraftSource", "read_graft_plan", "reshard", "site_key",
+__all__ = ["GraftEntry", "GraftError", "GraftPlan", "GraftSource", "Grafter", "graft_value", "read_graft_plan", "reshard", "site_key",
            "write_graft_plan"]

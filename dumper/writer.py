@@ -56,6 +56,7 @@ class PendingRecord:
     time: float
     snapshot: Snapshot
     nbytes: int
+    graft: str | None = None  # the baseline run whose value the engine went on with (dumper/graft.py)
 
 
 class RankWriter:
@@ -283,6 +284,7 @@ class RankWriter:
                 key=f"{item.seq}" if item.seq in kept_seqs else None,
                 nbytes=item.nbytes,
                 time=item.time,
+                graft=item.graft,
             )
             lines.append(record.to_json_line())
         self._index.write("\n".join(lines) + "\n")

@@ -15,7 +15,9 @@ The schema (see docs/patches.md) is SGLang's source-patcher schema plus a few ke
             prepend: CODE
 
 CODE is a string of Python statements, a ``dump:`` mapping, or a list of both; a dump
-mapping (``dump: NAME``, ``expr:``, ``dims:``, ``tags:``) becomes a ``dumper.dump`` call.
+mapping (``dump: NAME``, ``expr:``, ``dims:``, ``tags:``) becomes a ``dumper.dump`` call;
+with ``graft: true`` it becomes ``EXPR = dumper.graft_point(...)``, a site that
+``dumpcmp run --graft`` may replace with the baseline's value.
 Every location kept here is the YAML file's line and column, so that errors in
 injected code point at the patch file.
 """
@@ -35,7 +37,7 @@ from patches.errors import PatchFileError
 TOP_KEYS = ("patches", "description")
 PATCH_KEYS = ("target", "edits", "tags", "step", "preamble")
 EDIT_KEYS = ("match", "at", "prepend", "append", "replacement")
-DUMP_KEYS = ("dump", "expr", "dims", "tags")
+DUMP_KEYS = ("dump", "expr", "dims", "tags", "graft")
 AT_ANCHORS = ("entry", "return")
 RETURN_VALUE_NAME = "__ret__"
 # Injected code says ``dumper``; it is renamed to this global so that a module with
@@ -347,7 +349,21 @@ class _Parser:
                     raise PatchFileError(f"{tag.location}: 'dims' is not a tag; put it beside 'dump:'")
                 arguments.append(f"{tag.name}={tag.expr}")
         text = f"dumper.dump({', '.join(arguments)})"
+        if "graft" in keys and self.graft_flag(keys["graft"][1], name, expr):
+            # The engine goes on with what graft_point returns: the baseline's value when
+            # `dumpcmp run --graft` names this site, else the value itself.
+            text = f"{expr} = dumper.graft_point({', '.join(arguments)})"
         return Snippet(text=text, location=self.loc(node))
+
+    def graft_flag(self, node: Any, name: str, expr: str) -> bool:
+        value = self.scalar(node)
+        if not isinstance(value, bool):
+            raise self.fail(node, f"'graft' of dump {name!r} must be true or false")
+        target = ast.parse(expr, mode="eval").body
+        if value and not isinstance(target, (ast.Name, ast.Attribute, ast.Subscript)):
+            raise self.fail(node, f"dump {name!r} has graft: true but its expr {expr!r} cannot be assigned to; "
+                            "a graftable site dumps a variable (e.g. expr: hidden), so the engine can go on with the graft")
+        return value
 
     def tags(self, node: Any, what: str) -> tuple[Tag, ...]:
         import yaml

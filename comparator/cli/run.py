@@ -12,6 +12,11 @@ from comparator.cli.app import app, setup_logging, user_errors
 from dumper.errors import ConfigError
 
 
+class GraftAligner(str, Enum):
+    none = "none"
+    concat_steps = "concat_steps"
+
+
 class DumpMode(str, Enum):
     tensor = "tensor"
     stats = "stats"
@@ -48,6 +53,17 @@ def run_command(
         None, "--observe", metavar="FILE",
         help="With --verify-observer: a file CMD writes (e.g. logits); compared between dumping off and on.",
     ),
+    graft_from: Optional[Path] = typer.Option(
+        None, "--graft-from", metavar="BASELINE",
+        help="Baseline run (tensor mode) whose values replace the engine's at the sites --graft names.",
+    ),
+    graft: Optional[str] = typer.Option(
+        None, "--graft", metavar="FILTER",
+        help="With --graft-from: the graft points to replace, e.g. 'name~moe_output layer=1 step=0'.",
+    ),
+    graft_aligner: GraftAligner = typer.Option(
+        GraftAligner.none, "--graft-aligner", help="With --graft-from: how the baseline's tokens are laid out per step.",
+    ),
     observe_tensor: Optional[str] = typer.Option(
         None, "--observe-tensor", metavar="NAME",
         help="With --verify-observer and no --observe: the tensor to compare (default: the last one dumped).",
@@ -67,6 +83,12 @@ def run_command(
     --observe FILE names an output file, else dumping only the final tensor. The verdict
     is printed and recorded in RUN/run.json (observer_check); the exit code is CMD's, or
     1 when dumping changed the outputs.
+
+    With --graft-from BASELINE --graft FILTER, every graft point (a patch entry with
+    graft: true) that FILTER names hands the engine the baseline's value for that site,
+    step and tags, cut to this rank's shard (docs/graft.md); the records are flagged
+    in the index and RUN/run.json says what was grafted from where. A filter matching
+    nothing, a stats-mode baseline or a non-float tensor is exit code 2 before CMD starts.
 
     Example: dumpcmp run --patch vllm/qwen3_moe --dir /tmp/runs/tp2 -- vllm serve Qwen/Qwen3-30B-A3B -tp 2
     """
@@ -96,7 +118,19 @@ def run_command(
         )
         if (observe is not None or observe_tensor is not None) and not verify_observer:
             raise ConfigError("--observe and --observe-tensor need --verify-observer")
-        if verify_observer:
+        if (graft_from is None) != (graft is None):
+            raise ConfigError("--graft-from BASELINE and --graft FILTER go together, e.g. "
+                              "--graft-from runs/base --graft 'name~moe_output layer=1'")
+        if graft_from is not None and verify_observer:
+            raise ConfigError("--graft-from changes what CMD computes; it cannot be combined with --verify-observer")
+        if graft_from is not None:
+            from comparator.cli.grafting import GraftRequest, run_with_graft
+
+            outcome = run_with_graft(config, GraftRequest(baseline=str(graft_from), expression=graft or "",
+                                                          aligner=graft_aligner.value))
+            typer.echo(f"dumpcmp: {outcome.describe()}", err=True)
+            code = outcome.code
+        elif verify_observer:
             from comparator.cli.observer import verify_observer as verify
 
             code, check = verify(config, observe_file=str(observe) if observe is not None else None,

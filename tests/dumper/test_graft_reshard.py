@@ -138,3 +138,20 @@ def test_overlapping_views_of_the_example_engine():
 def test_refusals_say_why(dims, parallel, message):
     with pytest.raises(GraftError, match=message):
         reshard(torch.zeros(4, 4), dims, parallel)
+
+
+def test_graft_value_casts_to_the_engine_and_refuses_what_cannot_fit():
+    from dumper.graft import graft_value
+
+    full = torch.randn(4, 6, dtype=torch.float64)
+    engine = torch.zeros(4, 3, dtype=torch.bfloat16)
+    got = graft_value(full, engine, "t h[tp]", {"tp": AxisInfo(rank=1, size=2)}, label="x")
+    assert got.dtype == torch.bfloat16 and torch.equal(got, full[:, 3:].to(torch.bfloat16))
+    with pytest.raises(GraftError, match=r"shard of the baseline is \[4, 6\] where the engine holds \[5, 6\]"):
+        graft_value(full, torch.zeros(5, 6), "t h", {}, label="x")
+    with pytest.raises(GraftError, match="floating types only"):
+        graft_value(full, torch.zeros(4, 6, dtype=torch.int64), "t h", {}, label="x")
+    cached = torch.randn(2, 2)
+    out = graft_value(cached, torch.zeros(2, 2), "t h", {}, label="x")
+    out.add_(1)  # the engine writes into what it got: the plan's tensor stays
+    assert not torch.equal(out, cached)
