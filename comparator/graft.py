@@ -32,7 +32,7 @@ def build_graft_plan(baseline: str | os.PathLike[str], expression: str, director
                      aligner: str = "none") -> GraftPlan:
     """Select the baseline's logical tensors that ``expression`` matches, write them as a plan into ``directory``."""
     if aligner not in GRAFT_ALIGNERS:
-        raise GraftError(f"--aligner {aligner} cannot place a graft; valid for grafting: {', '.join(GRAFT_ALIGNERS)}")
+        raise GraftError(f"--graft-aligner {aligner} cannot place a graft; valid for grafting: {', '.join(GRAFT_ALIGNERS)}")
     if not expression.strip():
         raise GraftError("--graft needs a filter naming the sites to graft, e.g. --graft 'name~moe_output layer=1 step=0'")
     wanted = parse_filter(expression)
