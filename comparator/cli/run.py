@@ -140,5 +140,26 @@ def run_command(
                 code = 1
         else:
             code = launch(config)
-    typer.echo(f"dumpcmp: dumps in {config.dir} (exit code {code})", err=True)
+    for line in _outcome(config.dir, code):
+        typer.echo(f"dumpcmp: {line}", err=True)
     raise typer.Exit(code)
+
+
+def _outcome(run_dir: str, code: int) -> list[str]:
+    """What the command left in the run directory, said at the end of ``dumpcmp run``."""
+    import logging
+
+    from comparator.inspect.inventory import outcome_lines, summarize_run
+    from dumper.errors import DumpcmpError
+    from dumper.reader import open_run
+
+    logging.getLogger("dumper.reader").setLevel(logging.ERROR)  # `dumpcmp ls` lists the problems
+    try:
+        with open_run(run_dir) as run:
+            summary = summarize_run(run)
+    except DumpcmpError:
+        summary = None
+    if summary is None or not any(rank.records for rank in summary.ranks):
+        return [f"nothing was dumped into {run_dir} (exit code {code}): the command wrote no record; check its own "
+                "errors above, that it imports the patched engine modules (--patch), and the --filter"]
+    return [*outcome_lines(summary), f"exit code {code}"]

@@ -42,11 +42,13 @@ def show_command(
     import logging
     import sys
 
-    from comparator.inspect.show import parse_tags, picture, show_tensor, write_plot
+    from comparator.inspect.show import parse_tags, picture, plot_format, show_tensor, write_plot
 
     logging.getLogger("dumper.reader").setLevel(logging.ERROR)
     with user_errors():
         wanted = parse_tags(tags)
+        if plot is not None:
+            plot_format(plot)  # before any work: a .jpg name gets one line, not PNG bytes
         with _spinner(sys.stderr.isatty(), "reading" + (" and comparing" if baseline else "")):
             view = show_tensor(run_dir, name, step=step, tags=wanted, baseline=baseline, aligner=aligner, dims=dims)
         from comparator.inspect.render_show import render_view

@@ -17,6 +17,8 @@ class RankSummary:
     steps: list[int]
     parallel: dict[str, dict[str, int]]
     torn_lines: int
+    escalation: dict[str, Any] | None = None  # dumpcmp run --against: where this rank diverged from the baseline
+    against: str | None = None  # that baseline
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,8 @@ def summarize_run(run: Run) -> RunSummary:
             steps=r.steps,
             parallel=(r.info.parallel if r.info is not None else {a: i.to_json() for a, i in r.records[0].parallel.items()} if r.records else {}),
             torn_lines=r.torn_lines,
+            escalation=r.info.escalation if r.info is not None else None,
+            against=(r.info.online or {}).get("against") if r.info is not None else None,
         )
         for r in run.ranks
     ]
@@ -100,3 +104,29 @@ def summarize_run(run: Run) -> RunSummary:
         tensors=tensors,
         problems=list(run.problems),
     )
+
+
+def divergence_lines(summary: RunSummary) -> list[str]:
+    """Where each rank of a ``dumpcmp run --against`` run diverged from its baseline (empty when none did)."""
+    lines = []
+    for rank in summary.ranks:
+        escalation = rank.escalation
+        if escalation is None:
+            continue
+        tags = " ".join(f"{k}={v}" for k, v in sorted((escalation.get("tags") or {}).items()))
+        lines.append(f"rank {rank.rank} diverged from {rank.against or 'the baseline'} at step {escalation.get('step')}, "
+                     f"{escalation.get('name')}{f' [{tags}]' if tags else ''}: {escalation.get('reason')} "
+                     f"(tensor data through step {escalation.get('until_step')})")
+    return lines
+
+
+def outcome_lines(summary: RunSummary) -> list[str]:
+    """What a finished ``dumpcmp run`` left: records, ranks, steps, and divergences from --against."""
+    records = sum(rank.records for rank in summary.ranks)
+    steps = sorted({step for rank in summary.ranks for step in rank.steps})
+    span = f", steps {steps[0]}-{steps[-1]}" if steps else ""
+    lines = [f"{records} records from {len(summary.ranks)} rank(s){span} in {summary.path}"]
+    lines += divergence_lines(summary)
+    if any(rank.against for rank in summary.ranks) and not any(rank.escalation for rank in summary.ranks):
+        lines.append("no rank diverged from the baseline (stats agreed everywhere they were compared)")
+    return lines

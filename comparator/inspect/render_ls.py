@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from comparator.inspect.inventory import RunSummary
+from comparator.inspect.inventory import RunSummary, divergence_lines
 from comparator.report.console import output_console
 
 
@@ -60,6 +60,8 @@ def render_summary(summary: RunSummary, console: Console | None = None) -> None:
             _ranges(tensor.steps), _ranges(tensor.ranks), _human_bytes(tensor.bytes),
         )
     console.print(tensors)
+    for line in divergence_lines(summary):
+        console.print(line, style="yellow", highlight=False, markup=False)
     if summary.problems:
         console.print(f"[bold yellow]incomplete run: {len(summary.problems)} problem(s)[/]")
         for problem in summary.problems:

@@ -207,9 +207,19 @@ def picture(view: TensorView, *, baseline: str | os.PathLike[str] | None = None)
     )
 
 
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """"png" or "svg" from the file name; anything else is refused (the bytes would not match the name)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in (".png", ".svg"):
+        raise OptionError(f"--plot {os.fspath(path)}: pictures are written as PNG or SVG; name the file .png or .svg")
+    return suffix[1:]
+
+
 def write_plot(path: str | os.PathLike[str], pic: Picture, *, title: str) -> str:
     """Write the picture (PNG, or SVG for a .svg path); returns a legend to print."""
     from comparator.report.svg import LogScale, fmt
+
+    plot_format(path)
 
     cells = [v for row in pic.matrix for v in row]
     scale = LogScale.fit(cells, 0.0, 1.0, floor_exp=-12)

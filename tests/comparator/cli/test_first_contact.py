@@ -77,3 +77,32 @@ def test_user_settings_that_run_does_not_own_pass_through(tmp_path):
                DUMPCMP_QUEUE_MB="64")
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "64"
+
+
+def test_run_that_dumped_nothing_says_so(tmp_path):
+    proc = cli("run", "--dir", str(tmp_path / "run"), "--", sys.executable, "-c", "print('no engine here')")
+    assert proc.returncode == 0
+    assert proc.stderr.splitlines()[-1].startswith(
+        f"dumpcmp: nothing was dumped into {tmp_path / 'run'} (exit code 0): the command wrote no record;")
+
+
+def test_run_against_a_baseline_says_where_it_diverged_and_ls_repeats_it(demo, tmp_path):
+    baseline, _ = demo
+    target = tmp_path / "online"
+    proc = cli("run", "--dir", str(target), "--against", str(baseline), "--patch", "example/moe_engine", "--",
+               sys.executable, "-m", "examples.moe_engine", "--bug", "double_reduce", "--ep", "2")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if " diverged from " in line]
+    assert said and said[0].startswith(f"dumpcmp: rank 0 diverged from {baseline} at step 0, ")
+    assert proc.stderr.splitlines()[-1] == "dumpcmp: exit code 0"
+    listing = cli("ls", str(target))
+    assert said[0].removeprefix("dumpcmp: ") in listing.stdout.splitlines()
+
+
+def test_show_plot_with_a_name_it_cannot_honour_is_refused_before_any_work(demo, tmp_path):
+    _, target = demo
+    proc = cli("show", str(target), "moe_output", "-s", "0", "-t", "layer=1", "--plot", str(tmp_path / "out.jpg"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"dumpcmp: error: --plot {tmp_path / 'out.jpg'}: pictures are written as PNG or SVG; name the file .png or .svg"]
+    assert not (tmp_path / "out.jpg").exists()
