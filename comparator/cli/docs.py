@@ -24,7 +24,8 @@ EXIT_CODES = {
     "ls": "0; 2 bad input",
     "show": "0; 1 with --baseline when the tensor does not pass; 2 bad input",
     "patch check": "0 ok; 2 a file, target or anchor is wrong",
-    "demo": "0 when the demo ran; 2 bad input",
+    "demo": "0 when the demo ran (whatever the comparison found); 1 the example engine failed; 2 bad input",
+    "calibrate": "0 the thresholds were written; 2 bad input (fewer than two runs, runs that differ in their tensors or like a bug)",
 }
 
 HEADER = """# dumpcmp command line
