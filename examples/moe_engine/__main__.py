@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nondeterministic", action="store_true",
                         help="sum each expert's split-K down-projection in a run-seeded shuffled order "
                              "(healthy runs then differ at rounding level)")
+    graphs = parser.add_argument_group("CUDA graphs (examples/moe_engine/cudagraph.py)")
+    graphs.add_argument("--cuda-graph", action="store_true",
+                        help="decode from CUDA graphs: the batch padded up to the next captured size, then replayed")
+    graphs.add_argument("--static-decode", action="store_true",
+                        help="the CUDA-graph decode path run eagerly at the real batch size (the kernels a graph replays)")
+    graphs.add_argument("--graph-sizes", type=_prompt_lens, default=(1, 2, 4, 8), metavar="N,N,...",
+                        help="batch sizes captured under --cuda-graph (default 1,2,4,8)")
     parser.add_argument("--steps", type=int, default=3, help="greedy decode steps after the prefill (default 3)")
     parser.add_argument("--prompt-lens", type=_prompt_lens, default=DEFAULT_PROMPT_LENS, metavar="N,N,...",
                         help="one request per length (default %(default)s)")
@@ -56,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         tp=args.tp, ep=args.ep, dp_attention=args.dp_attention, dense_tp=args.dense_tp, fusion=args.fusion,
         bug=args.bug, steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
         save_logits=args.save_logits, perturb_router=args.perturb_router,
-        nondeterministic=args.nondeterministic, model=model,
+        nondeterministic=args.nondeterministic, cuda_graph=args.cuda_graph, static_decode=args.static_decode,
+        graph_sizes=args.graph_sizes, model=model,
     )
 
 

@@ -15,6 +15,7 @@ BugName = Literal[
     "double_reduce",
     "shared_expert_double_reduce",
     "dense_tp_missing_reduce",
+    "graph_padding_counts",
 ]
 BUG_NAMES: tuple[str, ...] = get_args(BugName)
 
@@ -25,6 +26,8 @@ BUG_SEEDS: dict[str, int] = {
     "shared_expert_double_reduce": 3,
     "dense_tp_missing_reduce": 4,
 }
+# Bugs that live only in CUDA-graph decode (examples/moe_engine/cudagraph.py): no seed.
+GRAPH_ONLY_BUGS = ("graph_padding_counts",)
 
 Device = Literal["cpu", "cuda"]
 DType = Literal["float32", "bfloat16"]
@@ -100,6 +103,11 @@ class EngineConfig:
     # Split-K expert down-projections summed in an order shuffled per run (os.urandom):
     # two healthy runs then differ at rounding level, as with atomics-based GPU kernels.
     nondeterministic: bool = False
+    # Decode from CUDA graphs captured for these batch sizes (the real batch padded up
+    # to the next one), or the same static decode path run eagerly at the real size.
+    cuda_graph: bool = False
+    static_decode: bool = False
+    graph_sizes: tuple[int, ...] = (1, 2, 4, 8)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -117,6 +125,7 @@ class EngineConfig:
         if self.bug is not None and self.bug not in BUG_NAMES:
             raise EngineConfigError(f"unknown bug {self.bug!r}; valid: {', '.join(BUG_NAMES)}")
         self._check_layout()
+        self._check_graph_mode()
         self._check_bug_reachable()
 
     # ------------------------------------------------------------ derived sizes
@@ -156,10 +165,26 @@ class EngineConfig:
                 "reduce-scatter over the gathered tokens; use one or the other"
             )
 
+    def _check_graph_mode(self) -> None:
+        if not (self.cuda_graph or self.static_decode):
+            return
+        if self.cuda_graph and self.static_decode:
+            raise EngineConfigError("--cuda-graph and --static-decode exclude each other: "
+                                    "--static-decode runs the graph's decode path without capture")
+        if self.cuda_graph and self.device != "cuda":
+            raise EngineConfigError("--cuda-graph needs --device cuda (use --static-decode on the CPU)")
+        if self.dp_attention > 1:
+            raise EngineConfigError("--cuda-graph/--static-decode with --dp-attention is not supported; use one or the other")
+        if not self.graph_sizes or any(size < 1 for size in self.graph_sizes):
+            raise EngineConfigError(f"--graph-sizes needs positive batch sizes, got {list(self.graph_sizes)}")
+
     def _check_bug_reachable(self) -> None:
         # NOTE: a bug switch that its configuration never reaches would make a healthy
         # run look like a reproduced bug; say what reaches it instead.
         bug = self.bug
+        if bug in GRAPH_ONLY_BUGS and not (self.cuda_graph and self.model.num_dense_layers < self.model.num_layers):
+            raise EngineConfigError(f"--bug {bug} lives only in CUDA-graph decode with a MoE layer: "
+                                    f"--device cuda --cuda-graph --bug {bug}")
         if bug == "ep_reduce_skipped_under_fusion" and not (self.fusion and self.ep > 1):
             raise EngineConfigError(f"--bug {bug} needs --fusion and --ep 2 or more, e.g. --ep 2 --fusion --bug {bug}")
         if bug == "double_reduce" and not (self.ep > 1 and not self.fusion):

@@ -71,6 +71,10 @@ class Engine:
         )
         for request in self.requests:
             self.kv_cache.allocate(request.req_id, len(request.prompt) + config.steps)
+        if config.cuda_graph or config.static_decode:
+            from examples.moe_engine.cudagraph import enable_cuda_graphs
+
+            enable_cuda_graphs(self, sizes=config.graph_sizes, capture=config.cuda_graph)
 
     @torch.inference_mode()
     def generate(self) -> list[RequestResult]:

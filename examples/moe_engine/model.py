@@ -17,6 +17,7 @@ from torch import nn
 
 from examples.moe_engine.batch import ForwardBatch
 from examples.moe_engine.config import EngineConfig
+from examples.moe_engine.cudagraph import static_attend, static_routed_experts
 from examples.moe_engine.parallel import Axis, Comm
 from examples.moe_engine.weights import shard
 
@@ -126,6 +127,8 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """Causal attention of each request over its cached tokens; a padding row attends to itself."""
+        if getattr(batch, "is_static", False):  # --cuda-graph decode (examples/moe_engine/cudagraph.py)
+            return static_attend(q, k, v, batch, layer_id=self.layer_id, head_dim=self.head_dim)
         out = v.clone()
         scale = self.head_dim ** -0.5
         for segment in batch.iter_segments():
@@ -200,8 +203,12 @@ class RoutedExperts(nn.Module):
         # --nondeterministic: a fresh seed per run, so no two runs share the summation order.
         self.shuffle = (torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
                         if config.nondeterministic else None)
+        # Set by the CUDA-graph runner while it runs the static decode path (cudagraph.py).
+        self.static_batch = None
 
     def forward(self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        if self.static_batch is not None:
+            return static_routed_experts(self, hidden, topk_weights, topk_ids, self.static_batch)
         routed = torch.zeros_like(hidden)
         for local_index in range(self.num_local_experts):
             rows, slots = (topk_ids == self.first_expert + local_index).nonzero(as_tuple=True)
