@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -79,6 +80,9 @@ class Dumper:
         self._collectives = None  # dumper.collectives.CollectiveTracer once a rank directory exists
         self._online = None  # dumper.online.OnlineMonitor when comparing against a baseline (DUMPCMP_AGAINST)
         self._grafter = None  # dumper.graft.Grafter when a graft plan is configured (DUMPCMP_GRAFT)
+        self._graphs = None  # dumper.cudagraph.GraphDumps once a CUDA tensor is dumped
+        self._real_tokens: int | None = None
+        self._graph_hooked = False  # dumper/graph_hooks.py routes CUDAGraph events here
 
     # ----------------------------------------------------------------- config
     @property
@@ -219,9 +223,18 @@ class Dumper:
         sticky = getattr(self._local, "tags", None)
         all_tags = {**sticky, **tags} if sticky else tags
         info = self._parallel.current()
-        if not self._config.filter.keeps(name=name, step=self._step, rank=info.rank, tags=all_tags):
-            return
+        dump_filter = self._config.filter
+        if not dump_filter.keeps(name=name, step=self._step, rank=info.rank, tags=all_tags):
+            # Under capture the step is not known yet: each replay is filtered by its own.
+            if dump_filter.steps is None or not _capturing() or not dataclasses.replace(dump_filter, steps=None).keeps(
+                    name=name, step=self._step, rank=info.rank, tags=all_tags):
+                return
         if callable(value) and not _is_tensor(value):
+            if _capturing():
+                from dumper.cudagraph import LOST_CALLABLE, lose_under_capture
+
+                lose_under_capture(self, name, LOST_CALLABLE)
+                return
             value = value()
         self._dump_value(name, value, dims, all_tags, info, graft)
 
@@ -264,22 +277,26 @@ class Dumper:
         writer = self._writer or self._start_writer(info)
         if writer is None:
             return
-        if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
-            # A copy enqueued now would run at every replay, into a buffer nobody
-            # reads: refuse honestly and count what was lost in rank.json.
-            writer.note_lost(name, "dumped during CUDA graph capture")
-            self._warn_once(
-                f"graph:{name}",
-                f"dumpcmp: not dumping {name!r} inside CUDA graph capture; run the engine without CUDA graphs "
-                "(e.g. enforce_eager / --disable-cuda-graph) to dump it (lost records are counted in rank.json)",
-            )
+        if (tensor.is_cuda or self._graphs is not None) and _capturing():
+            # A copy enqueued now runs at every replay: it goes into a buffer of the
+            # graph, emitted after each replay (dumper/cudagraph.py).
+            from dumper.cudagraph import record_under_capture
+
+            record_under_capture(self, name, tensor, dims, tags, info)
             return
+        if tensor.is_cuda and not self._graph_hooked:
+            self._graph_dumps()  # hook CUDAGraph before the first capture with dumps in it
+        self._submit(writer, name, tensor, dims, tags, info)
+
+    def _submit(self, writer, name: str, tensor: Any, dims: str | None, tags: dict[str, Any], info):
+        """Snapshot ``tensor`` and queue it; returns the snapshot's completion event (None on the CPU)."""
         from dumper.writer import PendingRecord
 
         with self._lock:
             seq = self._seq
             self._seq += 1
         snapshot = self._snapshotter.take(tensor)
+        event = snapshot.event  # read before the writer thread can take it
         writer.submit(
             PendingRecord(
                 seq=seq,
@@ -296,6 +313,44 @@ class Dumper:
                 graft=graft,
             )
         )
+        return event
+
+    # ---------------------------------------------------------------- graphs
+    def set_real_tokens(self, count: int | None) -> None:
+        """Rows of the batch that runs next (engine presets call it before a graph replay).
+
+        At capture it is the graph's (padded) batch size; before a replay, the real
+        count: records of the replay keep that many rows (docs/graphs.md).
+        """
+        self._real_tokens = None if count is None else int(count)
+        if self._graphs is not None:
+            self._graphs.set_real_tokens(self._real_tokens)
+
+    def _graph_dumps(self):
+        """This dumper's CUDA-graph buffers, with CUDAGraph hooked while it dumps."""
+        from dumper import graph_hooks
+
+        if self._graphs is None:
+            from dumper.cudagraph import GraphDumps
+
+            self._graphs = GraphDumps(budget_bytes=self._config.graph_bytes, warn=self._warn_once)
+            self._graphs.set_real_tokens(self._real_tokens)
+        if not self._graph_hooked:
+            graph_hooks.install(self)
+            self._graph_hooked = True
+        return self._graphs
+
+    def _graph_coverage(self) -> dict[str, Any] | None:
+        return None if self._graphs is None else self._graphs.coverage()
+
+    def _graph_event(self, event: str, graph: Any) -> None:
+        """From dumper/graph_hooks.py: a CUDAGraph was captured, replayed or reset. Never raises."""
+        try:
+            from dumper.cudagraph import on_graph_event
+
+            on_graph_event(self, event, graph)
+        except Exception as exc:  # noqa: BLE001 - never break the engine
+            self._fail(exc)
 
     def report_not_dumped(self, name: str, reason: str) -> None:
         """A dump site that cannot be taken: warned once with the reason, counted in rank.json."""
@@ -373,6 +428,7 @@ class Dumper:
             file_bytes=config.file_bytes,
             on_failure=self._fail,
             online=self._online if config.against is not None else None,
+            graph_coverage=self._graph_coverage,
         )
         self._install_exit_hook()
         return self._writer
@@ -408,6 +464,11 @@ class Dumper:
         writer = self._writer
         if self._collectives is not None:
             self._collectives.flush()
+        if self._graph_hooked:
+            from dumper import graph_hooks
+
+            self._graph_hooked = False
+            graph_hooks.uninstall(self)
         if writer is not None:
             self._writer = None
             writer.close()
@@ -436,6 +497,7 @@ class Dumper:
         self._exit_hook_installed = False
         self._seq = 0
         self._online = None  # the child is another rank: it compares against its own baseline index
+        self._graphs = None  # a forked child captures its own graphs
         if self._collectives is not None:
             self._collectives.reset_after_fork()
 
@@ -444,6 +506,12 @@ def _compiling() -> bool:
     """True while torch.compile's dynamo traces the caller; never imports torch."""
     torch = sys.modules.get("torch")
     return torch is not None and torch.compiler.is_compiling()
+
+
+def _capturing() -> bool:
+    """Is this thread's current CUDA stream capturing a graph? (False, cheaply, without CUDA.)"""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def _is_tensor(value: Any) -> bool:

@@ -8,6 +8,7 @@ DUMPCMP_MODE                ``tensor`` (default) or ``stats`` (index only, no da
 DUMPCMP_FILTER              filter expression, see :mod:`dumper.filters`
 DUMPCMP_QUEUE_MB            bytes waiting for the writer before dump() blocks (default 1024)
 DUMPCMP_FILE_MB             target size of one data file (default 256)
+DUMPCMP_GRAPH_MB            device memory for dumps under CUDA graphs, all graphs together (default 1024)
 DUMPCMP_OVERWRITE           ``1``: replace an earlier run's files for the same rank
 DUMPCMP_RUN_ID              identifies one run across its processes (``dumpcmp run`` sets it)
 DUMPCMP_ENABLE              ``0``: configured but off until ``dumper.enable()``
@@ -39,6 +40,7 @@ KNOWN_ENV = (
     "DUMPCMP_FILTER",
     "DUMPCMP_QUEUE_MB",
     "DUMPCMP_FILE_MB",
+    "DUMPCMP_GRAPH_MB",
     "DUMPCMP_OVERWRITE",
     "DUMPCMP_RUN_ID",
     "DUMPCMP_ENABLE",
@@ -60,6 +62,8 @@ class DumpConfig:
     filter: DumpFilter = DumpFilter()
     queue_bytes: int = 1024 << 20
     file_bytes: int = 256 << 20
+    # Static device buffers of dumps under CUDA-graph capture (dumper/cudagraph.py).
+    graph_bytes: int = 1024 << 20
     overwrite: bool = False
     run_id: str | None = None
     enable: bool = True
@@ -79,7 +83,7 @@ class DumpConfig:
             raise ConfigError(f"DUMPCMP_ESCALATE_STEPS={self.escalate_steps} must be at least 1")
         if self.mode not in MODES:
             raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
-        if self.queue_bytes <= 0 or self.file_bytes <= 0:
+        if self.queue_bytes <= 0 or self.file_bytes <= 0 or self.graph_bytes <= 0:
             raise ConfigError("queue and file sizes must be positive")
 
     @property
@@ -148,6 +152,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         filter=parse_filter(env.get("DUMPCMP_FILTER", "")),
         queue_bytes=_parse_mb("DUMPCMP_QUEUE_MB", env["DUMPCMP_QUEUE_MB"]) if "DUMPCMP_QUEUE_MB" in env else 1024 << 20,
         file_bytes=_parse_mb("DUMPCMP_FILE_MB", env["DUMPCMP_FILE_MB"]) if "DUMPCMP_FILE_MB" in env else 256 << 20,
+        graph_bytes=_parse_mb("DUMPCMP_GRAPH_MB", env["DUMPCMP_GRAPH_MB"]) if "DUMPCMP_GRAPH_MB" in env else 1024 << 20,
         overwrite=_parse_bool("DUMPCMP_OVERWRITE", env.get("DUMPCMP_OVERWRITE", "0")),
         run_id=env.get("DUMPCMP_RUN_ID") or None,
         enable=_parse_bool("DUMPCMP_ENABLE", env.get("DUMPCMP_ENABLE", "1")),

@@ -160,7 +160,10 @@ class GraphDumps:
         self._capture = _Capture(batch_tokens=self._real_tokens)
 
     def record(self, name: str, tensor: Any, *, dims: str | None, tags: dict[str, Any], parallel: Any) -> bool:
-        """A dump under capture: copy ``tensor`` into a new static buffer of the graph. False if lost."""
+        """A dump under capture: copy ``tensor`` into a new static buffer of the graph. False if lost.
+
+        The caller has checked that ``tensor`` lives on the capturing device.
+        """
         import torch
 
         capture = self._capture
@@ -168,9 +171,6 @@ class GraphDumps:
             # A capture begun before the hooks were installed (the first dump of the
             # process happened inside it): its capture_end, now hooked, binds it.
             capture = self._capture = _Capture(batch_tokens=self._real_tokens)
-        if not tensor.is_cuda:
-            self.lose(name, LOST_NOT_CUDA)
-            return False
         tag_key = json.dumps(tags, sort_keys=True, default=str)
         site = (name, tag_key)
         occurrence = capture.occurrences.get(site, 0)
@@ -279,3 +279,67 @@ class GraphDumps:
 
 def _copy(buffer: Any, tensor: Any) -> None:
     buffer.copy_(tensor)
+
+
+# ------------------------------------------------- the dumper's side (dumper.api.Dumper)
+def lose_under_capture(owner: Any, name: str, reason: str) -> None:
+    """A dump under capture that cannot be recorded: counted, warned once with its reason."""
+    owner._graph_dumps().lose(name, reason)
+    writer = owner._writer
+    if writer is not None:
+        writer.note_lost(name, f"under CUDA graph capture: {reason}")
+    owner._warn_once(f"graph:{name}:{reason}", f"dumpcmp: not dumping {name!r} under CUDA graph capture: {reason}")
+
+
+def record_under_capture(owner: Any, name: str, tensor: Any, dims: str | None, tags: dict[str, Any],
+                         parallel: Any) -> None:
+    graphs = owner._graph_dumps()
+    if not tensor.is_cuda:
+        lose_under_capture(owner, name, LOST_NOT_CUDA)
+        return
+    if graphs.record(name, tensor, dims=dims, tags=dict(tags), parallel=parallel):
+        return
+    writer = owner._writer
+    if writer is not None:
+        writer.note_lost(name, f"under CUDA graph capture: {LOST_BUDGET}")
+
+
+def on_graph_event(owner: Any, event: str, graph: Any) -> None:
+    """``capture_begin`` / ``capture_end`` / ``reset`` / ``replay`` of a hooked CUDAGraph."""
+    graphs = owner._graphs
+    if graphs is None:
+        return
+    if event == "capture_begin":
+        graphs.begin()
+    elif event == "capture_end":
+        graphs.end(graph)
+    elif event == "reset":
+        graphs.discard(graph)
+    elif event == "replay" and owner.enabled and graphs.knows(graph):
+        emit_replay(owner, graphs, graph)
+
+
+def emit_replay(owner: Any, graphs: GraphDumps, graph: Any) -> None:
+    """After ``graph.replay()``: each static buffer, trimmed, through the eager dumps' async D2H path.
+
+    The next replay rewrites the buffers, so the engine's stream waits (on the device,
+    never the host) for the last copy before running anything else.
+    """
+    import torch
+
+    writer = owner._writer
+    if writer is None:
+        return
+    sticky = getattr(owner._local, "tags", None)
+    keep = owner._config.filter.keeps
+    step = owner._step
+    last_event = None
+    for slot, rows in graphs.replayed(graph):
+        name = slot.key.name
+        tags = {**sticky, **slot.tags} if sticky else slot.tags
+        if not keep(name=name, step=step, rank=slot.parallel.rank, tags=tags):
+            continue
+        last_event = owner._submit(writer, name, rows, slot.dims, tags, slot.parallel) or last_event
+        graphs.emitted(name)
+    if last_event is not None:
+        torch.cuda.current_stream().wait_event(last_event)

@@ -270,6 +270,9 @@ class RankInfo:
     # where this rank switched from stats to tensor data (None: it never did).
     online: dict[str, Any] | None = None
     escalation: dict[str, Any] | None = None
+    # Dumps under CUDA-graph capture (dumper/cudagraph.py): which sites fired, how often
+    # they were emitted after replays, which were lost and why. None: no graph dumps.
+    graphs: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -72,8 +72,11 @@ class RankWriter:
         file_bytes: int,
         on_failure: Callable[[BaseException], None],
         online: Any = None,
+        graph_coverage: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.rank_dir = rank_dir
+        # The CUDA-graph coverage line of rank.json (dumper/cudagraph.py), read at each update.
+        self._graph_coverage = graph_coverage
         self._rank_info = rank_info
         self._mode = mode
         self._queue_limit = queue_bytes
@@ -158,6 +161,7 @@ class RankWriter:
                 "last_step": self._last_step,
                 "lost": dict(self._lost),
                 **(self._online_json() if self._online is not None else {}),
+                "graphs": self._graph_coverage() if self._graph_coverage is not None else None,
                 "error": None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}"[:1000],
             }
         )
