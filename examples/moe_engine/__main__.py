@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from examples.moe_engine.config import BUG_NAMES, DEFAULT_PROMPT_LENS, EngineConfig, EngineConfigError, ModelConfig
+from examples.moe_engine.config import ALL_BUG_NAMES, DEFAULT_PROMPT_LENS, EngineConfig, EngineConfigError, ModelConfig
 
 
 def _prompt_lens(text: str) -> tuple[int, ...]:
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="split the dense MLP over the attention-TP group (else it is replicated)")
     parallel.add_argument("--fusion", action="store_true",
                           help="defer the MoE output's all-reduce into the next residual-add + norm")
-    parser.add_argument("--bug", choices=BUG_NAMES, default=None, help="switch on one seed bug")
+    parser.add_argument("--bug", choices=ALL_BUG_NAMES, default=None, help="switch on one seed bug, or graph_padding_counts (CUDA-graph decode only)")
     parser.add_argument("--perturb-router", action="store_true",
                         help="a planted router bug: perturb rank 0's router weights of the first MoE layer")
     parser.add_argument("--nondeterministic", action="store_true",

@@ -10,14 +10,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-BugName = Literal[
+SeedBugName = Literal[
     "ep_reduce_skipped_under_fusion",
     "double_reduce",
     "shared_expert_double_reduce",
     "dense_tp_missing_reduce",
-    "graph_padding_counts",
 ]
-BUG_NAMES: tuple[str, ...] = get_args(BugName)
+# Bugs that live only in CUDA-graph decode (examples/moe_engine/cudagraph.py): no seed.
+GraphBugName = Literal["graph_padding_counts"]
+BugName = Literal[SeedBugName, GraphBugName]
+BUG_NAMES: tuple[str, ...] = get_args(SeedBugName)  # the seed bugs (SEEDS.md)
+GRAPH_ONLY_BUGS: tuple[str, ...] = get_args(GraphBugName)
+ALL_BUG_NAMES: tuple[str, ...] = BUG_NAMES + GRAPH_ONLY_BUGS
 
 # Which seed of SEEDS.md each switch reproduces, and what it needs to be reachable.
 BUG_SEEDS: dict[str, int] = {
@@ -26,8 +30,6 @@ BUG_SEEDS: dict[str, int] = {
     "shared_expert_double_reduce": 3,
     "dense_tp_missing_reduce": 4,
 }
-# Bugs that live only in CUDA-graph decode (examples/moe_engine/cudagraph.py): no seed.
-GRAPH_ONLY_BUGS = ("graph_padding_counts",)
 
 Device = Literal["cpu", "cuda"]
 DType = Literal["float32", "bfloat16"]
@@ -122,8 +124,8 @@ class EngineConfig:
             raise EngineConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(get_args(DType))}")
         if self.device not in get_args(Device):
             raise EngineConfigError(f"unknown device {self.device!r}; valid: {', '.join(get_args(Device))}")
-        if self.bug is not None and self.bug not in BUG_NAMES:
-            raise EngineConfigError(f"unknown bug {self.bug!r}; valid: {', '.join(BUG_NAMES)}")
+        if self.bug is not None and self.bug not in ALL_BUG_NAMES:
+            raise EngineConfigError(f"unknown bug {self.bug!r}; valid: {', '.join(ALL_BUG_NAMES)}")
         self._check_layout()
         self._check_graph_mode()
         self._check_bug_reachable()
