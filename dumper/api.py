@@ -286,9 +286,10 @@ class Dumper:
             return
         if tensor.is_cuda and not self._graph_hooked:
             self._graph_dumps()  # hook CUDAGraph before the first capture with dumps in it
-        self._submit(writer, name, tensor, dims, tags, info)
+        self._submit(writer, name, tensor, dims, tags, info, graft)
 
-    def _submit(self, writer, name: str, tensor: Any, dims: str | None, tags: dict[str, Any], info):
+    def _submit(self, writer, name: str, tensor: Any, dims: str | None, tags: dict[str, Any], info,
+                graft: str | None = None):
         """Snapshot ``tensor`` and queue it; returns the snapshot's completion event (None on the CPU)."""
         from dumper.writer import PendingRecord
 
