@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from comparator.cli.app import EXIT_USAGE, app
+from comparator.cli.app import EXIT_USAGE, app, reflow_command_help
 from comparator.cli import calibrate as _calibrate  # noqa: F401  (registers the command)
 from comparator.cli import compare as _compare  # noqa: F401  (registers the command)
 from comparator.cli import demo as _demo  # noqa: F401  (registers the command)
@@ -19,6 +19,8 @@ from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
 from comparator.cli import patch as _patch  # noqa: F401  (registers the command)
 from comparator.cli import run as _run  # noqa: F401  (registers the command)
 from comparator.cli import show as _show  # noqa: F401  (registers the command)
+
+reflow_command_help(app)
 
 __all__ = ["app", "main"]
 

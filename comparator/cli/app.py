@@ -5,9 +5,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 import typer
+
+def _tidy_typer_help() -> None:
+    """Usage lines and help as users expect them: ``BASELINE TARGET``, no ``<bool>`` beside flags.
+
+    NOTE: typer 0.2x renders a required argument as ``{baseline}`` in the usage line and
+    prints ``<bool>`` as the type of every flag; both read as template leftovers. These
+    two display methods are all that changes; parsing is untouched, and an older or newer
+    typer without them is left alone.
+    """
+    from typer import core
+
+    argument, option = getattr(core, "TyperArgument", None), getattr(core, "TyperOption", None)
+    if argument is not None and hasattr(argument, "_usage_display_name"):
+        def usage_name(self: Any) -> str:
+            name = self.metavar or (self.name or "").upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+        argument._usage_display_name = usage_name
+    if option is not None and hasattr(option, "display_type_rich"):
+        shown = option.display_type_rich
+
+        def type_unless_flag(self: Any, ctx: Any) -> str | None:
+            return None if getattr(self, "is_flag", False) or getattr(self, "count", False) else shown(self, ctx)
+
+        option.display_type_rich = type_unless_flag
+
+
+_tidy_typer_help()
 
 app = typer.Typer(
     name="dumpcmp",
@@ -76,3 +105,32 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Find where two runs of an LLM inference engine stop agreeing."""
+
+
+def reflow_help(doc: str) -> str:
+    """A docstring's paragraphs as single lines, so help wraps at the terminal, not at the source's 80 columns.
+
+    Indented lines (examples, tables) and blank lines keep their breaks.
+    """
+    import inspect
+
+    paragraphs: list[str] = []
+    for line in inspect.cleandoc(doc).splitlines():
+        starts_block = not line.strip() or line.startswith(" ") or not paragraphs or not paragraphs[-1].strip() \
+            or paragraphs[-1].startswith(" ")
+        if starts_block:
+            paragraphs.append(line)
+        else:
+            paragraphs[-1] += " " + line.strip()
+    return "\n".join(paragraphs)
+
+
+def reflow_command_help(typer_app: typer.Typer) -> None:
+    """Reflow the help of every command registered on ``typer_app`` (and its sub-apps)."""
+    for command in typer_app.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback is not None else None)
+        if doc:
+            command.help = reflow_help(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_command_help(group.typer_instance)

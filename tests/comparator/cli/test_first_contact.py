@@ -106,3 +106,13 @@ def test_show_plot_with_a_name_it_cannot_honour_is_refused_before_any_work(demo,
     assert proc.stderr.splitlines() == [
         f"dumpcmp: error: --plot {tmp_path / 'out.jpg'}: pictures are written as PNG or SVG; name the file .png or .svg"]
     assert not (tmp_path / "out.jpg").exists()
+
+
+def test_help_reads_as_written_for_people():
+    usage = cli("compare", "-h", COLUMNS="80").stdout
+    assert "Usage: dumpcmp compare [OPTIONS] BASELINE TARGET" in usage
+    assert "Usage: dumpcmp run [OPTIONS] -- CMD..." in cli("run", "-h").stdout
+    root = cli("-h", COLUMNS="80").stdout
+    assert "<bool>" not in root and "--version" in root
+    # A docstring paragraph flows to the terminal's width: no word stranded on a line of its own.
+    assert not [line for line in usage.splitlines() if line.strip() == "are"]
