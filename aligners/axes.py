@@ -81,7 +81,7 @@ def align_axes(baseline: "torch.Tensor", target: "torch.Tensor", *, baseline_dim
             raise fail(f"the {side} tensor has {tensor.dim()} dims {list(tensor.shape)}, its dims {text!r} name {len(groups)}")
 
     sizes: dict[str, int] = {}
-    for side, tensor, groups in (("baseline", baseline, b_groups), ("target", target, t_groups)):
+    for tensor, groups in ((baseline, b_groups), (target, t_groups)):
         for group, size in zip(groups, tensor.shape):
             if len(group) == 1:
                 if group[0] in sizes and sizes[group[0]] != size:

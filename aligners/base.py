@@ -165,7 +165,7 @@ class Aligned:
     note: AlignmentNote
     token_dim: int | None = None  # the token dim of both returned tensors (the baseline's layout)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         """Unpacks as ``baseline, target`` for callers that need only the tensors."""
         return iter((self.baseline, self.target))
 

@@ -197,7 +197,7 @@ def _starts(sizes: list[int]) -> list[int]:
     return starts
 
 
-def _token_keys(fetch, *, where: str, step: int, side: Side, aligner: str, names: MetadataNames,  # type: ignore[no-untyped-def]
+def _token_keys(fetch, *, where: str, step: int, side: Side, aligner: str, names: MetadataNames,
                 positions: list[int] | None, token_req_ids: list[int] | None,
                 local_real: tuple[int, ...] | None) -> tuple[tuple[TokenKey, ...], tuple[TokenKey, ...]]:
     if positions is None or local_real is None:

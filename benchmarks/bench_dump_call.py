@@ -25,10 +25,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from dumper.api import Dumper  # noqa: E402
-from dumper.snapshot import Snapshotter  # noqa: E402
+from dumper.api import Dumper
+from dumper.snapshot import Snapshotter
 
 
 def per_call_us(tensors, steps, call) -> float:

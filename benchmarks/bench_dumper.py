@@ -29,9 +29,9 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from dumper.api import Dumper  # noqa: E402
+from dumper.api import Dumper
 
 
 def disabled_call_ns(repeat: int = 5, number: int = 1_000_000) -> tuple[float, float]:

@@ -30,9 +30,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from dumper.api import Dumper  # noqa: E402
+from dumper.api import Dumper
 
 
 def build_model(args):

@@ -25,7 +25,7 @@ _LAZY = {
     "TensorResult": "comparator.results",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["CompareOptions", "FirstDivergence", "Report", "Summary", "TensorResult", "compare"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from aligners import StepPair
-from comparator.options import CompareOptions
 from dumper.format import IndexRecord
+
+if TYPE_CHECKING:  # options import routing, which imports this module
+    from comparator.options import CompareOptions
 
 TagsKey = tuple[tuple[str, str], ...]
 TensorKey = tuple[str, int, TagsKey]  # name, step, tags
@@ -132,9 +134,9 @@ def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], optio
     paired_position: dict[TensorKey, int] = {}
     for key, by_step in series_target.items():
         for step, tensor in by_step.items():
-            partner = series_baseline.get(partner_of[key], {}).get(step + offset)
-            if partner is not None:
-                paired_position[partner.key] = tensor.position
+            partner_tensor = series_baseline.get(partner_of[key], {}).get(step + offset)
+            if partner_tensor is not None:
+                paired_position[partner_tensor.key] = tensor.position
     anchor = -1
     baseline_order: dict[TensorKey, tuple[float, ...]] = {}
     for tensor in baseline:
@@ -156,7 +158,7 @@ def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], optio
         head = min(by_target.values(), key=lambda t: t.position)
         result.append(_series(head.name, partner[0], head.tags, by_baseline, by_target, offset,
                               (head.position, 0, 0), baseline_order))
-    for key, by_baseline in series_baseline.items():
+    for by_baseline in series_baseline.values():
         left = {s: t for s, t in by_baseline.items() if t.key not in claimed}
         if not left:
             continue

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from aligners import AlignContext, Aligner, AlignUnit, AuxLoader, get_aligner
 from comparator.errors import NothingUsableError, UnshardError
-from comparator.loading import TensorLoader
+from dumper.loader import TensorLoader
 from comparator.judge.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
 from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dumper.config import DumpConfig, config_from_env
 from dumper.errors import ConfigError, DumpcmpError
@@ -25,6 +25,13 @@ from dumper.filters import parse_filter
 from dumper.format import RankInfo
 from dumper.parallel import ParallelState, Provider
 from dumper.rundir import claim_rank_dir
+
+if TYPE_CHECKING:  # imported when first needed: importing dumper stays cheap
+    from dumper.collectives import CollectiveTracer
+    from dumper.graft import Grafter
+    from dumper.online import OnlineMonitor
+    from dumper.snapshot import Snapshotter
+    from dumper.writer import RankWriter
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +78,15 @@ class Dumper:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._parallel = ParallelState()
-        self._writer = None
+        self._writer: RankWriter | None = None
         self._rank_dir: str | None = None
-        self._snapshotter = None
+        self._snapshotter: Snapshotter | None = None
         self._warned: set[str] = set()
         self._exit_hook_installed = False
         self._generated_run_id: str | None = None
-        self._collectives = None  # dumper.collectives.CollectiveTracer once a rank directory exists
-        self._online = None  # dumper.online.OnlineMonitor when comparing against a baseline (DUMPCMP_AGAINST)
-        self._grafter = None  # dumper.graft.Grafter when a graft plan is configured (DUMPCMP_GRAFT)
+        self._collectives: CollectiveTracer | None = None  # once a rank directory exists
+        self._online: OnlineMonitor | None = None  # when comparing against a baseline (DUMPCMP_AGAINST)
+        self._grafter: Grafter | None = None  # when a graft plan is configured (DUMPCMP_GRAFT)
         self._graphs = None  # dumper.cudagraph.GraphDumps once a CUDA tensor is dumped
         self._real_tokens: int | None = None
         self._graph_hooked = False  # dumper/graph_hooks.py routes CUDAGraph events here
@@ -275,7 +282,8 @@ class Dumper:
             )
             return
         writer = self._writer or self._start_writer(info)
-        if writer is None:
+        snapshotter = self._snapshotter
+        if writer is None or snapshotter is None:
             return
         if (tensor.is_cuda or self._graphs is not None) and _capturing():
             # A copy enqueued now runs at every replay: it goes into a buffer of the
@@ -296,7 +304,10 @@ class Dumper:
         with self._lock:
             seq = self._seq
             self._seq += 1
-        snapshot = self._snapshotter.take(tensor)
+        snapshotter = self._snapshotter
+        if snapshotter is None:
+            raise RuntimeError("dumpcmp: internal error: a record reached the writer before its snapshotter existed")
+        snapshot = snapshotter.take(tensor)
         event = snapshot.event  # read before the writer thread can take it
         writer.submit(
             PendingRecord(
@@ -372,7 +383,7 @@ class Dumper:
                 return self._writer
             config = self._config
             if self._rank_dir is not None and os.path.isdir(self._rank_dir):
-                return self._reopen_writer(config)
+                return self._reopen_writer(config, self._rank_dir)
             run_dir = os.path.abspath(config.dir)
             run_id = config.run_id or self._generated_run_id or uuid.uuid4().hex[:12]
             rank_dir, run_id = claim_rank_dir(run_dir, info, config, run_id)
@@ -395,7 +406,7 @@ class Dumper:
             self._rank_dir = rank_dir
             if config.collectives:
                 self._start_collective_trace(rank_dir)
-            return self._reopen_writer(config)
+            return self._reopen_writer(config, rank_dir)
 
     def _start_collective_trace(self, rank_dir: str) -> None:
         if sys.modules.get("torch.distributed") is None:
@@ -410,7 +421,7 @@ class Dumper:
         except Exception as exc:  # noqa: BLE001 - the trace is optional; never break the engine
             self._warn_once("collectives", f"dumpcmp: collective tracing off ({type(exc).__name__}: {exc})")
 
-    def _reopen_writer(self, config: DumpConfig):
+    def _reopen_writer(self, config: DumpConfig, rank_dir: str) -> RankWriter:
         from dumper.writer import RankWriter
 
         if config.against is not None and self._online is None:
@@ -422,7 +433,7 @@ class Dumper:
                 rank=self._rank_info.rank,
             )
         self._writer = RankWriter(
-            rank_dir=self._rank_dir,
+            rank_dir=rank_dir,
             rank_info=self._rank_info,
             mode=config.mode,
             queue_bytes=config.queue_bytes,

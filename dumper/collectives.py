@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import types
 from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _caller(depth: int = 3) -> list[str]:
     ``Comm.all_reduce``); the frame above it says which block asked for the reduction.
     """
     found: list[str] = []
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and len(found) < depth:
         module = frame.f_globals.get("__name__", "")
         if not (module.startswith("torch.") or module == __name__):
@@ -252,7 +253,7 @@ def _targets() -> list[tuple[Any, str, str, int, int]]:
     try:
         import torch.distributed._functional_collectives as functional
     except Exception:  # noqa: BLE001 - older or stripped torch builds
-        functional = None
+        functional = None  # type: ignore[assignment]
     if functional is not None:
         for op, (tensor_at, group_at) in _FUNCTIONAL_OPS.items():
             if callable(getattr(functional, op, None)):

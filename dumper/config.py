@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from dumper.errors import ConfigError
 from dumper.filters import DumpFilter, parse_filter
@@ -90,7 +90,7 @@ class DumpConfig:
     def active(self) -> bool:
         return self.dir is not None and self.enable
 
-    def with_changes(self, **changes: object) -> "DumpConfig":
+    def with_changes(self, **changes: Any) -> "DumpConfig":
         return replace(self, **changes)
 
 

@@ -86,7 +86,7 @@ class ParallelState:
         for provider in self._providers:
             try:
                 found = provider() or {}
-            except Exception as exc:  # a plugin must never break the engine
+            except Exception as exc:  # noqa: BLE001 - a plugin must never break the engine
                 log.warning("dumpcmp: parallel-info provider %r failed: %s", provider, exc)
                 continue
             for axis, (axis_rank, axis_size) in found.items():

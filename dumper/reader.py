@@ -1,13 +1,13 @@
-"""Read a run directory: lazily, memory-mapped, and honest about what is missing.
+"""Open a run directory: lazily, and honest about what is missing.
 
     with open_run("RUN") as run:
         for record in run.records:
             tensor = run.load(record)
 
-Opening reads only the JSON (run.json, rank.json, index.jsonl). Tensors are read
-one at a time through safetensors' memory-mapped ``safe_open``. Whatever is
-missing or inconsistent lands in ``run.problems`` (and is logged as a warning)
-instead of failing the whole run.
+Opening reads only the JSON (run.json, rank.json, index.jsonl); tensors are read
+one at a time when asked for (dumper/loader.py). Whatever is missing or
+inconsistent lands in ``run.problems`` (and is logged as a warning) instead of
+failing the whole run.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 from dumper.errors import RunFormatError, RunNotFoundError
 from dumper.format import (
@@ -30,130 +29,12 @@ from dumper.format import (
     RankInfo,
     RunInfo,
 )
+from dumper.run import RankContents, Run
+from dumper.sglang_reader import open_sglang_run
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["RankContents", "Run", "is_dumpcmp_run", "open_run", "read_index"]
 
 log = logging.getLogger(__name__)
-
-# Data files held open (memory-mapped) at once; a run can have thousands.
-_MAX_OPEN_FILES = 16
-
-
-@dataclass(frozen=True, kw_only=True)
-class RankContents:
-    directory: str  # e.g. "rank-00001" or "proc-4242"
-    rank: int
-    info: RankInfo | None
-    records: list[IndexRecord]
-    torn_lines: int = 0
-
-    @property
-    def steps(self) -> list[int]:
-        return sorted({r.step for r in self.records})
-
-    @property
-    def last_step(self) -> int | None:
-        return max((r.step for r in self.records), default=None)
-
-    @property
-    def status(self) -> str:
-        return self.info.status if self.info is not None else "unknown"
-
-
-@dataclass(kw_only=True)
-class Run:
-    path: str
-    info: RunInfo | None
-    ranks: list[RankContents]
-    problems: list[str] = field(default_factory=list)
-    format: str = "dumpcmp"
-    _handles: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def records(self) -> list[IndexRecord]:
-        """Every record, ordered by step, then rank, then execution order on the rank."""
-        everything = [record for rank in self.ranks for record in rank.records]
-        everything.sort(key=lambda r: (r.step, r.rank, r.source, r.seq))
-        return everything
-
-    @property
-    def world_size(self) -> int:
-        sizes = [r.info.world_size for r in self.ranks if r.info is not None]
-        sizes += [rec.world_size for r in self.ranks for rec in r.records[:1]]
-        return max(sizes, default=len(self.ranks))
-
-    @property
-    def complete(self) -> bool:
-        return not self.problems
-
-    @property
-    def mode(self) -> str:
-        if self.info is not None:
-            return self.info.mode
-        return "stats" if all(rec.file is None for rank in self.ranks for rec in rank.records) else "tensor"
-
-    def load(self, record: IndexRecord, *, verify: bool = False) -> "torch.Tensor":
-        """Load one record's tensor (a copy, safe to keep after ``close``)."""
-        if record.file is None or record.key is None:
-            raise RunFormatError(f"{record.name} (step {record.step}, rank {record.rank}) has no data: run dumped in stats mode")
-        path = _inside(self.path, os.path.join(record.source, record.file))
-        if self.format == "sglang":
-            from dumper.sglang_reader import as_tensor, load_file
-
-            tensor = as_tensor(load_file(path)["value"], path)
-            return tensor
-        handle = self._handle(path)
-        try:
-            tensor = handle.get_tensor(record.key)
-        except Exception as exc:  # safetensors raises its own error types
-            raise RunFormatError(f"{path}: cannot read key {record.key!r} ({exc})") from None
-        if tuple(tensor.shape) != tuple(record.shape) or str(tensor.dtype).removeprefix("torch.") != record.dtype:
-            raise RunFormatError(
-                f"{path}: key {record.key!r} holds {tuple(tensor.shape)} {tensor.dtype}, "
-                f"but the index says {tuple(record.shape)} {record.dtype}"
-            )
-        if verify:
-            from dumper.stats import checksum
-
-            found = checksum(tensor)
-            if found != record.checksum:
-                raise RunFormatError(f"{path}: checksum mismatch for {record.name} seq {record.seq} ({found} != {record.checksum})")
-        return tensor
-
-    def _handle(self, path: str) -> Any:
-        handle = self._handles.get(path)
-        if handle is None:
-            from safetensors import safe_open
-
-            if len(self._handles) >= _MAX_OPEN_FILES:
-                self._handles.pop(next(iter(self._handles)))
-            try:
-                handle = safe_open(path, framework="pt")
-            except FileNotFoundError:
-                raise RunFormatError(f"{path}: data file is missing") from None
-            except Exception as exc:
-                raise RunFormatError(f"{path}: corrupt safetensors file ({exc})") from None
-            self._handles[path] = handle
-        return handle
-
-    def close(self) -> None:
-        self._handles.clear()
-
-    def __enter__(self) -> "Run":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _inside(root: str, relative: str) -> str:
-    """Resolve ``relative`` under ``root``; an index must never point outside its run."""
-    root_real = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root_real, relative))
-    if os.path.commonpath([root_real, path]) != root_real:
-        raise RunFormatError(f"index entry {relative!r} points outside the run directory {root}")
-    return path
 
 
 def _read_json(path: str, problems: list[str]) -> dict[str, Any] | None:
@@ -226,8 +107,6 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     if not os.path.isdir(path):
         raise RunNotFoundError(f"{path}: not a directory (give the run directory, the one holding run.json)")
     if not is_dumpcmp_run(path):
-        from dumper.sglang_reader import open_sglang_run
-
         opened = open_sglang_run(path)
         if opened is not None:
             _check_coverage(opened)
@@ -265,7 +144,8 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         index_path = os.path.join(directory, INDEX_FILE)
         if not os.path.exists(index_path):
             problems.append(f"{entry}: no {INDEX_FILE} (the process never dumped, or died first)")
-            records, torn = [], 0
+            records: list[IndexRecord] = []
+            torn = 0
         else:
             records, torn, index_problems = read_index(index_path, source=entry)
             problems.extend(index_problems)
@@ -314,9 +194,3 @@ def _check_coverage(run: Run) -> None:
         for directory, last in sorted(last_steps.items()):
             if last < final:
                 run.problems.append(f"{directory}: stops at step {last}, other ranks reach step {final}")
-
-
-def iter_records(run: Run, *, name: str | None = None, step: int | None = None) -> Iterator[IndexRecord]:
-    for record in run.records:
-        if (name is None or record.name == name) and (step is None or record.step == step):
-            yield record

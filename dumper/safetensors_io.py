@@ -1,19 +1,39 @@
-"""Writing safetensors files straight from host memory (the run format's data files)."""
+"""The run format's data files: safetensors, written and read without copies or memory maps.
+
+One module for both directions, so that the dtype codes and the header layout
+(8-byte little-endian length, JSON header, data 8-byte aligned) are spelled once.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
+from dataclasses import dataclass
 from typing import Any
 
-from dumper.snapshot import Snapshot
+from dumper.errors import RunFormatError
 
-_SAFETENSORS_DTYPES = {
+# torch dtype name (str(dtype) without "torch.") -> safetensors dtype code, and back.
+SAFETENSORS_CODES = {
     "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "int32": "I32",
     "uint32": "U32", "int64": "I64", "uint64": "U64", "float16": "F16", "bfloat16": "BF16",
     "float32": "F32", "float64": "F64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
 }
+DTYPE_OF_CODE = {code: dtype for dtype, code in SAFETENSORS_CODES.items()}
+
+# A header larger than this is corrupt (ours hold a few hundred bytes per tensor).
+MAX_HEADER_BYTES = 100 << 20
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    """Where one tensor lies in a data file, as its header says."""
+
+    dtype: str  # torch dtype name, e.g. "bfloat16"
+    shape: tuple[int, ...]
+    offset: int  # from the start of the file
+    nbytes: int
 
 
 def write_safetensors(tensors: dict[str, Any], path: str) -> None:
@@ -24,6 +44,7 @@ def write_safetensors(tensors: dict[str, Any], path: str) -> None:
     with no intermediate copy (safetensors' ``save_file`` copies every tensor into a
     bytes object first) and without holding the GIL while the kernel copies.
     """
+    from dumper.snapshot import Snapshot
     from dumper.stats import raw_bytes
 
     entries = []
@@ -33,7 +54,7 @@ def write_safetensors(tensors: dict[str, Any], path: str) -> None:
         tensor = value.tensor if isinstance(value, Snapshot) else value
         nbytes = tensor.numel() * tensor.element_size()
         header[key] = {
-            "dtype": _SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
+            "dtype": SAFETENSORS_CODES[str(tensor.dtype).removeprefix("torch.")],
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + nbytes],
         }
@@ -58,3 +79,48 @@ def _write_all(fd: int, data: memoryview) -> None:
     position = 0
     while position < len(data):
         position += os.write(fd, data[position : position + step])
+
+
+def read_header(path: str) -> dict[str, HeaderEntry | RunFormatError]:
+    """The tensors of one data file by key; raises RunFormatError for a corrupt or truncated file.
+
+    An entry that cannot be understood is kept as its error, so that the file's other
+    tensors stay readable.
+    """
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                raise RunFormatError(f"{path}: corrupt safetensors file (shorter than its header)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES:
+                raise RunFormatError(f"{path}: corrupt safetensors file (header length {length})")
+            raw = handle.read(length)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        raise RunFormatError(f"{path}: data file is missing") from None
+    except OSError as exc:
+        raise RunFormatError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise RunFormatError(f"{path}: corrupt safetensors file (header: {exc})") from None
+    data_start = 8 + length
+    entries: dict[str, HeaderEntry | RunFormatError] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            begin, end = (int(o) for o in entry["data_offsets"])
+            if begin < 0 or end < begin:
+                raise ValueError(f"data offsets {begin}..{end}")
+            entries[key] = HeaderEntry(dtype=DTYPE_OF_CODE[entry["dtype"]], shape=tuple(int(s) for s in entry["shape"]),
+                                       offset=data_start + begin, nbytes=end - begin)
+        except (KeyError, TypeError, ValueError):
+            entries[key] = RunFormatError(f"{path}: corrupt header entry for {key!r}")
+    ends = [e.offset + e.nbytes for e in entries.values() if isinstance(e, HeaderEntry)]
+    if ends and max(ends) > size:
+        raise RunFormatError(f"{path}: truncated safetensors file ({size} bytes, header needs {max(ends)})")
+    return entries

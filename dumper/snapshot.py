@@ -12,6 +12,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ class HostBufferPool:
 class Snapshot:
     tensor: torch.Tensor  # on the host; not safe to read before wait() returns
     event: "torch.cuda.Event | None" = None
-    buffer: object = None  # the pool's handle for the host memory
+    buffer: Any = None  # the pool's handle for the host memory
     pool: "HostBufferPool | PinnedRing | None" = None
     spare_events: list | None = None  # where a completed copy event goes back for reuse
     _completed: object = None
@@ -166,13 +167,15 @@ class Snapshotter:
         copier = self._copiers.get(index)
         if copier is None:
             copier = self._copiers[index] = _DeviceCopier(index)
-        if self._pinned_pool is None:
+        if self._pinned_pool is None or self._pinned_ring is None:
             self._pinned_pool = HostBufferPool(pinned=True, limit_bytes=self._pool_bytes)
             self._pinned_ring = PinnedRing(self._pool_bytes)
         nbytes = value.numel() * value.element_size()
         if nbytes == 0:
             return Snapshot(tensor=torch.empty(value.shape, dtype=value.dtype))
         taken = self._pinned_ring.take(nbytes)
+        pool: HostBufferPool | PinnedRing
+        token: Any  # what the pool takes back in give()
         if taken is not None:
             buffer, token = taken
             pool = self._pinned_ring

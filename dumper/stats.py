@@ -26,7 +26,7 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.contiguous().reshape(-1)
     if flat.dtype == torch.bool:
         flat = flat.view(torch.uint8)
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return flat.view(torch.uint8).numpy().data.cast("B")
 
 
 def checksum(tensor: torch.Tensor) -> str:

@@ -268,7 +268,7 @@ class _PatchFinder(importlib.abc.MetaPathFinder):
         if cls._instance is not None and cls._instance in sys.meta_path:
             sys.meta_path.remove(cls._instance)
 
-    def find_spec(self, fullname, path, target=None):  # noqa: D401 - importlib protocol
+    def find_spec(self, fullname, path, target=None):
         if getattr(self._busy, "active", False):
             return None
         with _lock:

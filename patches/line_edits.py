@@ -11,7 +11,7 @@ import ast
 import difflib
 import textwrap
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from patches.errors import PatchAnchorError, PatchFileError
 from patches.source import FunctionSource
@@ -130,9 +130,7 @@ def parse_lines(lines: list[Line], source: FunctionSource, layers: Sequence[Targ
     if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or function.name != source.name or len(outer) != 1:
         names = ", ".join(layer.file for layer in layers)
         raise PatchFileError(f"{names}: the edits of {source.qualname} replaced its 'def' line; keep the function's signature")
-    for node in ast.walk(function):
-        if "lineno" not in node._attributes:
-            continue
+    for node in located_nodes(function):
         start = lines[node.lineno - 1 - len(prefix)]
         end = lines[(node.end_lineno or node.lineno) - 1 - len(prefix)]
         if isinstance(node, ast.Name) and node.id == "dumper" and start.snippet is not None:
@@ -159,3 +157,11 @@ def _syntax_error_message(exc: SyntaxError, lines: list[Line], offset: int, sour
                 f"no longer parses ({exc.msg}); check the edit's indentation and that it keeps statements whole")
     files = ", ".join(sorted({layer.file for layer in layers}))
     return f"{files}: the edits of {source.qualname} leave {source.filename}:{line.origin} unparsable ({exc.msg})"
+
+
+def located_nodes(tree: ast.AST) -> Iterator[Any]:
+    """The nodes of ``tree`` that carry a source location (``lineno`` and columns).
+
+    Typed ``Any``: ``ast.AST`` itself declares no location attributes.
+    """
+    return (node for node in ast.walk(tree) if "lineno" in node._attributes)

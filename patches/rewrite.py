@@ -110,7 +110,7 @@ def _wrap_for_compile(function: ast.FunctionDef | ast.AsyncFunctionDef, source: 
 
 def _nonlocal_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
     names: list[str] = []
-    stack = list(function.body)
+    stack: list[ast.AST] = list(function.body)
     while stack:
         node = stack.pop()
         if isinstance(node, ast.Nonlocal):

@@ -302,6 +302,7 @@ class _Parser:
                     + ("before the function's first statement" if at == "entry" else f"before every return, with the value in {RETURN_VALUE_NAME}"),
                 )
             mode = "prepend"
+        code: tuple[Snippet, ...]
         if mode == "replacement":
             code = (self.snippet(keys["replacement"][1], f"'replacement' of {where}", allow_empty=True),) if "replacement" in keys else ()
             # A replacement may be part of a statement; it is checked in place when applied.

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ast
 import textwrap
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 from patches.errors import PatchApplyError, PatchFileError
-from patches.line_edits import indent_of
+from patches.line_edits import indent_of, located_nodes
 from patches.source import FunctionSource
 from patches.spec import DUMPER_GLOBAL, RETURN_VALUE_NAME, Edit, Snippet, TargetPatch
 
@@ -67,13 +67,12 @@ def code_statements(code: Iterable[Snippet], line: int, source: FunctionSource) 
 def snippet_statements(snippet: Snippet, line: int, source: FunctionSource) -> list[ast.stmt]:
     tree = ast.parse(textwrap.dedent(snippet.text))  # checked when the patch file was loaded
     text = source.line(line)
-    for node in ast.walk(tree):
+    for node in located_nodes(tree):
         if isinstance(node, ast.Name) and node.id == "dumper":
             node.id = DUMPER_GLOBAL
-        if "lineno" in node._attributes:
-            node.lineno = node.end_lineno = line
-            node.col_offset = len(indent_of(text).encode())
-            node.end_col_offset = max(len(text.encode()), node.col_offset)
+        node.lineno = node.end_lineno = line
+        node.col_offset = len(indent_of(text).encode())
+        node.end_col_offset = max(len(text.encode()), node.col_offset)
     return tree.body
 
 
@@ -104,12 +103,12 @@ class _ReturnInjector(ast.NodeTransformer):
     def __init__(self, make_statements) -> None:
         self.make_statements = make_statements
 
-    def visit_FunctionDef(self, node):  # noqa: N802 - ast visitor names
+    def visit_FunctionDef(self, node):
         return node
 
     visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = visit_FunctionDef  # noqa: N815
 
-    def visit_Return(self, node: ast.Return):  # noqa: N802
+    def visit_Return(self, node: ast.Return):
         statements = self.make_statements(node.lineno)
         if getattr(node, "_dumpcmp_return", False):
             return [*statements, node]
@@ -124,7 +123,7 @@ class _ReturnInjector(ast.NodeTransformer):
 
 
 def _is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    stack = list(function.body)
+    stack: list[ast.AST] = list(function.body)
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.Yield, ast.YieldFrom)):
@@ -166,10 +165,13 @@ def wrap_tags_and_step(function: ast.FunctionDef | ast.AsyncFunctionDef, layers:
     function.body = head + body
 
 
-def at_line(node: ast.AST, line: int) -> ast.AST:
+_Node = TypeVar("_Node", bound=ast.AST)
+
+
+def at_line(node: _Node, line: int) -> _Node:
     """Give ``node`` and its children without a location the line ``line``."""
-    for child in ast.walk(node):
-        if "lineno" in child._attributes and getattr(child, "lineno", None) is None:
+    for child in located_nodes(node):
+        if getattr(child, "lineno", None) is None:
             child.lineno = child.end_lineno = line
             child.col_offset = child.end_col_offset = 0
     return node

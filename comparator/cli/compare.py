@@ -97,7 +97,7 @@ def compare_command(
     raise typer.Exit(report.exit_code)
 
 
-def _run_with_progress(compare, baseline: Path, target: Path, options):  # type: ignore[no-untyped-def]
+def _run_with_progress(compare, baseline: Path, target: Path, options):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -111,7 +111,7 @@ def _run_with_progress(compare, baseline: Path, target: Path, options):  # type:
         return compare(baseline, target, options=options, progress=progress)
 
 
-def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:  # type: ignore[no-untyped-def]
+def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:
     from comparator.errors import OptionError
 
     if format is CompareFormat.json:

@@ -29,7 +29,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from dumper.errors import ConfigError
+from dumper.errors import ConfigError, DumpcmpError
 from dumper.format import RUN_INFO_FILE
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def _check_tensor(config: Any, name: str | None, run_dir: str, observer_dir: str
 
     try:
         report = compare(minimal_dir, run_dir, names=f"^{re.escape(name)}$")
-    except Exception as exc:  # a user-facing DumpcmpError, or the reference run dumped nothing
+    except DumpcmpError as exc:  # e.g. the reference run dumped nothing (RunNotFoundError)
         return ObserverCheck(changed=False, method="tensor", observed=name, exit_codes=codes, problem=str(exc))
     outputs = tuple(
         OutputDiff(name=r.label, identical=r.metrics is not None and r.metrics.max_abs == 0 and r.status == "pass",

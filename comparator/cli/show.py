@@ -63,7 +63,7 @@ def show_command(
         raise typer.Exit(1)
 
 
-def _spinner(enabled: bool, text: str):  # type: ignore[no-untyped-def]
+def _spinner(enabled: bool, text: str):
     import contextlib
 
     if not enabled:

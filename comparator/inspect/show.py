@@ -156,7 +156,7 @@ class Picture:
 
 
 def load_tensor(run_path: str | os.PathLike[str], plan: UnshardPlan) -> "torch.Tensor":
-    from comparator.loading import TensorLoader
+    from dumper.loader import TensorLoader
 
     with open_run(run_path) as run:
         loader = TensorLoader(run)

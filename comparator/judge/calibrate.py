@@ -199,7 +199,7 @@ def calibrate(runs: Sequence[str | os.PathLike[str]], *, margin: float = DEFAULT
             dtypes[result.name] = klass if previous is None else judged_dtype(previous, klass)
             samples[result.name] = samples.get(result.name, 0) + 1
     if not measured:
-        raise CalibrateError(f"no floating-point tensor was compared between {', '.join(map(os.fspath, runs))}; "
+        raise CalibrateError(f"no floating-point tensor was compared between {', '.join(os.fspath(run) for run in runs)}; "
                              "nothing to calibrate (check --names/--steps)")
     if suspicions and not accept_bug_like:
         first_one = suspicions[0]

@@ -133,8 +133,6 @@ def measure_routing(baseline_ids: "torch.Tensor", target_ids: "torch.Tensor",
                     baseline_logits: "torch.Tensor | None", target_logits: "torch.Tensor | None", *,
                     logits_pass: bool | None, margin_factor: float) -> RoutingCheck:
     """Flips between two aligned [tokens, k] id tensors, classified with the [tokens, experts] logits."""
-    import torch
-
     if baseline_ids.dim() != 2 or tuple(baseline_ids.shape) != tuple(target_ids.shape):
         return RoutingCheck(tokens=0, top_k=0, flips=(), tolerance=math.nan, logits_error=math.nan, logits_pass=logits_pass,
                             problem=f"top-k ids shapes differ or are not [tokens, k]: baseline {list(baseline_ids.shape)} "

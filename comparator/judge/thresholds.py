@@ -249,7 +249,7 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
                 raise fail(f"unknown dtype class {klass!r} in defaults; valid: {', '.join(BUILTIN_DEFAULTS)}", "defaults", klass)
             if not isinstance(limits, dict):
                 raise fail(f"defaults.{klass} must map metrics to limits", "defaults", klass)
-            defaults[klass].update(_parse_limits(limits, lambda m, *k: fail(m, "defaults", klass, *k)))
+            defaults[klass].update(_parse_limits(limits, lambda m, *k: fail(m, "defaults", klass, *k)))  # noqa: B023 - called at once
     else:
         raise fail("expected a list of rules, or a mapping with 'rules' (and optional 'defaults')")
     rules = []
@@ -268,8 +268,9 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
         if not isinstance(tags, dict):
             raise fail("tags must be a mapping, e.g. {layer: 0}", *keys, "tags")
         limits = _parse_limits({k: v for k, v in rule_data.items() if k not in RULE_KEYS},
-                               lambda m, *k: fail(m, *keys, *k))
-        calibrated = _parse_calibrated(rule_data.get("calibrated"), lambda m, *k: fail(m, *keys, "calibrated", *k))
+                               lambda m, *k: fail(m, *keys, *k))  # noqa: B023 - called at once
+        calibrated = _parse_calibrated(rule_data.get("calibrated"),
+                                       lambda m, *k: fail(m, *keys, "calibrated", *k))  # noqa: B023 - called at once
         rules.append(Rule(
             source=f"{os.path.basename(path)}:{line}", limits=limits, name=pattern, tags=dict(tags),
             dtype=str(rule_data["dtype"]) if rule_data.get("dtype") is not None else None, calibrated=calibrated,

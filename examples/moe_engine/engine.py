@@ -116,11 +116,11 @@ class Engine:
         """One forward pass (a step): logits [this DP rank's requests, vocab] in float32."""
         # Token metadata, one local each, for a patch to dump before the model runs:
         input_ids = batch.input_ids
-        positions = batch.positions
-        token_req_ids = batch.token_req_ids
-        req_ids = batch.req_ids
-        seq_lens = batch.seq_lens
-        extend_lens = batch.extend_lens
-        num_tokens_per_dp_rank = batch.num_tokens_per_dp_rank
+        positions = batch.positions  # noqa: F841 - for a patch to dump
+        token_req_ids = batch.token_req_ids  # noqa: F841 - for a patch to dump
+        req_ids = batch.req_ids  # noqa: F841 - for a patch to dump
+        seq_lens = batch.seq_lens  # noqa: F841 - for a patch to dump
+        extend_lens = batch.extend_lens  # noqa: F841 - for a patch to dump
+        num_tokens_per_dp_rank = batch.num_tokens_per_dp_rank  # noqa: F841 - for a patch to dump
         logits = self.model(input_ids, batch)
         return logits

@@ -53,7 +53,7 @@ def make_model(directory: str | os.PathLike[str], *, seed: int = 0) -> str:
     # larger weights keep every tensor well above float32 rounding, so the comparison
     # thresholds test the engines' arithmetic, not noise.
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() >= 2:
                 parameter.normal_(0.0, 0.08)
     model.save_pretrained(os.fspath(directory), safe_serialization=True)

@@ -15,7 +15,7 @@ PRESET_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def list_presets() -> list[str]:
     """``engine/name`` of every preset, sorted."""
-    found = []
+    found: list[str] = []
     for engine in sorted(os.listdir(PRESET_DIR)):
         folder = os.path.join(PRESET_DIR, engine)
         if os.path.isdir(folder) and not engine.startswith(("_", ".")):

@@ -86,4 +86,4 @@ def test_filter_from_env_in_a_real_process(tmp_path):
     )
     lines = (run_dir / "rank-00000" / "index.jsonl").read_text().splitlines()
     kept = [(r["name"], r["step"], r["tags"]["layer"]) for r in map(json.loads, lines)]
-    assert kept == [("attn_out", s, l) for s in (1, 2) for l in (0, 3)]
+    assert kept == [("attn_out", s, layer) for s in (1, 2) for layer in (0, 3)]

@@ -40,7 +40,7 @@ def test_ring_never_overlaps_live_ranges_under_random_use():
         view, token = taken
         assert view.numel() == nbytes
         span = (view.data_ptr(), view.data_ptr() + nbytes)
-        for other, _, other_span in live:
+        for _, _, other_span in live:
             assert span[1] <= other_span[0] or other_span[1] <= span[0]
         live.append((view, token, span))
 

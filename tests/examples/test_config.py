@@ -71,8 +71,8 @@ def test_every_axis_partitions_the_world(tp, ep, dp):
             assert mine.index(layout.rank) == layout.axis_rank(axis)
             assert len(mine) == layout.size(axis)
     # The two views of the world: (attn_dp, attn_tp) and (ep, moe_tp) each tell every rank apart.
-    assert len({(l.attn_dp_rank, l.attn_tp_rank) for l in layouts}) == len(world)
-    assert len({(l.ep_rank, l.moe_tp_rank) for l in layouts}) == len(world)
+    assert len({(layout.attn_dp_rank, layout.attn_tp_rank) for layout in layouts}) == len(world)
+    assert len({(layout.ep_rank, layout.moe_tp_rank) for layout in layouts}) == len(world)
 
 
 def test_dumper_axes():

@@ -1,0 +1,122 @@
+"""Load dumped tensors one at a time, with plain positional reads.
+
+NOTE: safetensors' memory-mapped reads leave the touched file pages mapped (and counted
+in the process's resident memory) for as long as the file stays open, so comparing a
+run of many gigabytes would look like it needs many gigabytes. Here each tensor is
+read into its own buffer and freed with the tensor; only parsed headers are cached.
+SGLang ``.pt`` files are loaded through dumper/sglang_files.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from dumper.errors import RunFormatError
+from dumper.format import IndexRecord
+from dumper.safetensors_io import HeaderEntry, read_header
+
+if TYPE_CHECKING:
+    import torch
+
+    from dumper.run import Run
+
+# Parsed headers kept (a run can have thousands of data files).
+_HEADERS_CACHED = 256
+
+
+class TensorLoader:
+    """Loads the records of one run; ``check`` validates a record's file and entry without reading data."""
+
+    def __init__(self, run: Run, *, verify_checksums: bool = False) -> None:
+        self.run = run
+        self.verify_checksums = verify_checksums
+        self._headers: OrderedDict[str, dict[str, HeaderEntry | RunFormatError] | RunFormatError] = OrderedDict()
+
+    def check(self, record: IndexRecord) -> None:
+        """Raise RunFormatError if the record's data cannot be read (reads headers only)."""
+        if self.run.format == "dumpcmp":
+            self._entry(record)
+
+    def load(self, record: IndexRecord, *, verify: bool | None = None) -> "torch.Tensor":
+        """The record's tensor, a copy owned by the caller; ``verify`` (default: the loader's) checks its checksum."""
+        path = self._path(record)
+        if self.run.format == "sglang":
+            from dumper.sglang_files import as_tensor, load_file
+
+            return as_tensor(load_file(path)["value"], path)
+        import torch
+
+        entry = self._entry(record)
+        dtype = getattr(torch, entry.dtype)
+        if entry.nbytes == 0:
+            tensor = torch.empty(entry.shape, dtype=dtype)
+        else:
+            buffer = bytearray(entry.nbytes)
+            try:
+                with open(path, "rb", buffering=0) as handle:
+                    handle.seek(entry.offset)
+                    got = handle.readinto(buffer)
+            except OSError as exc:
+                raise RunFormatError(f"{path}: cannot read {record.name} ({exc.strerror})") from None
+            if got != entry.nbytes:
+                raise RunFormatError(f"{path}: truncated: {record.name} needs {entry.nbytes} bytes at {entry.offset}, found {got}")
+            tensor = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+        if self.verify_checksums if verify is None else verify:
+            from dumper.stats import checksum
+
+            found = checksum(tensor)
+            if found != record.checksum:
+                raise RunFormatError(f"{path}: checksum mismatch for {record.name} seq {record.seq} ({found} != {record.checksum})")
+        return tensor
+
+    def _path(self, record: IndexRecord) -> str:
+        if record.file is None or record.key is None:
+            raise RunFormatError(f"{record.name} (step {record.step}, rank {record.rank}) has no data: run dumped in stats mode")
+        return inside(self.run.path, os.path.join(record.source, record.file))
+
+    def _entry(self, record: IndexRecord) -> HeaderEntry:
+        path = self._path(record)
+        entries = self._header(path)
+        entry = entries.get(record.key or "")
+        if entry is None:
+            raise RunFormatError(f"{path}: no tensor {record.key!r} for {record.name} (step {record.step}, rank {record.rank})")
+        if isinstance(entry, RunFormatError):
+            raise entry
+        if entry.dtype != record.dtype or entry.shape != tuple(record.shape):
+            raise RunFormatError(
+                f"{path}: key {record.key!r} holds {list(entry.shape)} {entry.dtype}, "
+                f"but the index says {list(record.shape)} {record.dtype}"
+            )
+        import torch
+
+        if entry.nbytes != math.prod(entry.shape) * getattr(torch, entry.dtype).itemsize:
+            raise RunFormatError(f"{path}: corrupt header entry for {record.key!r} ({entry.nbytes} bytes for {list(entry.shape)} {entry.dtype})")
+        return entry
+
+    def _header(self, path: str) -> dict[str, HeaderEntry | RunFormatError]:
+        found = self._headers.get(path)
+        if found is None:
+            try:
+                found = read_header(path)
+            except RunFormatError as exc:
+                found = exc  # remembered: a corrupt file is reported once per record, not re-read
+            self._headers[path] = found
+            if len(self._headers) > _HEADERS_CACHED:
+                self._headers.popitem(last=False)
+        else:
+            self._headers.move_to_end(path)
+        if isinstance(found, RunFormatError):
+            raise found
+        return found
+
+
+def inside(root: str, relative: str) -> str:
+    """``relative`` under ``root``; an index must never point outside its run (symbolic links included)."""
+    root_real = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(root_real, relative))
+    if os.path.commonpath([root_real, path]) != root_real:
+        raise RunFormatError(f"index entry {relative!r} points outside the run directory {root}")
+    return path

@@ -1,0 +1,85 @@
+"""An opened run: its ranks, their index records, and the tensors behind them.
+
+``dumper.reader.open_run`` (dumpcmp runs) and ``dumper.sglang_reader`` (SGLang
+dumps) build it; tensors are loaded on demand through dumper/loader.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from dumper.format import IndexRecord, RankInfo, RunInfo
+from dumper.loader import TensorLoader
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankContents:
+    directory: str  # e.g. "rank-00001" or "proc-4242"
+    rank: int
+    info: RankInfo | None
+    records: list[IndexRecord]
+    torn_lines: int = 0
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({r.step for r in self.records})
+
+    @property
+    def last_step(self) -> int | None:
+        return max((r.step for r in self.records), default=None)
+
+    @property
+    def status(self) -> str:
+        return self.info.status if self.info is not None else "unknown"
+
+
+@dataclass(kw_only=True)
+class Run:
+    path: str
+    info: RunInfo | None
+    ranks: list[RankContents]
+    problems: list[str] = field(default_factory=list)
+    format: Literal["dumpcmp", "sglang"] = "dumpcmp"
+    _loader: TensorLoader | None = field(default=None, repr=False)
+
+    @property
+    def records(self) -> list[IndexRecord]:
+        """Every record, ordered by step, then rank, then execution order on the rank."""
+        everything = [record for rank in self.ranks for record in rank.records]
+        everything.sort(key=lambda r: (r.step, r.rank, r.source, r.seq))
+        return everything
+
+    @property
+    def world_size(self) -> int:
+        sizes = [r.info.world_size for r in self.ranks if r.info is not None]
+        sizes += [rec.world_size for r in self.ranks for rec in r.records[:1]]
+        return max(sizes, default=len(self.ranks))
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    @property
+    def mode(self) -> str:
+        if self.info is not None:
+            return self.info.mode
+        return "stats" if all(rec.file is None for rank in self.ranks for rec in rank.records) else "tensor"
+
+    def load(self, record: IndexRecord, *, verify: bool = False) -> "torch.Tensor":
+        """Load one record's tensor (a copy, safe to keep after ``close``)."""
+        if self._loader is None:
+            self._loader = TensorLoader(self)
+        return self._loader.load(record, verify=verify)
+
+    def close(self) -> None:
+        self._loader = None
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
