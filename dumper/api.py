@@ -23,6 +23,7 @@ from dumper.config import DumpConfig, config_from_env
 from dumper.errors import ConfigError, DumpcmpError
 from dumper.filters import parse_filter
 from dumper.format import RankInfo
+from dumper import process as dumper_process
 from dumper.parallel import ParallelState, Provider
 from dumper.rundir import claim_rank_dir
 
@@ -533,3 +534,4 @@ def _is_tensor(value: Any) -> bool:
 
 dumper = Dumper()
 os.register_at_fork(after_in_child=dumper._reset_after_fork)
+dumper_process.process_dumper = dumper

@@ -149,10 +149,10 @@ def decode_tags(encoded: str) -> tuple[tuple[str, Any], ...]:
 
 
 # --------------------------------------------------------------- runtime side
-def _dumper():
-    from dumper.api import dumper
+def _dumper() -> Any:
+    from dumper.process import process_dumper
 
-    return dumper
+    return process_dumper
 
 
 @torch.library.custom_op("dumpcmp::dump", mutates_args=())
