@@ -390,31 +390,70 @@ def _pick_copy(plan: UnshardPlan, copies: list[IndexRecord], load: Callable[[Ind
         return picked
     from comparator.judge.metrics import rel_diff
 
-    axes = plan.replicated_axes()
-    fixed = {axis: reduction_group_axes(plan.records, axis) for axis in axes}
+    for axis in plan.replicated_axes():
+        outcome.replica_disagreement.setdefault(axis, 0.0)
     # NOTE: each group's first copy stays loaded while its group is checked; the
     # groups of one axis partition the copies, so this holds at most one tensor per group.
     loaded: dict[int, "torch.Tensor"] = {0: picked}
-    leaders: dict[tuple[str, tuple[int, ...]], int] = {}
-    for index, record in enumerate(copies):
-        tensor = loaded.get(index)
-        for axis in axes:
-            outcome.replica_disagreement.setdefault(axis, 0.0)
-            leader = leaders.setdefault((axis, _coords_on(record, fixed[axis])), index)
-            if leader == index:
-                if tensor is None:
-                    tensor = load(record)
-                loaded[index] = tensor
-                continue
-            if copies[leader].parallel[axis].rank == record.parallel[axis].rank:
-                continue  # the same place on this axis: the other axes judge them
-            if tensor is None:
-                tensor = load(record)
-            disagreement = rel_diff(loaded[leader], tensor)
-            previous = outcome.replica_disagreement[axis]
-            outcome.replica_disagreement[axis] = (
-                math.nan if math.isnan(disagreement) or math.isnan(previous) else max(previous, disagreement))
+    current: tuple[int, "torch.Tensor"] | None = None
+    for axis, leader, index in _copy_pairs(plan, copies):
+        if leader not in loaded:
+            loaded[leader] = load(copies[leader])
+        if index in loaded:
+            tensor = loaded[index]
+        elif current is not None and current[0] == index:
+            tensor = current[1]
+        else:
+            tensor = load(copies[index])
+            current = (index, tensor)
+        disagreement = rel_diff(loaded[leader], tensor)
+        previous = outcome.replica_disagreement[axis]
+        outcome.replica_disagreement[axis] = (
+            math.nan if math.isnan(disagreement) or math.isnan(previous) else max(previous, disagreement))
     return picked
+
+
+def _copy_pairs(plan: UnshardPlan, copies: Sequence[IndexRecord]) -> list[tuple[str, int, int]]:
+    """(axis, leader, other) positions in ``copies``: each copy against the first copy of its
+    all-reduce group on each replicated axis, where the two sit at different places on it."""
+    axes = plan.replicated_axes()
+    fixed = {axis: reduction_group_axes(plan.records, axis) for axis in axes}
+    leaders: dict[tuple[str, tuple[int, ...]], int] = {}
+    pairs: list[tuple[str, int, int]] = []
+    for index, record in enumerate(copies):
+        for axis in axes:
+            leader = leaders.setdefault((axis, _coords_on(record, fixed[axis])), index)
+            if leader == index or copies[leader].parallel[axis].rank == record.parallel[axis].rank:
+                continue  # a leader, or the same place on this axis: the other axes judge them
+            pairs.append((axis, leader, index))
+    return pairs
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaPair:
+    """Two records that a replicated axis says must hold the same values."""
+
+    axis: str
+    kept: IndexRecord  # the first copy of its all-reduce group on ``axis``
+    other: IndexRecord
+
+
+def replica_pairs(plan: UnshardPlan) -> tuple[ReplicaPair, ...]:
+    """Every comparison that verifying the plan's replicated axes makes (metadata only).
+
+    The same pairs ``execute_unshard`` compares when it verifies replicas, so a check
+    that needs no baseline (comparator/check/) judges exactly what ``compare`` would.
+    """
+    picks = sum(1 for op in plan.ops if op.kind == "pick")
+    if not picks:
+        return ()
+    # NOTE: picks are innermost: the copies of one shard share every coordinate before them.
+    outer = len(plan.ops) - picks
+    by_shard: dict[Coords, list[IndexRecord]] = {}
+    for coords, record in plan.shards:
+        by_shard.setdefault(coords[:outer], []).append(record)
+    return tuple(ReplicaPair(axis=axis, kept=copies[leader], other=copies[index])
+                 for copies in by_shard.values() for axis, leader, index in _copy_pairs(plan, copies))
 
 
 def coords_text(plan: UnshardPlan, coords: Coords) -> str:
@@ -426,6 +465,6 @@ def grid_size(plan: UnshardPlan) -> int:
 
 
 __all__ = [
-    "AxisOp", "UnshardOutcome", "UnshardPlan", "execute_unshard", "plan_unshard", "reduction_group_axes",
-    "reduction_groups",
+    "AxisOp", "ReplicaPair", "UnshardOutcome", "UnshardPlan", "execute_unshard", "plan_unshard",
+    "reduction_group_axes", "reduction_groups", "replica_pairs",
 ]

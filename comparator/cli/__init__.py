@@ -13,6 +13,7 @@ import typer
 
 from comparator.cli.app import EXIT_USAGE, app, reflow_command_help
 from comparator.cli import calibrate as _calibrate  # noqa: F401  (registers the command)
+from comparator.cli import check as _check  # noqa: F401  (registers the command)
 from comparator.cli import compare as _compare  # noqa: F401  (registers the command)
 from comparator.cli import demo as _demo  # noqa: F401  (registers the command)
 from comparator.cli import ls as _ls  # noqa: F401  (registers the command)

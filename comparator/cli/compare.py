@@ -52,6 +52,9 @@ def compare_command(
         None, "--moe-outputs", metavar="REGEX",
         help="Names of the MoE outputs judged on the tokens whose routing agrees "
         "(default: routed_expert_output, moe_output and similar)."),
+    check_target: bool = typer.Option(
+        False, "--check-target", help="Also run dumpcmp check's checks (no baseline needed) on the target; "
+        "a finding fails the gate (exit 1) and every format reports them (docs/check.md)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what is being done."),
 ) -> None:
     """Compare two runs and report the first tensor that diverges, with a hint about why.
@@ -93,8 +96,18 @@ def compare_command(
         # The bar is on stderr and transient: it never mixes with a report on stdout.
         show_progress = sys.stderr.isatty()
         report = _run_with_progress(compare, baseline, target, options) if show_progress else compare(baseline, target, options=options)
-        _emit(report, format, output)
-    raise typer.Exit(report.exit_code)
+        checks = None
+        if check_target:
+            from comparator.check import CheckOptions, check_run
+
+            from comparator.judge.thresholds import load_thresholds
+
+            checks = check_run(target, options=CheckOptions(thresholds=load_thresholds(options.thresholds)))
+        _emit(report, format, output, checks)
+    exit_code = report.exit_code
+    if checks is not None and checks.findings and exit_code == 0:
+        exit_code = 1
+    raise typer.Exit(exit_code)
 
 
 def _run_with_progress(compare, baseline: Path, target: Path, options):
@@ -111,21 +124,28 @@ def _run_with_progress(compare, baseline: Path, target: Path, options):
         return compare(baseline, target, options=options, progress=progress)
 
 
-def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:
+def _emit(report, format: CompareFormat, output: Optional[Path], checks=None) -> None:
+    from comparator.check import render as check_render
     from comparator.errors import OptionError
 
     if format is CompareFormat.json:
         from comparator.report.json import render_json
 
         text = render_json(report)
+        if checks is not None:
+            text = check_render.add_checks_to_json(text, checks)
     elif format is CompareFormat.html:
         from comparator.report.html import render_html
 
         text = render_html(report)
+        if checks is not None:
+            text = check_render.add_checks_to_html(text, checks)
     elif format is CompareFormat.junit:
         from comparator.report.junit import render_junit
 
         text = render_junit(report)
+        if checks is not None:
+            text = check_render.add_checks_to_junit(text, checks)
     else:
         from rich.console import Console
 
@@ -133,11 +153,15 @@ def _emit(report, format: CompareFormat, output: Optional[Path]) -> None:
 
         if output is None:
             render_table(report)
+            if checks is not None:
+                check_render.render_check_table(checks)
             return
         import io
 
         console = Console(record=True, width=160, file=io.StringIO())
         render_table(report, console)
+        if checks is not None:
+            check_render.render_check_table(checks, console)
         text = console.export_text()
     if output is None:
         typer.echo(text, nl=False)

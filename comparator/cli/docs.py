@@ -26,6 +26,7 @@ EXIT_CODES = {
     "patch check": "0 ok; 2 a file, target or anchor is wrong",
     "demo": "0 when the demo ran (whatever the comparison found); 1 the example engine failed; 2 bad input",
     "calibrate": "0 the thresholds were written; 2 bad input (fewer than two runs, runs that differ in their tensors or like a bug)",
+    "check": "0 clean; 1 a finding; 2 bad input or usage; 3 nothing was checked",
 }
 
 HEADER = """# dumpcmp command line

@@ -271,6 +271,17 @@ def _stats_distance(baseline: PooledStats, target: PooledStats) -> tuple[float, 
     )
 
 
+def record_stats_distance(kept: Any, other: Any) -> float:
+    """How far two records' stats are apart (the largest of |norm_ratio - 1|, mean_diff and
+    abs_mean_diff): what a replica disagreement is measured by when no data was dumped."""
+    pools = []
+    for record in (kept, other):
+        pool = _Pool()
+        pool.add_record(record.stats, record.checksum)
+        pools.append(pool.finish(""))
+    return max(_stats_distance(pools[0], pools[1]))
+
+
 def _norm_ratio(baseline: PooledStats, target: PooledStats) -> float:
     b, t = baseline.l2 or 0.0, target.l2 or 0.0
     if b > 0:
