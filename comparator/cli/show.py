@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from comparator.cli.app import app, setup_logging, user_errors
+
+
+class ShowFormat(str, Enum):
+    table = "table"
+    json = "json"
 
 
 @app.command("show")
@@ -24,6 +30,9 @@ def show_command(
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Write a picture: heatmap of |values| (or |t-b| with --baseline), rows = tokens, "
         "and a histogram. FILE.png (no labels; the legend is printed) or FILE.svg (labelled)."),
+    tokens: bool = typer.Option(
+        False, "--tokens", help="With --baseline: list every token's rel_l2 (the per-token error), worst marked."),
+    format: ShowFormat = typer.Option(ShowFormat.table, "--format", "-f", help="table for people, json for scripts."),
 ) -> None:
     """Show one tensor of a run: its whole-tensor stats, every shard (rank, place, stats, checksum),
     and with --baseline how it differs (metrics, verdict, hint, worst token).
@@ -49,16 +58,29 @@ def show_command(
         wanted = parse_tags(tags)
         if plot is not None:
             plot_format(plot)  # before any work: a .jpg name gets one line, not PNG bytes
+        if tokens and baseline is None:
+            from comparator.errors import OptionError
+
+            raise OptionError("--tokens lists the per-token error against a baseline; add --baseline RUN")
         with _spinner(sys.stderr.isatty(), "reading" + (" and comparing" if baseline else "")):
             view = show_tensor(run_dir, name, step=step, tags=wanted, baseline=baseline, aligner=aligner, dims=dims)
-        from comparator.inspect.render_show import render_view
+        if format is ShowFormat.json:
+            import json
 
-        render_view(view)
+            from comparator.inspect.show_json import view_to_json
+
+            typer.echo(json.dumps(view_to_json(view), indent=1, allow_nan=False))
+        else:
+            from comparator.inspect.render_show import render_per_token, render_view
+
+            render_view(view)
+            if tokens:
+                render_per_token(view)
         if plot is not None:
             with _spinner(sys.stderr.isatty(), "drawing"):
                 legend = write_plot(plot, picture(view, baseline=baseline),
                                     title=f"{view.tensor.label if view.tensor else name} in {view.run}")
-            typer.echo(f"wrote {plot}: {legend}")
+            typer.echo(f"wrote {plot}: {legend}", err=format is ShowFormat.json)  # stdout holds the JSON
     if view.comparison is not None and not view.comparison:
         raise typer.Exit(1)
 

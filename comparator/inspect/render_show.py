@@ -85,3 +85,23 @@ def render_view(view: TensorView, console: Console | None = None) -> None:
         console.print(f"  judged by {result.judgement.rule}", highlight=False, markup=False)
     for note in result.notes:
         console.print(f"  [dim]note: {escape(note)}[/]", highlight=False)
+
+
+def render_per_token(view: TensorView, console: Console | None = None) -> None:
+    """Every token's rel_l2 against the baseline (``dumpcmp show --tokens``), worst marked."""
+    from comparator.inspect.show_json import per_token_rows
+
+    console = console or output_console()
+    rows = per_token_rows(view)
+    if not rows:
+        console.print("no per-token errors: give --baseline, and a tensor whose dims name its token dim 't'",
+                      markup=False, highlight=False)
+        return
+    worst = max(range(len(rows)), key=lambda i: rows[i][1])
+    table = Table(box=box.SIMPLE_HEAD, title="per-token rel_l2 (|t-b| / |b| of each token's row)", title_justify="left")
+    table.add_column("token", justify="right")
+    table.add_column("rel_l2", justify="right")
+    table.add_column("")
+    for index, (token, value) in enumerate(rows):
+        table.add_row(str(token), fmt(value), "worst" if index == worst else "")
+    console.print(table)

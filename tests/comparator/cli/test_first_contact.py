@@ -116,3 +116,22 @@ def test_help_reads_as_written_for_people():
     assert "<bool>" not in root and "--version" in root
     # A docstring paragraph flows to the terminal's width: no word stranded on a line of its own.
     assert not [line for line in usage.splitlines() if line.strip() == "are"]
+
+
+def test_show_lists_per_token_errors_and_speaks_json(demo):
+    baseline, target = demo
+    where = ("show", str(target), "moe_output", "-s", "0", "-t", "layer=1", "-b", str(baseline))
+    data = json.loads(cli(*where, "--format", "json").stdout)
+    per_token = data["comparison"]["details"]["per_token_rel_l2"]
+    assert data["tensor"]["shape"] == [len(per_token), 64] and data["comparison"]["status"] == "fail"
+    assert len(data["tensor"]["shards"]) == 4 and {s["rank"] for s in data["tensor"]["shards"]} == {0, 1, 2, 3}
+    listing = cli(*where, "--tokens")
+    assert listing.returncode == 1  # the tensor does not pass
+    table = listing.stdout.split("per-token rel_l2", 1)[1]
+    tokens = [line.split() for line in table.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(row[0]) for row in tokens] == list(range(len(per_token)))
+    worst = max(range(len(per_token)), key=per_token.__getitem__)
+    assert tokens[worst][-1] == "worst"
+    refused = cli("show", str(target), "moe_output", "--tokens")
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        "dumpcmp: error: --tokens lists the per-token error against a baseline; add --baseline RUN"]
