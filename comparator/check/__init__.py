@@ -26,7 +26,7 @@ from comparator.check.partials import check_partial_sums
 from comparator.check.replicas import check_replicas
 from comparator.errors import UnshardError
 from comparator.judge.thresholds import Thresholds
-from comparator.loading import TensorLoader
+from dumper.loader import TensorLoader
 from comparator.matching import group_records
 from comparator.unshard import UnshardPlan, plan_unshard
 from dumper.reader import open_run

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from comparator.errors import UnshardError
 from comparator.judge.thresholds import Thresholds
-from comparator.loading import TensorLoader
+from dumper.loader import TensorLoader
 from comparator.matching import LogicalTensor
 from comparator.unshard import UnshardPlan
 from dumper.format import IndexRecord
-from dumper.reader import Run
+from dumper.run import Run
 
 if TYPE_CHECKING:
     import torch
