@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from comparator.errors import NameMapError, OptionError
 from comparator.judge.routing import RoutingOptions
+from dumper.patterns import UserRegex, check_replacement, compile_user_regex
 
 Format = Literal["table", "json", "junit", "html"]
 FORMATS = ("table", "json", "junit", "html")
@@ -50,22 +51,20 @@ def parse_steps(text: str | None) -> StepRange:
     return StepRange(start=start, stop=stop)
 
 
-def compile_regex(text: str | None, option: str) -> re.Pattern[str] | None:
+def compile_regex(text: str | None, option: str) -> UserRegex | None:
     return None if text is None else compile_pattern(text, option)
 
 
-def compile_pattern(text: str, option: str) -> re.Pattern[str]:
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        raise OptionError(f"{option} {text!r} is not a valid regular expression ({exc})") from None
+def compile_pattern(text: str, option: str) -> UserRegex:
+    """Every regex option goes through the checks of dumper/patterns.py (size, nesting, backtracking)."""
+    return compile_user_regex(text, option, OptionError)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DimsOverride:
     """``--override-dims [baseline:|target:]NAME=DIMS``: NAME is a regex matched in full."""
 
-    pattern: re.Pattern[str]
+    pattern: UserRegex
     dims: str
     side: Literal["both", "baseline", "target"] = "both"
 
@@ -108,7 +107,7 @@ class NameMap:
     """
 
     names: dict[str, str] = field(default_factory=dict)
-    patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
+    patterns: tuple[tuple[UserRegex, str], ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     ignore_tags: frozenset[str] = frozenset()
 
@@ -171,10 +170,9 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
     for entry in data.get("patterns") or []:
         if not isinstance(entry, dict) or set(entry) != {"target", "baseline"}:
             raise NameMapError(f"{path}: each pattern is {{target: REGEX, baseline: REPLACEMENT}}, got {entry!r}")
-        try:
-            patterns.append((re.compile(str(entry["target"])), str(entry["baseline"])))
-        except re.error as exc:
-            raise NameMapError(f"{path}: invalid pattern {entry['target']!r} ({exc})") from None
+        regex = compile_user_regex(str(entry["target"]), f"{path}: pattern", NameMapError)
+        check_replacement(regex, str(entry["baseline"]), f"{path}: replacement", NameMapError)
+        patterns.append((regex, str(entry["baseline"])))
     ignore = data.get("ignore_tags") or []
     if not isinstance(ignore, list):
         raise NameMapError(f"{path}: ignore_tags must be a list of tag names")
@@ -191,12 +189,12 @@ class CompareOptions:
     aligner: str = "none"
     aligner_metadata: str | None = None  # token metadata dump names, "key=name,..." (aligners.MetadataNames)
     thresholds: str | None = None  # YAML file
-    allow_fail: re.Pattern[str] | None = None
-    allow_skip: re.Pattern[str] | None = None
+    allow_fail: UserRegex | None = None
+    allow_skip: UserRegex | None = None
     steps: StepRange = StepRange()
     baseline_steps: StepRange | None = None  # defaults to ``steps``
-    names: re.Pattern[str] | None = None
-    exclude: re.Pattern[str] | None = None
+    names: UserRegex | None = None
+    exclude: UserRegex | None = None
     name_map: NameMap = NameMap()
     override_dims: tuple[DimsOverride, ...] = ()
     jobs: int = 1

@@ -121,7 +121,7 @@ class Dumper:
         """Read ``DUMPCMP_*``; a bad value warns once and leaves dumping off."""
         try:
             config = config_from_env()
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - this runs at import: nothing may escape into the engine
             self._warn_once("config", f"dumpcmp: dumping disabled: {exc}")
             self.enabled = False
             return

@@ -83,8 +83,10 @@ class DumpConfig:
             raise ConfigError(f"DUMPCMP_ESCALATE_STEPS={self.escalate_steps} must be at least 1")
         if self.mode not in MODES:
             raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
-        if self.queue_bytes <= 0 or self.file_bytes <= 0 or self.graph_bytes <= 0:
-            raise ConfigError("queue and file sizes must be positive")
+        for name, size in (("queue_bytes", self.queue_bytes), ("file_bytes", self.file_bytes),
+                           ("graph_bytes", self.graph_bytes)):
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 1 << 40:
+                raise ConfigError(f"{name}={size!r} must be a whole number of bytes between 1 and 2**40")
 
     @property
     def active(self) -> bool:
@@ -103,21 +105,30 @@ def _parse_bool(name: str, text: str) -> bool:
     raise ConfigError(f"{name}={text!r} is not a boolean; use 1 or 0")
 
 
+_MB_MAX = 1 << 20  # a size setting above a tebibyte is a typo (1e400 is inf)
+
+
 def _parse_mb(name: str, text: str) -> int:
+    # NOTE: nan and inf passed the old ``<= 0`` test, then raised OverflowError/ValueError
+    # in int() at import, killing the engine; a ConfigError only turns dumping off.
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a number of megabytes (e.g. {name}=512)") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={text!r} must be positive")
+        raise ConfigError(f"{name}={text[:40]!r} is not a number of megabytes (e.g. {name}=512)") from None
+    if not 0 < value <= _MB_MAX or int(value * (1 << 20)) < 1:  # false for nan
+        raise ConfigError(f"{name}={text[:40]!r} must be a size in megabytes above 0 and at most {_MB_MAX} "
+                          f"(e.g. {name}=512)")
     return int(value * (1 << 20))
 
 
 def _parse_int(name: str, text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a whole number (e.g. {name}=2)") from None
+        raise ConfigError(f"{name}={text[:40]!r} is not a whole number (e.g. {name}=2)") from None
+    if not 0 < value <= 1 << 20:
+        raise ConfigError(f"{name}={text[:40]!r} must be between 1 and {1 << 20} (e.g. {name}=2)")
+    return value
 
 
 def _parse_rtol(name: str, text: str) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from dumper.errors import FilterSyntaxError
+from dumper.patterns import UserRegex, compile_user_regex
 
 _CLAUSE = re.compile(r"^(?P<key>[A-Za-z_][\w.]*)\s*(?P<op>!~|~|!=|=)\s*(?P<value>.+)$")
 
@@ -94,13 +95,16 @@ class DumpFilter:
     ranks: IntSet | None = None
     tags: tuple[TagClause, ...] = ()
     _name_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _compiled: tuple[tuple[UserRegex, ...], tuple[UserRegex, ...]] = field(
+        default=((), ()), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for pattern in (*self.names, *self.exclude):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise FilterSyntaxError(f"bad name regex {pattern!r}: {exc}") from None
+        # NOTE: this runs on the engine thread (dump() filters there): every regex is
+        # checked here and matched without backtracking blow-ups (dumper/patterns.py).
+        compiled = tuple(
+            tuple(compile_user_regex(p, "filter name regex", FilterSyntaxError) for p in group)
+            for group in (self.names, self.exclude))
+        object.__setattr__(self, "_compiled", compiled)
 
     @property
     def keeps_everything(self) -> bool:
@@ -109,8 +113,9 @@ class DumpFilter:
     def keeps_name(self, name: str) -> bool:
         cached = self._name_cache.get(name)
         if cached is None:
-            included = not self.names or any(re.search(p, name) for p in self.names)
-            cached = included and not any(re.search(p, name) for p in self.exclude)
+            names, exclude = self._compiled
+            included = not names or any(p.search(name) for p in names)
+            cached = included and not any(p.search(name) for p in exclude)
             self._name_cache[name] = cached
         return cached
 

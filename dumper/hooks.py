@@ -16,6 +16,8 @@ import re
 from typing import TYPE_CHECKING, Any, Iterator
 
 from dumper.api import Dumper, dumper as default_dumper
+from dumper.errors import ConfigError
+from dumper.patterns import compile_user_regex
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,8 +41,9 @@ def capture_modules(
     ``dims`` maps a regex over qualified names to a dims annotation for their outputs.
     """
     owner = target if target is not None else default_dumper
-    include_re = re.compile(include)
-    exclude_re = re.compile(exclude) if exclude else None
+    include_re = compile_user_regex(include, "hook include", ConfigError)
+    exclude_re = compile_user_regex(exclude, "hook exclude", ConfigError) if exclude else None
+    dims_res = [(compile_user_regex(p, "hook dims pattern", ConfigError), a) for p, a in (dims or {}).items()]
     handles = []
     names: list[str] = []
     try:
@@ -53,20 +56,13 @@ def capture_modules(
             layer = _LAYER_IN_NAME.search(qualname)
             if layer is not None:
                 tags["layer"] = int(layer.group(1))
-            module_dims = _dims_for(qualname, dims)
+            module_dims = next((a for pattern, a in dims_res if pattern.search(qualname)), None)
             handles.append(module.register_forward_hook(_make_hook(owner, qualname, tags, inputs, outputs, module_dims)))
             names.append(qualname)
         yield names
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _dims_for(qualname: str, dims: dict[str, str] | None) -> str | None:
-    for pattern, annotation in (dims or {}).items():
-        if re.search(pattern, qualname):
-            return annotation
-    return None
 
 
 def _make_hook(owner: Dumper, qualname: str, tags: dict[str, Any], inputs: bool, outputs: bool, dims: str | None):

@@ -16,6 +16,8 @@ from dumper.format import AxisInfo
 
 log = logging.getLogger(__name__)
 
+_WARNED_SIZES: set[tuple[int, int]] = set()
+
 Provider = Callable[[], "dict[str, tuple[int, int]] | None"]
 
 
@@ -43,9 +45,21 @@ def _env_rank_and_size() -> tuple[int, int] | None:
     for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
         if rank_var in os.environ:
             try:
-                return int(os.environ[rank_var]), int(os.environ.get(size_var, "1"))
+                rank, size = int(os.environ[rank_var]), int(os.environ.get(size_var, "1"))
             except ValueError:
                 return None
+            if not 0 <= rank < 1 << 20:
+                return None
+            if not rank < size <= 1 << 20:
+                # NOTE: the reader refuses a record whose rank is outside its world size, so
+                # RANK=3 WORLD_SIZE=2 would write records no one can read; widen the world
+                # (ls then reports the ranks that are absent) and say so.
+                if (rank, size) not in _WARNED_SIZES:
+                    _WARNED_SIZES.add((rank, size))
+                    log.warning("dumpcmp: %s=%s is outside %s=%s; recording world size %d",
+                                rank_var, rank, size_var, os.environ.get(size_var, "1"), rank + 1)
+                size = rank + 1
+            return rank, size
     return None
 
 
@@ -89,8 +103,17 @@ class ParallelState:
             except Exception as exc:  # noqa: BLE001 - a plugin must never break the engine
                 log.warning("dumpcmp: parallel-info provider %r failed: %s", provider, exc)
                 continue
-            for axis, (axis_rank, axis_size) in found.items():
-                axes[axis] = AxisInfo(rank=int(axis_rank), size=int(axis_size))
+            for axis, value in found.items():
+                try:
+                    axis_rank, axis_size = (int(v) for v in value)
+                    valid = isinstance(axis, str) and 0 <= axis_rank < axis_size <= 1 << 20
+                except (TypeError, ValueError, OverflowError):
+                    valid = False
+                if not valid:  # the reader would refuse every record carrying it
+                    log.warning("dumpcmp: parallel-info provider %r gave %r=%r, not (rank, size) with "
+                                "0 <= rank < size; axis ignored", provider, axis, value)
+                    continue
+                axes[axis] = AxisInfo(rank=axis_rank, size=axis_size)
         axes.update(self._explicit)
         self._cached = ParallelInfo(rank=rank, world_size=world_size, axes=axes, rank_known=known is not None)
         self._cached_with_dist = dist_now is not None

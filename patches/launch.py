@@ -7,24 +7,26 @@ returns the environment; :func:`run_command` starts the command with it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Iterator, Literal, Mapping
 
 from dumper.config import MODES, check_user_settings
 from dumper.errors import ConfigError
 from dumper.filters import parse_filter
-from dumper.format import PROC_DIR_PREFIX, RANK_DIR_PREFIX, RUN_INFO_FILE
 from dumper.online import validate_baseline
 from patches.bootstrap import PATCH_ENV, python_path_with_bootstrap
 from patches.check import check_patch_files
 from patches.errors import PatchError
 from patches.presets import resolve_patch_path
+from patches.run_dir import prepare_directory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +66,7 @@ def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> 
     parse_filter(config.filter)  # raises FilterSyntaxError with a clear message
     against = validate_baseline(config.against) if config.against is not None else None
     run_dir = os.path.abspath(config.dir)
-    _prepare_directory(run_dir, overwrite=config.overwrite)
+    prepare_directory(run_dir, overwrite=config.overwrite)
     source = os.environ if environ is None else environ
     check_user_settings(source)
     # NOTE: the settings this run decides (directory, mode, run id, filter, ...) come
@@ -96,22 +98,71 @@ RUN_OWNED_ENV = frozenset({
 
 
 def run_command(config: RunConfig) -> int:
-    """Run the command as configured; returns its exit code (128 + N when killed by signal N)."""
+    """Run the command as configured; returns its exit code (128 + N when killed by signal N).
+
+    The command leads its own process group, and SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    sent to dumpcmp are passed on to that whole group (an engine's workers included);
+    dumpcmp then waits for the command, so that a supervisor stopping ``dumpcmp run``
+    stops the engine too, instead of leaving it running orphaned.
+    """
     env = prepare_run(config)
     try:
-        process = subprocess.Popen(list(config.command), env=env)
+        # Its own process group, so that signals can be passed to all of it (see below).
+        own_group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        process = subprocess.Popen(list(config.command), env=env, **own_group)  # type: ignore[call-overload]
     except FileNotFoundError:
         raise ConfigError(f"command not found: {config.command[0]}") from None
     except PermissionError:
         raise ConfigError(f"command is not executable: {config.command[0]}") from None
-    while True:
-        try:
-            code = process.wait()
-            break
-        except KeyboardInterrupt:
-            # The command got the same Ctrl-C (same process group); let it finish its exit.
-            process.send_signal(signal.SIGINT)
+    with _forward_signals(process.pid), _terminal_to(process.pid):
+        code = process.wait()
     return 128 - code if code < 0 else code
+
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def _forward_signals(group: int) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signum)
+
+    saved = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _terminal_to(group: int) -> Iterator[None]:
+    """Make the command's group the terminal's foreground (as a shell does), and take it back.
+
+    Ctrl-C then reaches the command directly, and a command reading the terminal is not
+    stopped for reading from a background group.
+    """
+    fd = None
+    with contextlib.suppress(OSError):
+        if sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp():
+            fd = sys.stdin.fileno()
+    if fd is None:
+        yield
+        return
+    saved = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # taking the terminal back from the background
+    try:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, group)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, os.getpgrp())
+        signal.signal(signal.SIGTTOU, saved)
 
 
 def _validate_patches(paths: list[str], *, check: bool) -> None:
@@ -124,29 +175,3 @@ def _validate_patches(paths: list[str], *, check: bool) -> None:
     for result in check_patch_files(paths):
         if not result:
             raise PatchError(result.problems[0])
-
-
-def _prepare_directory(run_dir: str, *, overwrite: bool) -> None:
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ConfigError(f"--dir {run_dir} exists and is not a directory")
-    if os.path.isdir(run_dir):
-        entries = os.listdir(run_dir)
-        if entries:
-            looks_like_run = RUN_INFO_FILE in entries or all(
-                e.startswith((RANK_DIR_PREFIX, PROC_DIR_PREFIX)) or e.endswith((".tmp", ".new")) for e in entries)
-            if not overwrite:
-                raise ConfigError(f"{run_dir} is not empty; choose a new directory or pass --overwrite to replace the run in it")
-            if not looks_like_run:
-                raise ConfigError(f"{run_dir} is not empty and does not hold a dumpcmp run; refusing to clear it")
-            for entry in entries:
-                path = os.path.join(run_dir, entry)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create --dir {run_dir}: {exc.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"--dir {run_dir} is not writable")

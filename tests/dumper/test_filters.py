@@ -56,7 +56,7 @@ def test_structured_filter_from_code():
         ("step=3:1", "range '3:1' is empty"),
         ("name=attn", "use name~REGEX or name!~REGEX"),
         ("layer~1", "regex match (~) is only for names"),
-        ("name~(", "bad name regex '('"),
+        ("name~(", "filter name regex '(' is not a valid regular expression"),
         ("step!=1", "step takes '=' with numbers and ranges"),
     ],
 )

@@ -128,7 +128,7 @@ def test_bad_inputs_exit_2_before_starting_the_command(project):
     assert busy.returncode == 2
     assert "is not empty; choose a new directory or pass --overwrite" in busy.stderr
     refused = dumpcmp("run", "--dir", "busy", "--overwrite", *command, cwd=project)
-    assert refused.returncode == 2 and "does not hold a dumpcmp run; refusing to clear it" in refused.stderr
+    assert refused.returncode == 2 and "holds 'notes.txt'; refusing to clear it" in refused.stderr
     (project / "tiny.yaml").write_text("patches:\n  - target: tiny_engine.Layer.forward\n    edits:\n"
                                        "      - match: 'y = x * 3'\n        append: pass\n")
     anchor = dumpcmp("run", "--patch", "tiny.yaml", "--dir", "r3", *command, cwd=project)
