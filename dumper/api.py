@@ -20,7 +20,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from dumper.config import DumpConfig, config_from_env
-from dumper.errors import ConfigError, DumpcmpError
+from dumper.errors import DumpcmpError
 from dumper.filters import parse_filter
 from dumper.format import RankInfo
 from dumper import process as dumper_process

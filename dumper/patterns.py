@@ -16,18 +16,17 @@ patterns, hook selections) goes through :func:`compile_user_regex`:
 from __future__ import annotations
 
 import functools
+import importlib
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-try:  # Python 3.11+
-    from re import _constants as _sre  # type: ignore[attr-defined]
-    from re import _parser as _sre_parse  # type: ignore[attr-defined]
-except ImportError:  # Python 3.10
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
-
 from dumper.errors import DumpcmpError
+
+# Python's own regex parser (re._parser from 3.11, sre_parse before): the checks walk its tree.
+_sre: Any = importlib.import_module("re._constants" if sys.version_info >= (3, 11) else "sre_constants")
+_sre_parse: Any = importlib.import_module("re._parser" if sys.version_info >= (3, 11) else "sre_parse")
 
 MAX_PATTERN_CHARS = 1000
 MAX_NESTING = 32

@@ -109,7 +109,7 @@ def run_command(config: RunConfig) -> int:
     try:
         # Its own process group, so that signals can be passed to all of it (see below).
         own_group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-        process = subprocess.Popen(list(config.command), env=env, **own_group)  # type: ignore[call-overload]
+        process = subprocess.Popen(list(config.command), env=env, **own_group)
     except FileNotFoundError:
         raise ConfigError(f"command not found: {config.command[0]}") from None
     except PermissionError:
