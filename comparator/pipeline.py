@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from aligners import AlignContext, Aligner, AlignUnit, AuxLoader, get_aligner
 from comparator.errors import NothingUsableError, UnshardError
 from dumper.loader import TensorLoader
-from comparator.judge.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
+from comparator.judge.hints import (
+    graph_replay_hint,
+    nonfinite_hint,
+    padding_hint,
+    replayed_steps,
+    replica_hint,
+    scale_hint,
+    shape_hint,
+)
 from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
 from comparator.options import CompareOptions
@@ -106,8 +114,12 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             if progress is not None:
                 progress(done, len(items), result.label)
         problems = {"baseline": tuple(baseline_run.problems), "target": tuple(target_run.problems)}
+        replayed = (replayed_steps(baseline_run), replayed_steps(target_run))
     if options.routing.enabled:
         results = annotate_downstream(results)
+    if replayed != ({}, {}):
+        results = [r if r.status != "fail" or r.hint else dataclasses.replace(
+            r, hint=graph_replay_hint(r.name, r.step, *replayed)) for r in results]
     final, summary, first, code, reason = finalize(results, options)
     if summary.compared == 0 and summary.errored and all(r.load_error for r in final if r.status == "error"):
         first_error = next(r for r in final if r.status == "error")

@@ -77,9 +77,11 @@ class SiteCoverage:
     captured: int = 0  # static buffers made for this site (all graphs, all occurrences)
     emitted: int = 0  # records written from them after replays
     lost: dict[str, int] = field(default_factory=dict)  # reason -> dump calls not recorded
+    steps: tuple[int, int] | None = None  # first and last step of an emitted record
 
     def to_json(self) -> dict[str, Any]:
-        return {"captured": self.captured, "emitted": self.emitted, "lost": dict(self.lost)}
+        return {"captured": self.captured, "emitted": self.emitted, "lost": dict(self.lost),
+                "steps": None if self.steps is None else list(self.steps)}
 
 
 @dataclass(kw_only=True)
@@ -253,8 +255,10 @@ class GraphDumps:
         real = self._real_tokens
         return [(slot, slot.rows_for(real)) for slot in entry.slots]
 
-    def emitted(self, name: str) -> None:
-        self._site(name).emitted += 1
+    def emitted(self, name: str, step: int) -> None:
+        site = self._site(name)
+        site.emitted += 1
+        site.steps = (step, step) if site.steps is None else (min(site.steps[0], step), max(site.steps[1], step))
 
     # -------------------------------------------------------------- coverage
     def _site(self, name: str) -> SiteCoverage:
@@ -322,10 +326,16 @@ def on_graph_event(owner: Any, event: str, graph: Any) -> None:
 def emit_replay(owner: Any, graphs: GraphDumps, graph: Any) -> None:
     """After ``graph.replay()``: each static buffer, trimmed, through the eager dumps' async D2H path.
 
-    The next replay rewrites the buffers, so the engine's stream waits (on the device,
-    never the host) for the last copy before running anything else.
+    All buffers of the replay are copied together (one stream switch, one event) and
+    queued together. The next replay rewrites the buffers, so the engine's stream
+    waits (on the device, never the host) for those copies before running anything else.
+    NOTE: this is the dumper's own submit path (Dumper._submit) for many records at once.
     """
+    import time
+
     import torch
+
+    from dumper.writer import PendingRecord
 
     writer = owner._writer
     if writer is None:
@@ -333,13 +343,28 @@ def emit_replay(owner: Any, graphs: GraphDumps, graph: Any) -> None:
     sticky = getattr(owner._local, "tags", None)
     keep = owner._config.filter.keeps
     step = owner._step
-    last_event = None
+    chosen = []
     for slot, rows in graphs.replayed(graph):
-        name = slot.key.name
         tags = {**sticky, **slot.tags} if sticky else slot.tags
-        if not keep(name=name, step=step, rank=slot.parallel.rank, tags=tags):
-            continue
-        last_event = owner._submit(writer, name, rows, slot.dims, tags, slot.parallel) or last_event
-        graphs.emitted(name)
-    if last_event is not None:
-        torch.cuda.current_stream().wait_event(last_event)
+        if keep(name=slot.key.name, step=step, rank=slot.parallel.rank, tags=tags):
+            chosen.append((slot, rows, tags))
+    if not chosen:
+        return
+    with owner._lock:
+        first_seq = owner._seq
+        owner._seq += len(chosen)
+    snapshots = owner._snapshotter.take_many([rows for _, rows, _ in chosen])
+    event = next((snapshot.event for snapshot in snapshots if snapshot.event is not None), None)
+    now = time.time()
+    records = []
+    for offset, ((slot, rows, tags), snapshot) in enumerate(zip(chosen, snapshots)):
+        info = slot.parallel
+        records.append(PendingRecord(
+            seq=first_seq + offset, step=step, name=slot.key.name, tags=dict(tags), rank=info.rank,
+            world_size=info.world_size, parallel=dict(info.axes), dims=slot.dims, time=now, snapshot=snapshot,
+            nbytes=rows.numel() * rows.element_size(),
+        ))
+        graphs.emitted(slot.key.name, step)
+    writer.submit_many(records)
+    if event is not None:
+        torch.cuda.current_stream().wait_event(event)

@@ -162,6 +162,59 @@ class Snapshotter:
         copy.copy_(value)
         return Snapshot(tensor=copy, buffer=buffer, pool=self._host_pool)
 
+    def take_many(self, values: list[torch.Tensor]) -> list[Snapshot]:
+        """Snapshots of several tensors of one CUDA device, taken together.
+
+        One stream switch and one completion event for all of them: after a CUDA-graph
+        replay the dumper copies every buffer of the graph at once (dumper/cudagraph.py).
+        """
+        if not values or values[0].device.type != "cuda":
+            return [self.take(value) for value in values]
+        index = values[0].get_device()
+        copier = self._copiers.get(index)
+        if copier is None:
+            copier = self._copiers[index] = _DeviceCopier(index)
+        if self._pinned_pool is None:
+            self._pinned_pool = HostBufferPool(pinned=True, limit_bytes=self._pool_bytes)
+            self._pinned_ring = PinnedRing(self._pool_bytes)
+        engine_stream = torch.cuda.current_stream(index)
+        side = copier.stream
+        done = copier.spare_events.pop() if copier.spare_events else torch.cuda.Event()
+        with copier.lock:
+            copier.ready.record(engine_stream)
+            side.wait_event(copier.ready)
+        taken: list[tuple[torch.Tensor, object, object]] = []
+        torch.cuda.set_stream(side)
+        try:
+            for value in values:
+                value = value.detach()
+                nbytes = value.numel() * value.element_size()
+                if nbytes == 0:
+                    taken.append((torch.empty(value.shape, dtype=value.dtype), None, None))
+                    continue
+                slot = self._pinned_ring.take(nbytes)
+                if slot is not None:
+                    buffer, token = slot
+                    pool: object = self._pinned_ring
+                else:
+                    buffer = token = self._pinned_pool.take(nbytes)
+                    pool = self._pinned_pool
+                host = _view_as(buffer, value)
+                host.copy_(value, non_blocking=True)
+                value.record_stream(side)
+                taken.append((host, token, pool))
+        finally:
+            torch.cuda.set_stream(engine_stream)
+        done.record(side)
+        snapshots = [Snapshot(tensor=host, event=done if pool is not None else None, buffer=token, pool=pool)
+                     for host, token, pool in taken]
+        # NOTE: the shared event goes back for reuse once, with the last snapshot: the
+        # writer releases records in order, after every earlier one has waited on it.
+        last = next((snap for snap in reversed(snapshots) if snap.event is not None), None)
+        if last is not None:
+            last.spare_events = copier.spare_events
+        return snapshots
+
     def _take_cuda(self, value: torch.Tensor) -> Snapshot:
         index = value.get_device()
         copier = self._copiers.get(index)

@@ -129,6 +129,23 @@ class RankWriter:
             self._queued_bytes += record.nbytes
             self._cond.notify_all()
 
+    def submit_many(self, records: list[PendingRecord]) -> None:
+        """``submit`` each, waking the writer once (a graph replay's records come together)."""
+        with self._cond:
+            for record in records:
+                while (
+                    self._queued_bytes > 0
+                    and self._queued_bytes + record.nbytes > self._queue_limit
+                    and self._failed is None
+                ):
+                    self._cond.notify_all()  # let the writer drain what is queued already
+                    self._cond.wait()
+                if self._failed is not None or self._closed:
+                    return
+                self._queue.append(record)
+                self._queued_bytes += record.nbytes
+            self._cond.notify_all()
+
     def flush(self) -> None:
         """Block until everything submitted so far is on disk (or dropped by a failure)."""
         with self._cond:

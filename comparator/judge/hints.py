@@ -7,7 +7,7 @@ evidence does not support one. Hints are suggestions: the verdict never depends 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from comparator.judge.metrics import Metrics, compute_metrics
 
@@ -113,3 +113,32 @@ def padding_hint(baseline: "torch.Tensor", target: "torch.Tensor", *, token_dim:
             return (f"target has {extra} extra rows along dim {dim} ({where}) and the rest match: looks like "
                     "padding, try --aligner concat_steps")
     return None
+
+
+def replayed_steps(run: Any) -> dict[str, tuple[int, int]]:
+    """Name -> (first, last) step a run dumped it from CUDA-graph replays (rank.json ``graphs``)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for rank in run.ranks:
+        graphs = getattr(rank.info, "graphs", None) or {}
+        for name, site in (graphs.get("sites") or {}).items():
+            steps = site.get("steps") if isinstance(site, dict) else None
+            if isinstance(steps, list) and len(steps) == 2:
+                low, high = spans.get(name, (steps[0], steps[1]))
+                spans[name] = (min(low, steps[0]), max(high, steps[1]))
+    return spans
+
+
+def graph_replay_hint(name: str, step: int, baseline: Mapping[str, tuple[int, int]],
+                      target: Mapping[str, tuple[int, int]]) -> str | None:
+    """"one side replayed this tensor from a CUDA graph, the other ran it eagerly"."""
+    def replayed(spans: Mapping[str, tuple[int, int]]) -> bool:
+        span = spans.get(name)
+        return span is not None and span[0] <= step <= span[1]
+
+    in_target, in_baseline = replayed(target), replayed(baseline)
+    if in_target == in_baseline:
+        return None
+    side, other = ("target", "baseline") if in_target else ("baseline", "target")
+    return (f"the {side} ran this step from a CUDA graph and the {other} eagerly: suspect graph-only state, "
+            "e.g. padding rows of the captured batch leaking into real rows (routing counts, reductions), "
+            "stale static buffers, or a collective captured with another group")

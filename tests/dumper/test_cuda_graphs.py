@@ -108,7 +108,7 @@ def test_graph_dumps_equal_eager_dumps_bit_for_bit(tmp_path):
     assert all(torch.equal(value, outputs[step].cpu()) for value, step in zip(hidden_out, real_rows))
     coverage = _rank_json(local)["graphs"]
     assert coverage["replays"] == 3 and coverage["lost_sites"] == []
-    assert coverage["sites"]["hidden"] == {"captured": 2, "emitted": 6, "lost": {}}
+    assert coverage["sites"]["hidden"] == {"captured": 2, "emitted": 6, "lost": {}, "steps": [1, 3]}
 
 
 def test_replays_do_not_wait_for_the_device_and_the_next_replay_waits_for_the_copies(tmp_path):
@@ -213,3 +213,51 @@ def test_what_cannot_be_replayed_is_reported_once_with_its_reason(tmp_path, capl
     assert info["graphs"]["lost_sites"] == ["host", "lazy"]
     assert sum(info["lost"].values()) == 4
     assert [r.name for r, _ in _records(tmp_path / "run")] == ["warmup"]
+
+
+def test_dumps_inside_compiled_code_that_an_engine_captures(tmp_path):
+    """vLLM's way: torch.compile the model, then capture the compiled code in a CUDA graph."""
+    from dumper import dumper as engine_dumper  # the compiled dump operator runs the global dumper
+
+    engine_dumper.configure(dir=str(tmp_path / "run"), run_id="compiled-graph-test")
+    try:
+        weight = torch.randn(64, 64, device="cuda") / 8
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.tanh(x @ weight)
+            engine_dumper.dump("hidden", hidden, dims="t h", layer=0)
+            out = hidden * 2 + x
+            engine_dumper.dump("out", out, dims="t h")
+            return out
+
+        compiled = torch.compile(step, fullgraph=True, dynamic=False)
+        static_x = torch.randn(PADDED, 64, device="cuda")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # compiles (dumping on: the dump operators are in the code) and warms up
+                compiled(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        engine_dumper.flush()
+        graph = torch.cuda.CUDAGraph()
+        engine_dumper.set_real_tokens(PADDED)
+        with torch.cuda.graph(graph):
+            static_out = compiled(static_x)
+        outputs = {}
+        for step_number, rows in ((10, 5), (11, 8)):
+            engine_dumper.set_step(step_number)
+            static_x.normal_()
+            engine_dumper.set_real_tokens(rows)
+            graph.replay()
+            outputs[step_number] = static_out[:rows].clone().cpu()
+        engine_dumper.close()
+    finally:
+        engine_dumper.configure(dir=None)
+    replayed = [(r, v) for r, v in _records(tmp_path / "run") if r.step >= 10]
+    assert [(r.name, r.step, r.tags, r.shape) for r, _ in replayed] == [
+        ("hidden", 10, {"layer": 0}, (5, 64)), ("out", 10, {}, (5, 64)),
+        ("hidden", 11, {"layer": 0}, (8, 64)), ("out", 11, {}, (8, 64))]
+    for record, value in replayed:
+        if record.name == "out":
+            assert torch.equal(value, outputs[record.step])  # the graph's own output, bit for bit

@@ -93,7 +93,7 @@ def test_sites_are_keyed_by_name_tags_and_occurrence():
     keys = [(slot.key.name, json.loads(slot.key.tags)["layer"], slot.key.occurrence) for slot in slots]
     assert keys == [("hidden", layer, occurrence) for layer in range(2) for occurrence in range(3)]
     assert graphs.used_bytes == 6 * 8 * 4
-    assert graphs.coverage()["sites"]["hidden"] == {"captured": 6, "emitted": 0, "lost": {}}
+    assert graphs.coverage()["sites"]["hidden"] == {"captured": 6, "emitted": 0, "lost": {}, "steps": None}
 
 
 def test_budget_drops_sites_with_a_warning_naming_them_and_frees_with_the_graph():
@@ -113,7 +113,7 @@ def test_budget_drops_sites_with_a_warning_naming_them_and_frees_with_the_graph(
     assert "'big'" in message and "DUMPCMP_GRAPH_MB" in message and "100 bytes" in message
     coverage = graphs.coverage()
     assert coverage["lost_sites"] == ["big"]
-    assert coverage["sites"]["big"] == {"captured": 0, "emitted": 0, "lost": {LOST_BUDGET: 1}}
+    assert coverage["sites"]["big"] == {"captured": 0, "emitted": 0, "lost": {LOST_BUDGET: 1}, "steps": None}
     graphs.discard(first)  # CUDAGraph.reset: the buffers go back to the budget
     assert graphs.used_bytes == 0
     _capture(graphs, second, lambda: graphs.record("small", small, dims=None, tags={}, parallel=INFO))
@@ -169,8 +169,8 @@ def test_replays_are_written_with_their_step_trimmed_to_the_real_batch(tmp_path)
     assert len(counts) == 3 and all(torch.equal(value, torch.arange(5.0)) for value in counts)
     coverage = _rank_json(local)["graphs"]
     assert coverage["replays"] == 3 and coverage["graphs_captured"] == 1
-    assert coverage["sites"] == {"hidden": {"captured": 1, "emitted": 3, "lost": {}},
-                                 "per_expert": {"captured": 1, "emitted": 3, "lost": {}}}
+    assert coverage["sites"] == {"hidden": {"captured": 1, "emitted": 3, "lost": {}, "steps": [1, 3]},
+                                 "per_expert": {"captured": 1, "emitted": 3, "lost": {}, "steps": [1, 3]}}
 
 
 def test_replays_obey_the_filter_by_step(tmp_path):
@@ -258,3 +258,38 @@ def test_graph_budget_setting():
     assert config_from_env({}).graph_bytes == 1024 << 20
     with pytest.raises(ConfigError, match="DUMPCMP_GRAPH_MB"):
         config_from_env({"DUMPCMP_GRAPH_MB": "lots"})
+
+
+# -------------------------------------------------------- what the comparator makes of it
+def test_a_divergence_only_in_graph_replays_gets_the_graph_hint(tmp_path):
+    from comparator import compare
+
+    def value(step: int) -> torch.Tensor:
+        return torch.arange(12.0).view(4, 3) * (step + 1)
+
+    baseline = Dumper()
+    baseline.configure(dir=str(tmp_path / "eager"), run_id="eager")
+    for step in range(3):
+        baseline.set_step(step)
+        baseline.dump("hidden", value(step), dims="t h")
+    baseline.close()
+    target = Dumper()
+    target.configure(dir=str(tmp_path / "graph"), run_id="graph")
+    target.dump("hidden", value(0), dims="t h")  # step 0 runs eagerly (a prefill)
+    graphs = target._graph_dumps()
+    static = torch.zeros(4, 3)
+    graph = HostGraph()
+    target.set_real_tokens(4)
+    _capture(graphs, graph, lambda: graphs.record("hidden", static, dims="t h", tags={}, parallel=INFO))
+    for step in (1, 2):
+        target.set_step(step)
+        static.copy_(value(step))
+        static[1] += 1.0 if step == 2 else 0.0  # a graph-only fault at step 2
+        graph.replay()
+        on_graph_event(target, "replay", graph)
+    target.close()
+    report = compare(tmp_path / "eager", tmp_path / "graph")
+    first = report.first_divergence
+    assert (first.name, first.step) == ("hidden", 2)
+    assert first.hint.startswith("the target ran this step from a CUDA graph and the baseline eagerly")
+    assert [r.status for r in report.results] == ["pass", "pass", "fail"]
