@@ -67,11 +67,6 @@ class MetadataNames:
             values[key] = (name,) if key == "req_ids" else name
         return cls(**values)
 
-    def all_names(self) -> frozenset[str]:
-        names: set[str] = set(self.req_ids)
-        names.update(getattr(self, f.name) for f in fields(self) if f.name != "req_ids")
-        return frozenset(names)
-
 
 @dataclass(frozen=True, kw_only=True)
 class StepTokens:

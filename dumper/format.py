@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -79,8 +79,8 @@ class TensorStats:
 
 
 @dataclass(frozen=True, kw_only=True)
-class IndexRecord:
-    """One dumped tensor, as one line of ``index.jsonl``."""
+class RecordHead:
+    """What is known of a record when the engine calls dump(); the writer completes it."""
 
     seq: int
     step: int
@@ -89,18 +89,28 @@ class IndexRecord:
     rank: int
     world_size: int
     parallel: dict[str, AxisInfo]
-    dtype: str  # torch dtype name without the "torch." prefix, e.g. "bfloat16"
-    shape: tuple[int, ...]
     dims: str | None
-    stats: TensorStats
-    checksum: str  # "crc32:xxxxxxxx" over the tensor's raw bytes (C order)
-    file: str | None  # data file, relative to the rank directory; None in stats mode
-    key: str | None  # safetensors key inside ``file``
     nbytes: int
     time: float  # seconds since the epoch, when the engine called dump()
     # The baseline run whose value the engine went on with here (``dumpcmp run --graft``);
     # optional in the index: absent when nothing was grafted, and in runs written before it.
     graft: str | None = None
+
+    def head_fields(self) -> dict[str, Any]:
+        """The head's fields by name (shallow: tags and parallel are shared, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(RecordHead)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexRecord(RecordHead):
+    """One dumped tensor, as one line of ``index.jsonl``: its head and what the writer measured."""
+
+    dtype: str  # torch dtype name without the "torch." prefix, e.g. "bfloat16"
+    shape: tuple[int, ...]
+    stats: TensorStats
+    checksum: str  # "crc32:xxxxxxxx" over the tensor's raw bytes (C order)
+    file: str | None  # data file, relative to the rank directory; None in stats mode
+    key: str | None  # safetensors key inside ``file``
     # Set by the reader, never written: which directory the record came from.
     source: str = field(default="", compare=False)
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 from dumper.format import (
     INDEX_FILE,
     RANK_INFO_FILE,
-    AxisInfo,
     IndexRecord,
     RankInfo,
+    RecordHead,
     data_file_name,
     rewrite_json_in_place,
     write_json_atomic,
@@ -43,20 +43,11 @@ DIGEST_WORKERS: int = 0
 _RANK_INFO_PAD = 8192
 
 
-@dataclass(kw_only=True)
-class PendingRecord:
-    seq: int
-    step: int
-    name: str
-    tags: dict[str, Any]
-    rank: int
-    world_size: int
-    parallel: dict[str, AxisInfo]
-    dims: str | None
-    time: float
+@dataclass(frozen=True, kw_only=True)
+class PendingRecord(RecordHead):
+    """A record's head and the snapshot of its tensor, queued for the writer thread."""
+
     snapshot: Snapshot
-    nbytes: int
-    graft: str | None = None  # the baseline run whose value the engine went on with (dumper/graft.py)
 
 
 class RankWriter:
@@ -289,23 +280,13 @@ class RankWriter:
             tensor = item.snapshot.wait()
             stats, check = digests[position].result() if digests is not None else digest(item.snapshot)
             record = IndexRecord(
-                seq=item.seq,
-                step=item.step,
-                name=item.name,
-                tags=item.tags,
-                rank=item.rank,
-                world_size=item.world_size,
-                parallel=item.parallel,
+                **item.head_fields(),
                 dtype=str(tensor.dtype).removeprefix("torch."),
                 shape=tuple(tensor.shape),
-                dims=item.dims,
                 stats=stats,
                 checksum=check,
                 file=file_name if item.seq in kept_seqs else None,
                 key=f"{item.seq}" if item.seq in kept_seqs else None,
-                nbytes=item.nbytes,
-                time=item.time,
-                graft=item.graft,
             )
             lines.append(record.to_json_line())
         self._index.write("\n".join(lines) + "\n")
