@@ -174,7 +174,7 @@ class Snapshotter:
         copier = self._copiers.get(index)
         if copier is None:
             copier = self._copiers[index] = _DeviceCopier(index)
-        if self._pinned_pool is None:
+        if self._pinned_pool is None or self._pinned_ring is None:
             self._pinned_pool = HostBufferPool(pinned=True, limit_bytes=self._pool_bytes)
             self._pinned_ring = PinnedRing(self._pool_bytes)
         engine_stream = torch.cuda.current_stream(index)
@@ -183,7 +183,7 @@ class Snapshotter:
         with copier.lock:
             copier.ready.record(engine_stream)
             side.wait_event(copier.ready)
-        taken: list[tuple[torch.Tensor, object, object]] = []
+        taken: list[tuple[torch.Tensor, Any, HostBufferPool | PinnedRing | None]] = []
         torch.cuda.set_stream(side)
         try:
             for value in values:
@@ -193,9 +193,10 @@ class Snapshotter:
                     taken.append((torch.empty(value.shape, dtype=value.dtype), None, None))
                     continue
                 slot = self._pinned_ring.take(nbytes)
+                token: Any  # what the pool takes back in give()
                 if slot is not None:
                     buffer, token = slot
-                    pool: object = self._pinned_ring
+                    pool: HostBufferPool | PinnedRing = self._pinned_ring
                 else:
                     buffer = token = self._pinned_pool.take(nbytes)
                     pool = self._pinned_pool
