@@ -10,7 +10,7 @@ a GraftError here, before the command starts.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aligners import AlignContext, StepPair, get_aligner
 from comparator.matching import LogicalTensor, group_records, tags_key
@@ -28,21 +28,23 @@ GRAFT_ALIGNERS = ("none", "concat_steps")
 GRAFTABLE_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
-def build_graft_plan(baseline: str | os.PathLike[str], expression: str, directory: str, *,
+def build_graft_plan(baseline: str | os.PathLike[str], expressions: str | Sequence[str], directory: str, *,
                      aligner: str = "none") -> GraftPlan:
-    """Select the baseline's logical tensors that ``expression`` matches, write them as a plan into ``directory``."""
+    """Select the baseline's logical tensors that any of ``expressions`` matches; write them as a plan into ``directory``."""
     if aligner not in GRAFT_ALIGNERS:
         raise GraftError(f"--graft-aligner {aligner} cannot place a graft; valid for grafting: {', '.join(GRAFT_ALIGNERS)}")
-    if not expression.strip():
+    expressions = (expressions,) if isinstance(expressions, str) else tuple(expressions)
+    if not expressions or not all(e.strip() for e in expressions):
         raise GraftError("--graft needs a filter naming the sites to graft, e.g. --graft 'name~moe_output layer=1 step=0'")
-    wanted = parse_filter(expression)
+    expression = " | ".join(expressions)
+    filters = [parse_filter(e) for e in expressions]
     baseline_path = os.path.abspath(os.fspath(baseline))
     with open_run(baseline_path) as run:
         logical = group_records(run.records)
         if not logical:
             raise GraftError(f"--graft-from {baseline_path}: the run holds no dumped tensors")
         chosen = [t for t in logical
-                  if wanted.keeps(name=t.name, step=t.step, rank=t.records[0].rank, tags=t.tags)]
+                  if any(f.keeps(name=t.name, step=t.step, rank=t.records[0].rank, tags=t.tags) for f in filters)]
         if not chosen:
             names = sorted({t.name for t in logical})
             raise GraftError(f"--graft {expression!r} matches nothing in {baseline_path}; it holds "

@@ -42,6 +42,7 @@ class RunConfig:
     escalate_steps: int = 2
     online_rtol: float | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    output: str | None = None  # a file for the command's stdout and stderr (default: inherited)
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -106,14 +107,19 @@ def run_command(config: RunConfig) -> int:
     stops the engine too, instead of leaving it running orphaned.
     """
     env = prepare_run(config)
+    log = open(config.output, "w", encoding="utf-8") if config.output is not None else None
     try:
         # Its own process group, so that signals can be passed to all of it (see below).
         own_group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-        process = subprocess.Popen(list(config.command), env=env, **own_group)
+        process = subprocess.Popen(list(config.command), env=env, stdout=log,
+                                   stderr=subprocess.STDOUT if log else None, **own_group)
     except FileNotFoundError:
         raise ConfigError(f"command not found: {config.command[0]}") from None
     except PermissionError:
         raise ConfigError(f"command is not executable: {config.command[0]}") from None
+    finally:
+        if log is not None:
+            log.close()  # the child holds its own descriptor
     with _forward_signals(process.pid), _terminal_to(process.pid):
         code = process.wait()
     return 128 - code if code < 0 else code

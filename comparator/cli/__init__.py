@@ -12,6 +12,7 @@ import sys
 import typer
 
 from comparator.cli.app import EXIT_USAGE, app, reflow_command_help
+from comparator.cli import bisect as _bisect  # noqa: F401  (registers the command)
 from comparator.cli import calibrate as _calibrate  # noqa: F401  (registers the command)
 from comparator.cli import check as _check  # noqa: F401  (registers the command)
 from comparator.cli import compare as _compare  # noqa: F401  (registers the command)

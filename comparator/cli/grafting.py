@@ -26,7 +26,7 @@ from patches.launch import RunConfig, run_command
 @dataclass(frozen=True, kw_only=True)
 class GraftRequest:
     baseline: str
-    expression: str
+    expressions: tuple[str, ...]  # a site is grafted when any of them matches it
     aligner: str = "none"
 
 
@@ -56,7 +56,7 @@ def run_with_graft(config: RunConfig, request: GraftRequest) -> GraftOutcome:
     check_not_baseline(config.dir, request.baseline)
     plan_dir = tempfile.mkdtemp(prefix="dumpcmp-graft-")
     try:
-        plan = build_graft_plan(request.baseline, request.expression, plan_dir, aligner=request.aligner)
+        plan = build_graft_plan(request.baseline, request.expressions, plan_dir, aligner=request.aligner)
         config = dataclasses.replace(config, extra_env={**config.extra_env, "DUMPCMP_GRAFT": plan_dir})
         code = run_command(config)
     finally:

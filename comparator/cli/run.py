@@ -57,9 +57,10 @@ def run_command(
         None, "--graft-from", metavar="BASELINE",
         help="Baseline run (tensor mode) whose values replace the engine's at the sites --graft names.",
     ),
-    graft: Optional[str] = typer.Option(
-        None, "--graft", metavar="FILTER",
-        help="With --graft-from: the graft points to replace, e.g. 'name~moe_output layer=1 step=0'.",
+    graft: List[str] = typer.Option(
+        [], "--graft", metavar="FILTER",
+        help="With --graft-from: the graft points to replace, e.g. 'name~moe_output layer=1 step=0' "
+        "(repeatable: any matches).",
     ),
     graft_aligner: GraftAligner = typer.Option(
         GraftAligner.none, "--graft-aligner", help="With --graft-from: how the baseline's tokens are laid out per step.",
@@ -118,7 +119,7 @@ def run_command(
         )
         if (observe is not None or observe_tensor is not None) and not verify_observer:
             raise ConfigError("--observe and --observe-tensor need --verify-observer")
-        if (graft_from is None) != (graft is None):
+        if (graft_from is None) != (not graft):
             raise ConfigError("--graft-from BASELINE and --graft FILTER go together, e.g. "
                               "--graft-from runs/base --graft 'name~moe_output layer=1'")
         if graft_from is not None and verify_observer:
@@ -126,7 +127,7 @@ def run_command(
         if graft_from is not None:
             from comparator.cli.grafting import GraftRequest, run_with_graft
 
-            outcome = run_with_graft(config, GraftRequest(baseline=str(graft_from), expression=graft or "",
+            outcome = run_with_graft(config, GraftRequest(baseline=str(graft_from), expressions=tuple(graft),
                                                           aligner=graft_aligner.value))
             typer.echo(f"dumpcmp: {outcome.describe()}", err=True)
             code = outcome.code

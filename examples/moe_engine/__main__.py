@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="split the dense MLP over the attention-TP group (else it is replicated)")
     parallel.add_argument("--fusion", action="store_true",
                           help="defer the MoE output's all-reduce into the next residual-add + norm")
-    parser.add_argument("--bug", choices=ALL_BUG_NAMES, default=None, help="switch on one seed bug, or graph_padding_counts (CUDA-graph decode only)")
+    parser.add_argument("--bug", choices=ALL_BUG_NAMES, action="append", default=None,
+                        help="switch on a seed bug, or graph_padding_counts (CUDA-graph decode only); "
+                             "repeat for several (e.g. a dense-layer and a MoE-layer bug)")
     parser.add_argument("--perturb-router", action="store_true",
                         help="a planted router bug: perturb rank 0's router weights of the first MoE layer")
     parser.add_argument("--nondeterministic", action="store_true",
@@ -61,7 +63,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     model = ModelConfig(num_layers=args.layers, num_dense_layers=args.dense_layers, seed=args.seed)
     return EngineConfig(
         tp=args.tp, ep=args.ep, dp_attention=args.dp_attention, dense_tp=args.dense_tp, fusion=args.fusion,
-        bug=args.bug, steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
+        bug=args.bug[0] if args.bug else None, extra_bugs=tuple(args.bug[1:]) if args.bug else (), steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
         save_logits=args.save_logits, perturb_router=args.perturb_router,
         nondeterministic=args.nondeterministic, cuda_graph=args.cuda_graph, static_decode=args.static_decode,
         graph_sizes=args.graph_sizes, model=model,

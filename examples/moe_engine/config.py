@@ -94,6 +94,9 @@ class EngineConfig:
     dense_tp: bool = False
     fusion: bool = False
     bug: BugName | None = None
+    # More switches at once (``--bug`` repeated): e.g. the dense layer's missing reduction
+    # and the MoE layers' doubled one, two independent divergences at different layers.
+    extra_bugs: tuple[BugName, ...] = ()
     steps: int = 3
     prompt_lens: tuple[int, ...] = DEFAULT_PROMPT_LENS
     dtype: DType = "float32"
@@ -124,13 +127,24 @@ class EngineConfig:
             raise EngineConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(get_args(DType))}")
         if self.device not in get_args(Device):
             raise EngineConfigError(f"unknown device {self.device!r}; valid: {', '.join(get_args(Device))}")
-        if self.bug is not None and self.bug not in ALL_BUG_NAMES:
-            raise EngineConfigError(f"unknown bug {self.bug!r}; valid: {', '.join(ALL_BUG_NAMES)}")
+        for bug in self.bugs:
+            if bug not in ALL_BUG_NAMES:
+                raise EngineConfigError(f"unknown bug {bug!r}; valid: {', '.join(ALL_BUG_NAMES)}")
+        if len(set(self.bugs)) != len(self.bugs):
+            raise EngineConfigError(f"--bug given twice for the same bug: {', '.join(self.bugs)}; give each once")
         self._check_layout()
         self._check_graph_mode()
         self._check_bug_reachable()
 
     # ------------------------------------------------------------ derived sizes
+    @property
+    def bugs(self) -> tuple[str, ...]:
+        """Every bug switched on (``--bug`` may be repeated)."""
+        return ((self.bug,) if self.bug is not None else ()) + tuple(self.extra_bugs)
+
+    def has_bug(self, name: BugName) -> bool:
+        return name in self.bugs
+
     @property
     def world_size(self) -> int:
         return self.tp * self.ep
@@ -183,7 +197,10 @@ class EngineConfig:
     def _check_bug_reachable(self) -> None:
         # NOTE: a bug switch that its configuration never reaches would make a healthy
         # run look like a reproduced bug; say what reaches it instead.
-        bug = self.bug
+        for bug in self.bugs:
+            self._check_one_bug_reachable(bug)
+
+    def _check_one_bug_reachable(self, bug: str) -> None:
         if bug in GRAPH_ONLY_BUGS and not (self.cuda_graph and self.model.num_dense_layers < self.model.num_layers):
             raise EngineConfigError(f"--bug {bug} lives only in CUDA-graph decode with a MoE layer: "
                                     f"--device cuda --cuda-graph --bug {bug}")

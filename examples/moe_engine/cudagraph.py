@@ -244,6 +244,6 @@ def enable_cuda_graphs(engine, *, sizes: tuple[int, ...], capture: bool = True) 
         cache.allocate(request.req_id, len(request.prompt) + config.steps)
     engine.kv_cache = cache
     runner = GraphRunner(engine.model, cache, sizes=sizes, capture=capture,
-                         padding_counts_bug=config.bug == "graph_padding_counts")
+                         padding_counts_bug=config.has_bug("graph_padding_counts"))
     engine.model = runner
     return runner

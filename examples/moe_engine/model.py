@@ -157,7 +157,7 @@ class DenseMLP(nn.Module):
         self.up_proj = Linear(shard(weights[f"{prefix}.up_proj"], 0, rank, size))
         self.down_proj = Linear(shard(weights[f"{prefix}.down_proj"], 1, rank, size))
         # Seed 4: the dense-TP path needs its own all-reduce; the bug drops it.
-        self.skip_reduction_bug = config.bug == "dense_tp_missing_reduce"
+        self.skip_reduction_bug = config.has_bug("dense_tp_missing_reduce")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         gate = self.gate_proj(hidden)
@@ -254,7 +254,7 @@ class SharedExperts(nn.Module):
         self.down_proj = Linear(shard(weights[f"{prefix}.down_proj"], 1, rank, size))
         # Seed 3: a stale "not reduced yet" flag makes the shared experts reduce their
         # own output, and the MoE block then reduces it again with the routed output.
-        self.reduce_own_output_bug = config.bug == "shared_expert_double_reduce"
+        self.reduce_own_output_bug = config.has_bug("shared_expert_double_reduce")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         shared = self.down_proj(F.silu(self.gate_proj(hidden)) * self.up_proj(hidden))
@@ -279,7 +279,7 @@ class MoEBlock(nn.Module):
         self.shared_experts = SharedExperts(config, weights, layer_id=layer_id, comm=comm)
         # --fusion: the next ResidualAddNorm reduces this block's output (see DeferredReduction).
         self.defer_reduction = config.fusion
-        self.double_reduce_bug = config.bug == "double_reduce"
+        self.double_reduce_bug = config.has_bug("double_reduce")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         router_logits = self.router(hidden)
@@ -368,7 +368,7 @@ def deferred_reduction_of(config: EngineConfig, comm: Comm, *, previous_layer_id
         return {"deferred": DeferredReduction(comm, ()), "reduces_layer_id": None}
     # Seed 1: the fused all-reduce only knows the TP group; the EP reduction that the
     # MoE block skipped under fusion is then done by nobody.
-    axes: tuple[Axis, ...] = ("moe_tp",) if config.bug == "ep_reduce_skipped_under_fusion" else ("ep", "moe_tp")
+    axes: tuple[Axis, ...] = ("moe_tp",) if config.has_bug("ep_reduce_skipped_under_fusion") else ("ep", "moe_tp")
     return {"deferred": DeferredReduction(comm, axes), "reduces_layer_id": previous_layer_id}
 
 

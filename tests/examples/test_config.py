@@ -123,3 +123,12 @@ def test_prefill_and_decode_batches():
     assert decode.input_ids.tolist() == [11, 12]
     assert decode.positions.tolist() == [3, 2]
     assert decode.seq_lens.tolist() == [4, 3] and decode.extend_lens.tolist() == [1, 1]
+
+
+def test_bug_switches_combine():
+    config = EngineConfig(tp=2, ep=2, dense_tp=True, bug="dense_tp_missing_reduce", extra_bugs=("double_reduce",))
+    assert config.bugs == ("dense_tp_missing_reduce", "double_reduce") and config.has_bug("double_reduce")
+    with pytest.raises(EngineConfigError, match="--bug double_reduce needs --ep 2"):
+        EngineConfig(tp=2, dense_tp=True, bug="dense_tp_missing_reduce", extra_bugs=("double_reduce",))
+    with pytest.raises(EngineConfigError, match="given twice"):
+        EngineConfig(tp=2, ep=2, bug="double_reduce", extra_bugs=("double_reduce",))

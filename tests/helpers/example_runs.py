@@ -74,3 +74,9 @@ def dump_examples(root: Path, jobs: dict[str, str]) -> dict[str, Path]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(dump_example, root, name, args) for name, args in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def cached_example(root: Path, name: str, args: str) -> Path:
+    """``dump_example`` once per session: later callers get the run already dumped under ``root``."""
+    path = root / name
+    return path if (path / "run.json").exists() else dump_example(root, name, args)

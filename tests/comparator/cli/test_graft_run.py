@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dumper.reader import open_run
-from tests.helpers.example_runs import dumpcmp, dump_example
+from tests.helpers.example_runs import cached_example, dumpcmp, dump_example
 
 # Two layers: a dense one, then one MoE layer (layer 1), so seed 1's bug sits at one site.
 ENGINE = "--layers 2"
@@ -33,8 +33,7 @@ def graft_run(root: Path, name: str, baseline: Path, expression: str, args: str)
 def graft_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.getbasetemp() / "graft_runs"
     root.mkdir(exist_ok=True)
-    runs = {name: root / name if (root / name / "run.json").exists() else dump_example(root, name, args)
-            for name, args in (("base", ENGINE), ("seed1", SEED1), ("healthy", TARGET))}
+    runs = {name: cached_example(root, name, args) for name, args in (("base", ENGINE), ("seed1", SEED1), ("healthy", TARGET))}
     runs["seed1_grafted"] = graft_run(root, "seed1_grafted", runs["base"], "name~^moe_output$ layer=1", SEED1)
     runs["healthy_grafted"] = graft_run(root, "healthy_grafted", runs["base"],
                                         "name~^(attn_output|routed_expert_output|shared_expert_output)$ layer=1", TARGET)
