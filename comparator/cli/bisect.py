@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from comparator.cli.app import app, setup_logging, user_errors
+
+if TYPE_CHECKING:
+    from comparator.cli.bisecting import BisectResult
 
 
 class BisectFormat(str, Enum):
@@ -61,7 +64,7 @@ def bisect_command(
     raise typer.Exit(result.exit_code)
 
 
-def render_bisect(result) -> str:  # type: ignore[no-untyped-def]
+def render_bisect(result: "BisectResult") -> str:
     lines = [f"{len(result.divergences)} independent divergence(s), in order:" if result.divergences
              else "no divergence: the run agrees with the baseline"]
     for number, found in enumerate(result.divergences, start=1):

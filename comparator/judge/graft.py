@@ -14,22 +14,13 @@ engine took from the baseline (index field ``graft``). Compared with that baseli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+if TYPE_CHECKING:
+    from comparator.results import TensorResult
 
 Outcome = Literal["gone", "moved", "unchanged"]
 TensorKey = tuple[str, int, tuple[tuple[str, str], ...]]
-
-
-class _Result(Protocol):
-    name: str
-    step: int
-    tags: dict[str, Any]
-    status: str
-    hint: str | None
-    keys: tuple[TensorKey, ...]
-
-    @property
-    def label(self) -> str: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,11 +57,11 @@ def grafted_keys(records: Sequence[Any]) -> frozenset[TensorKey]:
     return frozenset((r.name, r.step, tags_key(r.tags)) for r in records if getattr(r, "graft", None) is not None)
 
 
-def is_grafted(result: _Result, keys: frozenset[TensorKey]) -> bool:
+def is_grafted(result: TensorResult, keys: frozenset[TensorKey]) -> bool:
     return bool(keys) and any(key in keys for key in result.keys)
 
 
-def graft_verdict(results: Sequence[_Result], keys: frozenset[TensorKey], *,
+def graft_verdict(results: Sequence[TensorResult], keys: frozenset[TensorKey], *,
                   previous: str | None = None) -> GraftVerdict | None:
     """None when nothing compared was grafted; ``results`` in execution order.
 
@@ -83,25 +74,27 @@ def graft_verdict(results: Sequence[_Result], keys: frozenset[TensorKey], *,
     point = results[grafted[0]]
     sites = {(results[i].name, _tags_text(results[i].tags)) for i in grafted}
     failing = next((i for i, r in enumerate(results) if r.status == "fail" and i not in grafted), None)
-    common = {"graft_point": point.label, "grafted": len(grafted)}
+
+    def verdict(outcome: Outcome, detail: str, found: NextDivergence | None = None) -> GraftVerdict:
+        return GraftVerdict(outcome=outcome, graft_point=point.label, grafted=len(grafted), detail=detail,
+                            next_divergence=found)
+
     if failing is None:
-        return GraftVerdict(outcome="gone", detail=f"every tensor after the graft at {point.label} agrees: "
-                            "the grafted value explains what follows", **common)
+        return verdict("gone", f"every tensor after the graft at {point.label} agrees: "
+                       "the grafted value explains what follows")
     first = results[failing]
     found = NextDivergence(name=first.name, step=first.step, tags=dict(first.tags), hint=first.hint)
     if failing < grafted[0]:
-        return GraftVerdict(outcome="unchanged", next_divergence=found, detail=(
-            f"{first.label} diverges before the graft point {point.label}: the problem is upstream of it"), **common)
+        return verdict("unchanged", f"{first.label} diverges before the graft point {point.label}: "
+                       "the problem is upstream of it", found)
     if previous is not None and first.label == previous:
-        return GraftVerdict(outcome="unchanged", next_divergence=found, detail=(
-            f"{first.label} diverges as it did without the graft: the problem is not at {point.label}"), **common)
+        return verdict("unchanged", f"{first.label} diverges as it did without the graft: "
+                       f"the problem is not at {point.label}", found)
     if (first.name, _tags_text(first.tags)) in sites:
-        return GraftVerdict(outcome="unchanged", next_divergence=found, detail=(
-            f"{first.label} still diverges at a step that was not grafted: graft every step of it "
-            f"(drop step= from --graft)"), **common)
-    return GraftVerdict(outcome="moved", next_divergence=found, detail=(
-        f"the graft at {point.label} removes that divergence; the next independent one is {first.label}"
-        + (f" ({first.hint})" if first.hint else "")), **common)
+        return verdict("unchanged", f"{first.label} still diverges at a step that was not grafted: "
+                       "graft every step of it (drop step= from --graft)", found)
+    return verdict("moved", f"the graft at {point.label} removes that divergence; the next independent one is "
+                   f"{first.label}" + (f" ({first.hint})" if first.hint else ""), found)
 
 
 def _tags_text(tags: dict[str, Any]) -> str:
