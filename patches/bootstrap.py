@@ -41,6 +41,29 @@ def install_from_env(environ: Mapping[str, str] | None = None):
     return _installed
 
 
+def installed_fingerprint() -> str:
+    """Identifies this process's patched code: a hash of the installed patch files, or ``none``.
+
+    NOTE: engines that cache compiled code on disk key it by their config and source
+    files (vLLM's AOT compile cache); injected code is in neither, so without this a run
+    with other patches, or with none, would load another run's compiled model. Presets
+    add this to such a cache key.
+    """
+    import hashlib
+
+    if _installed is None:
+        return "dumpcmp-patches:none"
+    digest = hashlib.sha256()
+    for patch_file in _installed.files:
+        digest.update(patch_file.path.encode())
+        try:
+            with open(patch_file.path, "rb") as handle:
+                digest.update(handle.read())
+        except OSError:
+            digest.update(b"?")
+    return f"dumpcmp-patches:{digest.hexdigest()[:16]}"
+
+
 def python_path_with_bootstrap(existing: str | None) -> str:
     """PYTHONPATH with the bootstrap folder first (and only once)."""
     parts = [p for p in (existing or "").split(os.pathsep) if p and os.path.abspath(p) != SITE_DIR]

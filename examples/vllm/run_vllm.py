@@ -5,8 +5,8 @@
 
 Prompts are token ids (the model has no tokenizer). vLLM starts its engine core and
 workers as spawned processes, which re-import this file: the ``__main__`` guard keeps
-them from starting vLLM again. Eager mode, because dump calls cannot run inside
-torch.compile or CUDA graphs.
+them from starting vLLM again. Eager mode by default; ``--compile`` runs vLLM's
+default compilation, whose graphs hold the dump calls as operators (docs/graphs.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ MAX_TOKENS = 4
 KV_CACHE_BYTES = 64 * 1024 * 1024
 
 
-def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX_TOKENS,
+             compile: bool = False) -> list[list[int]]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -30,7 +31,9 @@ def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX
         model=model,
         skip_tokenizer_init=True,
         dtype="float32",
-        enforce_eager=True,
+        # --compile: vLLM's default compilation (on the CPU: the model under
+        # torch.compile(fullgraph=True), inductor); the dump calls become graph operators.
+        enforce_eager=not compile,
         max_model_len=128,
         tensor_parallel_size=tensor_parallel_size,
         seed=0,
@@ -49,8 +52,10 @@ def main() -> None:
     parser.add_argument("model", help="directory written by examples.vllm.make_model")
     parser.add_argument("--tp", type=int, default=1, help="tensor_parallel_size")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument("--compile", action="store_true",
+                        help="vLLM's default compilation instead of eager mode (docs/graphs.md)")
     args = parser.parse_args()
-    tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens)
+    tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens, compile=args.compile)
     print("GENERATED " + json.dumps(tokens))
 
 

@@ -181,3 +181,55 @@ def test_the_browser_check_sees_a_fetch(report_html, tmp_path):
     root = re.search(r"<html[^>]*>", dom.stdout).group(0)
     assert 'data-csp-violations="1"' in root and 'data-load-errors="1"' in root, root
     assert any("http://127.0.0.1:9/x.png" in line for line in _failed_loads(dom.stderr))
+
+
+# ------------------------------------------------------------------ failures without a metric
+@pytest.fixture(scope="module")
+def shape_mismatch_html(tmp_path_factory) -> tuple[Path, str]:
+    """Seed 5 compared without its aligner: most tensors fail on shape, with no metric to plot."""
+    kept = tmp_path_factory.mktemp("seed5")
+    proc = dumpcmp("demo", "--bug", "dp_attention_padding", "--keep", str(kept), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = kept / "report.html"
+    proc = dumpcmp("compare", str(kept / "baseline"), str(kept / "target"), "--format", "html", "--output", str(out))
+    assert proc.returncode == 1, proc.stderr
+    return out, out.read_text(encoding="utf-8")
+
+
+def test_failures_without_a_metric_get_a_visible_mark(shape_mismatch_html):
+    _, html = shape_mismatch_html
+    plot = html.split('id="error-plot"', 1)[1].split("</section>", 1)[0]
+    marks = plot.count('class="no-metric"')
+    summary = re.search(r"(\d+) without a metric \((\d+) failing\)", plot)
+    assert summary is not None and marks == int(summary.group(1)) and int(summary.group(2)) > 50
+    assert 'class="no-metric-lane"' in plot
+
+
+def test_shape_mismatch_report_does_not_look_like_a_pass(shape_mismatch_html, tmp_path):
+    """The error plot, looked at in headless Chromium: 84 failures outweigh 16 passes in ink.
+
+    Before the no-metric lane, failures without a metric were 1-pixel dashes on the axis and
+    the plot showed about 250 red pixels (mostly the first-divergence line) to 630 green.
+    """
+    if os.environ.get("DUMPCMP_REQUIRE_ENGINES") == "1":
+        from PIL import Image
+    else:
+        Image = pytest.importorskip("PIL.Image")
+    _, html = shape_mismatch_html
+    plot = html.split('id="error-plot"', 1)[1].split("</section>", 1)[0]
+    page = tmp_path / "plot.html"
+    page.write_text("<html><body style='margin:0'>" + plot[plot.index("<svg"): plot.rindex("</svg>") + 6]
+                    + "</body></html>", encoding="utf-8")
+    shot = tmp_path / "plot.png"
+    proc = _browse(page, tmp_path / "profile", "--window-size=1000,360", f"--screenshot={shot}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    pixels = image.load()
+    width, height = image.size
+
+    def ink(colour: str) -> int:
+        rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        return sum(all(abs(a - b) <= 40 for a, b in zip(pixels[x, y], rgb)) for x in range(width) for y in range(height))
+
+    reds, greens = ink("#c62828"), ink("#2e7d32")
+    assert reds > 2 * greens > 0, (reds, greens)
