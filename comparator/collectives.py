@@ -5,6 +5,8 @@ Plan from metadata only: the runs' index records give, per rank, the ``seq`` of 
 failing tensor and of the last tensor before it that passed; the collective trace
 (``collectives.jsonl``, see dumper/collectives.py) gives every collective with the
 ``seq`` of the dump record before it. Nothing here loads tensor data.
+
+``compare()`` computes the trace once and stores it in the Report; renderers only read it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from dumper.collectives import read_collectives
-from dumper.reader import open_run
+from dumper.collectives import COLLECTIVES_FILE, read_collectives
+from dumper.run import Run
+
+if TYPE_CHECKING:
+    from comparator.results import FirstDivergence, Pair, TensorResult
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +92,6 @@ class CollectiveTrace:
                 "differences": list(self.differences), "traced": dict(self.traced)}
 
 
-def _tag_key(tags: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((str(k), str(v)) for k, v in tags.items()))
-
-
 def _label(name: str, step: int, tags: dict[str, Any]) -> str:
     from comparator.matching import tensor_label
 
@@ -102,32 +103,36 @@ def _matches(record: Any, name: str, step: int, tags: dict[str, Any]) -> bool:
             and all(str(record.tags.get(k)) == str(v) for k, v in tags.items()))
 
 
-def _side(path: str | os.PathLike[str], side: str, failing: tuple[str, int, dict[str, Any]],
+def _side(run: Run, side: str, failing: tuple[str, int, dict[str, Any]],
           passing: set[tuple[str, int]], passing_tags: dict[tuple[str, int], list[dict[str, Any]]]
           ) -> tuple[list[RankCollectives], bool]:
     name, step, tags = failing
     found: list[RankCollectives] = []
-    traced = False
-    with open_run(path) as run:
-        # A one-process run without a process group makes no collectives: nothing to trace.
-        traced = run.world_size == 1
-        for rank in run.ranks:
-            rank_dir = os.path.join(run.path, rank.directory)
-            traced = traced or os.path.exists(os.path.join(rank_dir, "collectives.jsonl"))
-            failing_seqs = [r.seq for r in rank.records if _matches(r, name, step, tags)]
-            if not failing_seqs:
-                continue
-            fail_seq = min(failing_seqs)
-            after_seq, after_label = -1, None
-            for record in sorted((r for r in rank.records if r.seq < fail_seq), key=lambda r: -r.seq):
-                key = (record.name, record.step)
-                if key in passing and any(all(str(record.tags.get(k)) == str(v) for k, v in t.items())
-                                          for t in passing_tags[key]):
-                    after_seq, after_label = record.seq, _label(record.name, record.step, record.tags)
-                    break
-            calls = [c for c in read_collectives(rank_dir) if after_seq <= c["after_seq"] < fail_seq]
-            found.append(RankCollectives(side=side, rank=rank.rank, after=after_label,
-                                         before=_label(name, step, tags), calls=_count(calls)))
+    # A one-process run without a process group makes no collectives: nothing to trace.
+    traced = run.world_size == 1
+    for rank in run.ranks:
+        rank_dir = os.path.join(run.path, rank.directory)
+        traced = traced or os.path.exists(os.path.join(rank_dir, COLLECTIVES_FILE))
+        failing_seqs = [r.seq for r in rank.records if _matches(r, name, step, tags)]
+        if not failing_seqs:
+            continue
+        fail_seq = min(failing_seqs)
+        after_seq, after_label = -1, None
+        for record in sorted((r for r in rank.records if r.seq < fail_seq), key=lambda r: -r.seq):
+            key = (record.name, record.step)
+            if key in passing and any(all(str(record.tags.get(k)) == str(v) for k, v in t.items())
+                                      for t in passing_tags[key]):
+                after_seq, after_label = record.seq, _label(record.name, record.step, record.tags)
+                break
+        try:
+            recorded = read_collectives(rank_dir)
+        except OSError as exc:
+            # NOTE: the trace is an aid: an unreadable one is lost with a warning, the verdicts stand.
+            log.warning("dumpcmp: %s: cannot read the collective trace (%s)", rank_dir, exc.strerror or exc)
+            recorded = []
+        calls = [c for c in recorded if after_seq <= c["after_seq"] < fail_seq]
+        found.append(RankCollectives(side=side, rank=rank.rank, after=after_label,
+                                     before=_label(name, step, tags), calls=_count(calls)))
     found.sort(key=lambda r: r.rank)
     return found, traced
 
@@ -178,9 +183,9 @@ def _differences(target: list[RankCollectives], baseline: list[RankCollectives])
     return lines
 
 
-def trace_first_divergence(baseline: str | os.PathLike[str], target: str | os.PathLike[str],
-                           results: Sequence[Any], first: Any) -> CollectiveTrace | None:
-    """The collectives around ``first`` (a FirstDivergence), or None where neither run traced any."""
+def trace_first_divergence(runs: "Pair[Run]", results: "Sequence[TensorResult]",
+                           first: "FirstDivergence | None") -> CollectiveTrace | None:
+    """The collectives around ``first``, or None where there is none or neither run traced any."""
     if first is None:
         return None
     failing = (first.name, first.step, dict(first.tags))
@@ -190,8 +195,8 @@ def trace_first_divergence(baseline: str | os.PathLike[str], target: str | os.Pa
         if result.status == "pass":
             passing.add((result.name, result.step))
             passing_tags.setdefault((result.name, result.step), []).append(dict(result.tags))
-    target_side, target_traced = _side(target, "target", failing, passing, passing_tags)
-    baseline_side, baseline_traced = _side(baseline, "baseline", failing, passing, passing_tags)
+    target_side, target_traced = _side(runs.target, "target", failing, passing, passing_tags)
+    baseline_side, baseline_traced = _side(runs.baseline, "baseline", failing, passing, passing_tags)
     if not target_traced and not baseline_traced:
         return None
     # NOTE: counts are only comparable rank by rank when both runs have the same layout.
@@ -201,26 +206,3 @@ def trace_first_divergence(baseline: str | os.PathLike[str], target: str | os.Pa
         differences=tuple(_differences(target_side, baseline_side)) if comparable else (),
         traced={"baseline": baseline_traced, "target": target_traced},
     )
-
-
-_traces: dict[int, tuple[Any, CollectiveTrace | None]] = {}
-
-
-def trace_of_report(report: Any) -> CollectiveTrace | None:
-    """The collective trace of a Report's first divergence, computed once per report.
-
-    NOTE: computed from the report's run paths when a renderer asks, so that building a
-    Report (and the comparison itself) never pays for it; a failure only loses the trace.
-    """
-    cached = _traces.get(id(report))
-    if cached is not None and cached[0] is report:
-        return cached[1]
-    try:
-        trace = trace_first_divergence(report.baseline, report.target, report.results, report.first_divergence)
-    except Exception as exc:  # noqa: BLE001 - the trace is an aid; the verdicts stand without it
-        log.warning("dumpcmp: no collective trace for the first divergence (%s: %s)", type(exc).__name__, exc)
-        trace = None
-    if len(_traces) > 64:
-        _traces.clear()
-    _traces[id(report)] = (report, trace)
-    return trace

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from comparator.errors import NameMapError, OptionError
 from comparator.judge.routing import RoutingOptions
 from dumper.patterns import UserRegex, check_replacement, compile_user_regex
 
-Format = Literal["table", "json", "junit", "html"]
-FORMATS = ("table", "json", "junit", "html")
+if TYPE_CHECKING:
+    from aligners import Aligner, MetadataNames
+
+AlignerName = Literal["none", "concat_steps", "by_request"]
+ALIGNER_NAMES: tuple[str, ...] = get_args(AlignerName)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,9 +133,6 @@ class NameMap:
     def baseline_tags(self, tags: dict[str, Any]) -> dict[str, Any]:
         return {self.tags.get(k, k): v for k, v in tags.items() if k not in self.ignore_tags}
 
-    def own_tags(self, tags: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in tags.items() if k not in self.ignore_tags}
-
 
 def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
     if path is None:
@@ -186,24 +186,34 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
 
 @dataclass(frozen=True, kw_only=True)
 class CompareOptions:
-    aligner: str = "none"
-    aligner_metadata: str | None = None  # token metadata dump names, "key=name,..." (aligners.MetadataNames)
+    """What ``compare`` is told, validated: every field holds a parsed object, never text to re-read."""
+
+    aligner: AlignerName = "none"  # the token aligner (aligners/)
+    aligner_metadata: "MetadataNames | None" = None  # token metadata dump names (--aligner-meta); None: the defaults
     thresholds: str | None = None  # YAML file
-    allow_fail: UserRegex | None = None
-    allow_skip: UserRegex | None = None
-    steps: StepRange = StepRange()
+    allow_fail: UserRegex | None = None  # names whose failures and errors do not fail the gate
+    allow_skip: UserRegex | None = None  # names that may be missing on one side
+    steps: StepRange = StepRange()  # target steps compared
     baseline_steps: StepRange | None = None  # defaults to ``steps``
-    names: UserRegex | None = None
-    exclude: UserRegex | None = None
-    name_map: NameMap = NameMap()
-    override_dims: tuple[DimsOverride, ...] = ()
-    jobs: int = 1
-    verify_checksums: bool = False
+    names: UserRegex | None = None  # only names this regex finds
+    exclude: UserRegex | None = None  # leave out names this regex finds
+    name_map: NameMap = NameMap()  # target names and tags -> the baseline's
+    override_dims: tuple[DimsOverride, ...] = ()  # dims annotations that replace the dumped ones
+    jobs: int = 1  # worker processes (1: compare in this process)
+    verify_checksums: bool = False  # check every shard's checksum while loading
     routing: RoutingOptions = RoutingOptions()  # routing-aware MoE comparison (comparator/judge/routing.py)
 
     def __post_init__(self) -> None:
+        if self.aligner not in ALIGNER_NAMES:
+            raise OptionError(f"unknown aligner {self.aligner!r}; valid aligners: {', '.join(ALIGNER_NAMES)}")
         if self.jobs < 1:
             raise OptionError(f"--jobs {self.jobs}: must be at least 1")
+
+    def make_aligner(self) -> "Aligner":
+        """A fresh aligner as configured (planning and every executor each make their own)."""
+        from aligners import get_aligner
+
+        return get_aligner(self.aligner, metadata=self.aligner_metadata)
 
     @property
     def baseline_range(self) -> StepRange:
@@ -228,13 +238,12 @@ class CompareOptions:
         override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,
         routing: bool = True, moe_outputs: str | None = None,
     ) -> "CompareOptions":
-        """Build from plain strings (CLI values); raises OptionError naming the bad one."""
-        from aligners import get_aligner
+        """Build from plain strings (CLI values); raises OptionError (or AlignerError) naming the bad one."""
+        from aligners import MetadataNames
 
-        get_aligner(aligner, metadata=aligner_metadata)  # unknown aligners or metadata keys fail before any work
         return cls(
-            aligner=aligner,
-            aligner_metadata=aligner_metadata,
+            aligner=aligner,  # type: ignore[arg-type]  # checked in __post_init__
+            aligner_metadata=MetadataNames.parse(aligner_metadata) if aligner_metadata else None,
             thresholds=os.fspath(thresholds) if thresholds is not None else None,
             allow_fail=compile_regex(allow_fail, "--allow-fail"),
             allow_skip=compile_regex(allow_skip, "--allow-skip"),

@@ -1,18 +1,52 @@
-"""The typed results of a comparison: one TensorResult per logical tensor, and the Report."""
+"""The typed results of a comparison: one TensorResult per logical tensor, and the Report.
+
+A result's *measurement* says what was measured, as a union of small records (never
+flags): tensor metrics, a stats-only comparison, or why nothing could be measured. Its
+*status* is the verdict on it (pass, fail, skip, error).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, TypeVar
 
 from aligners import AlignmentNote
 from comparator.judge.metrics import Metrics
 from comparator.judge.stats_only import StatsComparison
 from comparator.judge.thresholds import Limit
+from comparator.matching import TensorKey
+
+if TYPE_CHECKING:
+    from comparator.collectives import CollectiveTrace
+    from comparator.fingerprint import RunFingerprint
+    from comparator.judge.routing import RoutingCheck
 
 Status = Literal["pass", "fail", "skip", "error"]
 Origin = Literal["source", "propagated"]
+Side = Literal["baseline", "target"]
 STATUSES: tuple[Status, ...] = ("pass", "fail", "skip", "error")
+SIDES: tuple[Side, Side] = ("baseline", "target")
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass(frozen=True)
+class Pair(Generic[T]):
+    """One value per run: the baseline's and the target's (code written once for both sides)."""
+
+    baseline: T
+    target: T
+
+    def map(self, function: Callable[[T], U]) -> "Pair[U]":
+        return Pair(function(self.baseline), function(self.target))
+
+    def side(self, side: Side) -> T:
+        return self.baseline if side == "baseline" else self.target
+
+    def items(self) -> Iterator[tuple[Side, T]]:
+        yield "baseline", self.baseline
+        yield "target", self.target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +66,45 @@ class SideInfo:
             "name": self.name, "steps": list(self.steps), "shape": list(self.shape) if self.shape is not None else None,
             "dtype": self.dtype, "ranks": list(self.ranks), "dims": self.dims, "unshard": self.plan,
         }
+
+
+NO_SIDES: Pair[SideInfo | None] = Pair(None, None)
+
+
+# ------------------------------------------------------------------- measurements
+@dataclass(frozen=True, kw_only=True)
+class TensorMeasurement:
+    """Metrics of both sides' tensors, unsharded and aligned, and how far replicas disagreed."""
+
+    metrics: Metrics
+    replica_disagreement: dict[str, float] = field(default_factory=dict)  # axis -> worst rel_diff between copies
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsMeasurement:
+    """Measured from the index's stats and checksums only (a side was dumped in stats mode)."""
+
+    stats: StatsComparison
+
+
+Unmeasured = Literal[
+    "one_side",  # present in one run only (skip)
+    "unplannable",  # the shards cannot be put back together from the index (error)
+    "unreadable",  # the data files cannot be read: missing or corrupt (error)
+    "error",  # another input problem found while comparing, e.g. token metadata (error)
+    "shape_mismatch",  # both sides read, their shapes differ after aligning (fail)
+    "stats_cannot_judge",  # stats alone cannot combine these shards, e.g. partial sums (skip)
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotMeasured:
+    """Why nothing was measured; the result's ``reason`` says it in words."""
+
+    why: Unmeasured
+
+
+Measurement = TensorMeasurement | StatsMeasurement | NotMeasured
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,28 +136,57 @@ class TensorResult:
     step: int
     tags: dict[str, Any]
     status: Status
+    measurement: Measurement
     order: tuple[float, ...] = ()
     reason: str | None = None  # why it failed, errored or was skipped
-    metrics: Metrics | None = None
     judgement: Judgement | None = None
     hint: str | None = None
     notes: tuple[str, ...] = ()
-    baseline: SideInfo | None = None
-    target: SideInfo | None = None
-    replica_disagreement: dict[str, float] = field(default_factory=dict)
+    sides: Pair[SideInfo | None] = NO_SIDES
     origin: Origin | None = None  # for failures: the source of a divergence, or inherited
     origin_detail: str | None = None
     allowed: bool = False  # matched --allow-fail / --allow-skip
-    load_error: bool = False  # the data could not be read (corrupt or missing file)
-    predecessors: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()
-    keys: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...] = ()  # the target tensors it covers
+    predecessors: tuple[TensorKey, ...] = ()
+    keys: tuple[TensorKey, ...] = ()  # the target tensors it covers
     alignment: AlignmentNote | None = None  # what the token aligner did (steps merged, rows trimmed, ...)
-    stats_only: bool = False  # judged from index stats and checksums (a side was dumped in stats mode)
-    stats: StatsComparison | None = None  # the stats-only metrics
-    routing: Any = None  # comparator.judge.routing.RoutingCheck of a top-k ids or MoE output tensor
+    routing: "RoutingCheck | None" = None  # of a top-k ids or MoE output tensor (comparator/judge/routing.py)
 
     def __bool__(self) -> bool:
         return self.status == "pass"
+
+    # What the measurement holds, for readers that want one kind of it.
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.measurement.metrics if isinstance(self.measurement, TensorMeasurement) else None
+
+    @property
+    def stats(self) -> StatsComparison | None:
+        return self.measurement.stats if isinstance(self.measurement, StatsMeasurement) else None
+
+    @property
+    def stats_only(self) -> bool:
+        """Judged (or found unjudgeable) from index stats and checksums: a side was dumped in stats mode."""
+        measurement = self.measurement
+        return isinstance(measurement, StatsMeasurement) or (
+            isinstance(measurement, NotMeasured) and measurement.why == "stats_cannot_judge")
+
+    @property
+    def load_error(self) -> bool:
+        """The data could not be read (a corrupt or missing file)."""
+        return isinstance(self.measurement, NotMeasured) and self.measurement.why == "unreadable"
+
+    @property
+    def replica_disagreement(self) -> dict[str, float]:
+        measurement = self.measurement
+        return measurement.replica_disagreement if isinstance(measurement, TensorMeasurement) else {}
+
+    @property
+    def baseline(self) -> SideInfo | None:
+        return self.sides.baseline
+
+    @property
+    def target(self) -> SideInfo | None:
+        return self.sides.target
 
     @property
     def floor_ratio(self) -> float | None:
@@ -127,6 +229,8 @@ class FirstDivergence:
 
 @dataclass(frozen=True, kw_only=True)
 class Report:
+    """The whole result of a comparison: renderers need nothing else (they never read the runs)."""
+
     baseline: str
     target: str
     aligner: str
@@ -137,6 +241,9 @@ class Report:
     exit_reason: str
     problems: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per run: what its reader found missing
     thresholds: str | None = None
+    # The collectives each rank ran around the first divergence (None: none traced, or no divergence).
+    collectives: "CollectiveTrace | None" = None
+    fingerprints: "Pair[RunFingerprint] | None" = None  # where each run came from (run.json, rank.json)
 
     def __bool__(self) -> bool:
         return self.exit_code == 0

@@ -76,10 +76,6 @@ class UnshardPlan:
     def token_dim(self) -> int | None:
         return self.dims.token_dim if self.dims is not None else None
 
-    @property
-    def trivial(self) -> bool:
-        return not self.ops and len(self.shards) == 1
-
     def describe(self) -> str:
         steps = [op.describe() for op in self.ops]
         if self.squeeze:
@@ -458,10 +454,6 @@ def replica_pairs(plan: UnshardPlan) -> tuple[ReplicaPair, ...]:
 
 def coords_text(plan: UnshardPlan, coords: Coords) -> str:
     return ", ".join(f"{op.axis}={c}" for op, c in zip(plan.ops, coords))
-
-
-def grid_size(plan: UnshardPlan) -> int:
-    return math.prod(op.size for op in plan.ops) if plan.ops else 1
 
 
 __all__ = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from typing import Any, Iterator
 
 import typer
@@ -86,10 +85,6 @@ def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
 
 
 def _print_version(value: bool) -> None:

@@ -29,10 +29,12 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 if TYPE_CHECKING:
     import torch
+
+    from comparator.plan import TensorWork, WorkItem
 
 UPSTREAM_HINT = "router logits diverged: look upstream"
 
@@ -190,52 +192,57 @@ def keep_agreeing_tokens(check: RoutingCheck, baseline: "torch.Tensor", target: 
 # -------------------------------------------------------------------------- planning
 @dataclass(frozen=True, kw_only=True)
 class RoutingSources:
-    """The work items (see comparator.pipeline.WorkItem) holding one layer-step's routing tensors."""
+    """The work items (comparator.plan.TensorWork) holding one layer-step's routing tensors."""
 
-    topk_ids: Any
-    router_logits: Any | None
-    role: str  # "topk_ids" (judge the flips) or "moe_output" (judge agreeing tokens)
+    topk_ids: "TensorWork"
+    router_logits: "TensorWork | None"
+    role: Literal["topk_ids", "moe_output"]  # judge the flips, or judge the tokens whose routing agrees
 
     @property
     def key(self) -> tuple[Any, ...]:
-        from comparator.matching import tags_key
-
-        item = self.topk_ids
-        return (item.unit.baseline_steps, item.unit.target_steps, tags_key(item.tags))
+        return _layer_step(self.topk_ids)
 
 
-def attach_routing(items: list[Any], options: RoutingOptions) -> list[Any]:
-    """The work items, with ``routing`` set on top-k ids and on MoE outputs that have routing beside them."""
+def _layer_step(item: "TensorWork") -> tuple[Any, ...]:
     from comparator.matching import tags_key
 
+    return (item.unit.baseline_steps, item.unit.target_steps, tags_key(item.tags))
+
+
+def attach_routing(items: Sequence["WorkItem"], options: RoutingOptions) -> list["WorkItem"]:
+    """The work items, with ``routing`` set on top-k ids and on MoE outputs that have routing beside them.
+
+    Only tensor work takes part: stats alone cannot tell which tokens flipped.
+    """
+    from comparator.plan import TensorWork
+
     if not options.enabled:
-        return items
-
-    def key(item: Any) -> tuple[Any, ...]:
-        return (item.unit.baseline_steps, item.unit.target_steps, tags_key(item.tags))
-
-    usable = [i for i in items if i.skip is None and i.error is None and not i.stats_only]
-    topk = {key(i): i for i in usable if options.topk_ids.search(i.name)}
+        return list(items)
+    usable = [i for i in items if isinstance(i, TensorWork)]
+    topk = {_layer_step(i): i for i in usable if options.topk_ids.search(i.name)}
     if not topk:
-        return items
-    logits = {key(i): i for i in usable if options.router_logits.search(i.name)}
-    usable_ids = {id(i) for i in usable}  # NOTE: by identity: comparing work items field by field is slow
-    attached = []
+        return list(items)
+    logits = {_layer_step(i): i for i in usable if options.router_logits.search(i.name)}
+    attached: list["WorkItem"] = []
     for item in items:
-        found = topk.get(key(item)) if id(item) in usable_ids else None
-        role = ("topk_ids" if options.topk_ids.search(item.name)
-                else "moe_output" if options.moe_outputs.search(item.name) else None)
+        if not isinstance(item, TensorWork):
+            attached.append(item)
+            continue
+        found = topk.get(_layer_step(item))
+        role: Literal["topk_ids", "moe_output"] | None = (
+            "topk_ids" if options.topk_ids.search(item.name)
+            else "moe_output" if options.moe_outputs.search(item.name) else None)
         if found is None or role is None:
             attached.append(item)
             continue
         attached.append(dataclasses.replace(item, routing=RoutingSources(
-            topk_ids=found, router_logits=logits.get(key(item)), role=role)))
+            topk_ids=found, router_logits=logits.get(_layer_step(item)), role=role)))
     return attached
 
 
 # ------------------------------------------------------------------------- executing
-LoadAligned = Callable[[Any], "tuple[torch.Tensor, torch.Tensor]"]  # work item -> aligned (baseline, target)
-JudgeLogits = Callable[[Any, "torch.Tensor", "torch.Tensor"], bool]  # work item, tensors -> passed thresholds
+LoadAligned = Callable[["TensorWork"], "tuple[torch.Tensor, torch.Tensor]"]  # work item -> aligned (baseline, target)
+JudgeLogits = Callable[["TensorWork", "torch.Tensor", "torch.Tensor"], bool]  # work item, tensors -> passed thresholds
 
 
 class RoutingJudge:

@@ -21,8 +21,8 @@ import math
 import shlex
 from typing import Sequence
 
-from comparator.fingerprint import RunFingerprint, read_fingerprint
-from comparator.results import Report, TensorResult
+from comparator.fingerprint import RunFingerprint
+from comparator.results import Pair, Report, TensorResult
 from comparator.report.svg import PlotPoint, error_plot, esc, fmt, heatmap
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -86,11 +86,8 @@ apply();document.documentElement.dataset.tableReady="1";})();
 """
 
 
-def render_html(report: Report, *, fingerprints: dict[str, RunFingerprint] | None = None,
-                generated: datetime.datetime | None = None) -> str:
-    """The whole page as one string (UTF-8 text, no external references)."""
-    if fingerprints is None:
-        fingerprints = {"baseline": read_fingerprint(report.baseline), "target": read_fingerprint(report.target)}
+def render_html(report: Report, *, generated: datetime.datetime | None = None) -> str:
+    """The whole page as one string (UTF-8 text, no external references), from the report alone."""
     generated = generated or datetime.datetime.now(tz=datetime.timezone.utc)
     from dumper.format import TOOL_VERSION
 
@@ -102,7 +99,7 @@ def render_html(report: Report, *, fingerprints: dict[str, RunFingerprint] | Non
         _plot_section(report),
         _heatmap_section(report),
         _table_section(report),
-        _runs_section(report, fingerprints),
+        _runs_section(report, report.fingerprints),
     ]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -172,9 +169,7 @@ def _first_divergence(report: Report) -> str:
                                      f"dims {side.dims!r} ({side.plan})")))
     for note in result.notes:
         items.append(("note", esc(note)))
-    from comparator.collectives import trace_of_report
-
-    trace = trace_of_report(report)
+    trace = report.collectives
     if trace is not None:
         lines = [esc(line) for line in trace.lines()] + [f'<span class="hint">{esc(d)}</span>' for d in trace.differences]
         items.append(("collectives", '<span class="mono">' + "<br>".join(lines) + "</span>"))
@@ -312,12 +307,11 @@ def _table_section(report: Report) -> str:
     )
 
 
-def _runs_section(report: Report, fingerprints: dict[str, RunFingerprint]) -> str:
+def _runs_section(report: Report, fingerprints: Pair[RunFingerprint] | None) -> str:
+    if fingerprints is None:
+        return ""
     columns = []
-    for side in ("baseline", "target"):
-        fp = fingerprints.get(side)
-        if fp is None:
-            continue
+    for side, fp in fingerprints.items():
         rows = [("path", f'<span class="mono">{esc(fp.path)}</span>'), ("format", esc(fp.format))]
         if fp.command:
             rows.append(("command", f'<code>{esc(shlex.join(fp.command))}</code>'))

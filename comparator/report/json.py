@@ -105,19 +105,11 @@ def report_to_json(report: Report) -> dict[str, Any]:
             "origin_detail": first.origin_detail,
             "reason": first.reason,
             "index": first.index,
-            "collectives": _collectives_json(report),
+            "collectives": report.collectives.to_json() if report.collectives is not None else None,
         },
         "results": [result_to_json(r) for r in report.results],
         "problems": {side: list(found) for side, found in report.problems.items()},
     }
-
-
-def _collectives_json(report: Report) -> dict[str, Any] | None:
-    """Per rank and side, the collectives between the last passing and the first failing tensor."""
-    from comparator.collectives import trace_of_report
-
-    trace = trace_of_report(report)
-    return trace.to_json() if trace is not None else None
 
 
 def render_json(report: Report) -> str:

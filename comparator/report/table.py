@@ -85,9 +85,7 @@ def _first_divergence_panel(report: Report) -> Panel | None:
 
 
 def _collective_lines(report: Report, lines: Text) -> None:
-    from comparator.collectives import trace_of_report
-
-    trace = trace_of_report(report)
+    trace = report.collectives
     if trace is None:
         return
     lines.append("collectives since the last passing tensor:\n", style="bold")

@@ -15,7 +15,6 @@ import pytest
 from rich.console import Console
 
 from comparator import compare
-from comparator.collectives import trace_of_report
 from comparator.report.html import render_html
 from comparator.report.json import report_to_json
 from comparator.report.table import render_table
@@ -56,7 +55,7 @@ def test_every_rank_records_its_collectives(runs):
 def test_double_reduce_shows_the_extra_all_reduce(runs):
     report = compare(runs["ep2"], runs["double_reduce"])
     assert report.first_divergence.name == "moe_output"
-    trace = trace_of_report(report)
+    trace = report.collectives
     for rank in trace.target:
         assert [(c.op, c.axis, c.count) for c in rank.calls] == [("all_reduce", "ep", 1), ("all_reduce", "world", 1)]
         assert rank.after.startswith("shared_expert_output")
@@ -74,7 +73,7 @@ def test_double_reduce_shows_the_extra_all_reduce(runs):
 def test_skipped_reduce_shows_the_missing_all_reduce(runs):
     report = compare(runs["ep2_fusion"], runs["skipped_reduce"])
     assert report.first_divergence.name == "moe_output"
-    trace = trace_of_report(report)
+    trace = report.collectives
     assert all(rank.calls == () for rank in trace.target)
     assert all([(c.op, c.axis) for c in rank.calls] == [("all_reduce", "ep")] for rank in trace.baseline)
     assert "x0 here; baseline rank 1: x1 (missing in the target)" in trace.differences[1]
@@ -85,7 +84,7 @@ def test_skipped_reduce_shows_the_missing_all_reduce(runs):
 def test_a_one_rank_baseline_has_nothing_to_compare_counts_with(runs, tmp_path):
     single = dump_example(tmp_path, "single", "")
     report = compare(single, runs["double_reduce"])
-    trace = trace_of_report(report)
+    trace = report.collectives
     assert trace.traced == {"baseline": True, "target": True}
     assert trace.differences == () and all(rank.calls == () for rank in trace.baseline)
     assert [c.axis for c in trace.target[0].calls] == ["ep", "world"]

@@ -18,6 +18,12 @@ RUNS = {
     "ep2": ("tensor", "--ep 2"),
     "ep2_stats": ("stats", "--ep 2"),
     "bug_stats": ("stats", "--ep 2 --bug double_reduce"),
+    "seed2": ("tensor", "--ep 2 --bug double_reduce"),
+    "seed3": ("tensor", "--tp 2 --bug shared_expert_double_reduce"),
+    "seed4": ("tensor", "--tp 2 --dense-tp --bug dense_tp_missing_reduce"),
+    "dp_attention": ("tensor", "--tp 2 --ep 2 --dp-attention 2 --dense-tp"),  # seed 5's shape, healthy
+    "bf16_base": ("tensor", "--dtype bfloat16 --seed 3"),
+    "bf16_tp2_ep2": ("tensor", "--dtype bfloat16 --seed 3 --tp 2 --ep 2"),  # a benign routing flip at layer 2
 }
 DUMPCMP = [sys.executable, "-c", "from comparator.cli import main; main()"]
 
@@ -49,6 +55,16 @@ def example_run(root: Path, name: str) -> Path:
         if proc.returncode != 0:
             raise AssertionError(f"dumping {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return path
+
+
+def example_runs(root: Path, names: list[str]) -> dict[str, Path]:
+    """Several runs of RUNS (or "base"), the missing ones dumped two at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    example_run(root, "base")  # the demo: two runs at once already
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(example_run, root, name) for name in names}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def example_runs_root(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]

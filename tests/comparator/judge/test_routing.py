@@ -87,17 +87,21 @@ def test_moe_outputs_are_judged_on_agreeing_tokens():
 
 
 def test_failures_after_a_benign_flip_get_a_hint_naming_it():
-    from comparator.results import TensorResult
+    from comparator.judge.metrics import identical_metrics
     from comparator.judge.routing import annotate_downstream
+    from comparator.results import NotMeasured, TensorMeasurement, TensorResult
 
     target_logits = LOGITS.clone()
     target_logits[2, 1:3] = torch.tensor([0.995, 0.996])
     check = measure_routing(IDS, target_logits.topk(2, dim=-1).indices, LOGITS, target_logits, logits_pass=True,
                             margin_factor=2.0)
-    before = TensorResult(name="attn_output", step=0, tags={"layer": 1}, status="fail", reason="x")
-    topk = TensorResult(name="topk_ids", step=0, tags={"layer": 1}, status="pass", routing=check)
-    after = TensorResult(name="layer_input", step=0, tags={"layer": 2}, status="fail", reason="x")
-    hinted = TensorResult(name="logits", step=0, tags={}, status="fail", reason="x", hint="target = 2 x baseline")
+    mismatch = NotMeasured(why="shape_mismatch")
+    same = TensorMeasurement(metrics=identical_metrics(numel=8, norm=1.0, shape=(4, 2), token_dim=0, nan=0, inf=0))
+    before = TensorResult(name="attn_output", step=0, tags={"layer": 1}, status="fail", reason="x", measurement=mismatch)
+    topk = TensorResult(name="topk_ids", step=0, tags={"layer": 1}, status="pass", routing=check, measurement=same)
+    after = TensorResult(name="layer_input", step=0, tags={"layer": 2}, status="fail", reason="x", measurement=mismatch)
+    hinted = TensorResult(name="logits", step=0, tags={}, status="fail", reason="x", hint="target = 2 x baseline",
+                          measurement=mismatch)
     out = annotate_downstream([before, topk, after, hinted])
     assert out[0].hint is None and out[3].hint == "target = 2 x baseline"
     assert out[2].hint.startswith("downstream of 1 benign routing flip(s) at topk_ids[layer=1]@step0 (token 2, margin 0.01)")

@@ -1,0 +1,280 @@
+"""Execute work items: load, unshard, align, measure, judge, hint; one result per item.
+
+One factory, :func:`make_executor`, builds the executor from the options, in this
+process (``jobs == 1``) and in every worker process (comparator/parallel.py), so the
+two paths cannot set up differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from aligners import Aligner, AlignmentNote
+from comparator.errors import UnshardError
+from comparator.judge.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
+from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
+from comparator.judge.routing import RoutingCheck, RoutingJudge, keep_agreeing_tokens, topk_verdict
+from comparator.judge.stats_only import (StatsThresholds, compare_stats, describe_stats_failure, judge_stats,
+                                         load_stats_thresholds, stats_hint)
+from comparator.judge.thresholds import Limit, Thresholds, load_thresholds
+from comparator.judge.verdicts import describe_failure, judge
+from dumper.loader import TensorLoader
+from comparator.options import CompareOptions
+from comparator.plan import OneSided, StatsWork, TensorWork, Unplannable, WorkItem
+from comparator.results import Judgement, Pair, StatsMeasurement, TensorMeasurement, TensorResult
+from comparator.unshard import UnshardPlan, execute_unshard, reduction_groups
+from dumper.errors import DumpcmpError, RunFormatError
+from dumper.run import Run
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def make_executor(runs: Pair[Run], options: CompareOptions, axis_sizes: dict[str, int]) -> "Executor":
+    """The executor of a comparison: the serial path and each worker process build theirs here."""
+    return Executor(
+        options=options, axis_sizes=axis_sizes, aligner=options.make_aligner(),
+        thresholds=load_thresholds(options.thresholds), stats_thresholds=load_stats_thresholds(options.thresholds),
+        loaders=runs.map(lambda run: TensorLoader(run, verify_checksums=options.verify_checksums)),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Judged:
+    """The limits a tensor is judged by."""
+
+    rule: str
+    limits: dict[str, Limit]
+    calibrated: dict[str, float]
+
+
+class Executor:
+    """Executes work items against open runs (in this process or a worker); see make_executor."""
+
+    def __init__(self, *, options: CompareOptions, axis_sizes: dict[str, int], aligner: Aligner,
+                 thresholds: Thresholds, stats_thresholds: StatsThresholds, loaders: Pair[TensorLoader]) -> None:
+        self.options = options
+        self.axis_sizes = axis_sizes
+        self.aligner = aligner
+        self.thresholds = thresholds
+        self.stats_thresholds = stats_thresholds
+        self.loaders = loaders
+        self.routing = RoutingJudge(options.routing, self._load_aligned, self._passes_thresholds)
+
+    def run(self, item: WorkItem) -> TensorResult:
+        place = item.place
+        if isinstance(item, OneSided):
+            return place.unmeasured("skip", "one_side", item.reason)
+        if isinstance(item, Unplannable):
+            return place.unmeasured("error", "unplannable", item.reason)
+        try:
+            if isinstance(item, StatsWork):
+                return self._compare_stats(item)
+            return self._compare(item)
+        except RunFormatError as exc:
+            log.warning("%s: %s", place.name, exc)
+            return place.unmeasured("error", "unreadable", f"cannot read data: {exc}")
+        except DumpcmpError as exc:
+            return place.unmeasured("error", "error", str(exc))
+
+    # -------------------------------------------------------------------- stats
+    def _compare_stats(self, item: StatsWork) -> TensorResult:
+        place = item.place
+        try:
+            comparison = compare_stats(item.plans.baseline, item.plans.target)
+        except UnshardError as exc:
+            return place.unmeasured("skip", "stats_cannot_judge", f"stats only: {exc}")
+        measurement = StatsMeasurement(stats=comparison)
+        shapes = item.plans.map(lambda plans: tuple(p.shape for p in plans))
+        if shapes.baseline != shapes.target:
+            text = " vs ".join(", ".join(str(list(s)) for s in side) for _, side in shapes.items())
+            return place.result(status="fail", measurement=measurement,
+                                reason=f"shape mismatch: baseline vs target {text} (stats only: rows cannot be "
+                                       "aligned or trimmed without tensor data)")
+        dtypes = item.dtypes
+        rule, limits, require_checksum = self.stats_thresholds.limits_for(place.name, place.tags, dtypes.baseline,
+                                                                          dtypes.target)
+        failed = judge_stats(comparison, limits, require_checksum)
+        values = comparison.values()
+        required = {m: limit.widened_to(values[m]) for m, limit in limits.items() if not math.isnan(values[m])}
+        judgement = Judgement(rule=rule, limits=limits, failed=failed, required=required)
+        notes = ["compared from index stats and checksums only (a side was dumped in stats mode)"]
+        if comparison.checksum_match:
+            notes.append("checksums match: bitwise identical")
+        if not failed:
+            return place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes)
+        return place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
+                            reason=describe_stats_failure(comparison, limits, failed),
+                            hint=stats_hint(comparison, self.axis_sizes))
+
+    # ------------------------------------------------------------------ tensors
+    def _limits(self, item: TensorWork) -> _Judged:
+        dtypes = item.dtypes
+        rule, limits = self.thresholds.limits_for(item.name, item.tags, dtypes.baseline, dtypes.target)
+        calibrated = self.thresholds.calibration_for(item.name, item.tags, dtypes.baseline, dtypes.target)
+        return _Judged(rule=rule, limits=limits, calibrated=calibrated)
+
+    def _compare(self, item: TensorWork) -> TensorResult:
+        notes: list[str] = [n for _, plans in item.plans.items() for plan in plans for n in plan.notes]
+        dtypes = item.dtypes
+        if dtypes.baseline != dtypes.target:
+            notes.append(f"dtypes differ ({dtypes.baseline} vs {dtypes.target}): compared in float64 after upcasting")
+        judged = self._limits(item)
+        token_dim = item.token_dim
+        metrics = self._identical(item, token_dim)
+        replicas: dict[str, float] = {}
+        alignment: AlignmentNote | None = None
+        routing: RoutingCheck | None = None
+        baseline_tensor: "torch.Tensor | None" = None
+        if metrics is None:
+            outcomes = Pair([execute_unshard(p, self.loaders.baseline.load) for p in item.plans.baseline],
+                            [execute_unshard(p, self.loaders.target.load) for p in item.plans.target])
+            for outcome in outcomes.baseline:
+                for axis, value in outcome.replica_disagreement.items():
+                    if value > 0:
+                        notes.append(f"baseline ranks disagree on replicated axis {axis} (rel_diff {value:.3g})")
+            for outcome in outcomes.target:
+                for axis, value in outcome.replica_disagreement.items():
+                    replicas[axis] = max(replicas.get(axis, 0.0), value)
+            aligned = self.aligner.align(item.unit, [o.tensor for o in outcomes.baseline],
+                                         [o.tensor for o in outcomes.target], item.context)
+            del outcomes
+            baseline_tensor, target_tensor, alignment = aligned.baseline, aligned.target, aligned.note
+            token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
+            if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
+                return self._shape_mismatch(item, notes, alignment, baseline_tensor, target_tensor, token_dim, judged)
+            if item.routing is not None:
+                # NOTE: routing flips at near-ties: comparator/judge/routing.py.
+                routing = self.routing.check(item.routing)
+                if item.routing.role == "topk_ids":
+                    metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
+                    return self._judge_topk(item, notes, alignment, routing, metrics, judged, replicas)
+                baseline_tensor, target_tensor, note = keep_agreeing_tokens(routing, baseline_tensor, target_tensor,
+                                                                            token_dim)
+                if note or routing.flips or routing.problem:
+                    notes.append(note or routing.describe())
+            metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
+        judgement = judge(metrics, judged.rule, judged.limits, replicas, calibrated=judged.calibrated)
+        measurement = TensorMeasurement(metrics=metrics, replica_disagreement=replicas)
+        if not judgement.failed:
+            return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
+                                     alignment=alignment, routing=routing)
+        hint = None
+        if "replica_rel_diff" in judgement.failed:
+            hint = self._replica_hint(item, replicas, baseline_tensor, judged)
+        hint = hint or nonfinite_hint(metrics) or scale_hint(metrics, self.axis_sizes)
+        return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
+                                 alignment=alignment, routing=routing, hint=hint,
+                                 reason=describe_failure(judgement, metrics, replicas))
+
+    def _judge_topk(self, item: TensorWork, notes: list[str], alignment: AlignmentNote | None, routing: RoutingCheck,
+                    metrics: Metrics, judged: _Judged, replicas: dict[str, float]) -> TensorResult:
+        """Top-k ids pass when every flip is benign (a near-tie the router logits' error explains)."""
+        passed, reason, hint = topk_verdict(routing)
+        judgement = judge(metrics, judged.rule, judged.limits, {})
+        failed = () if passed else (*judgement.failed, "routing")
+        return item.place.result(
+            status="pass" if passed else "fail", reason=reason, hint=hint,
+            measurement=TensorMeasurement(metrics=metrics, replica_disagreement=replicas),
+            judgement=dataclasses.replace(judgement, failed=failed), notes=[*notes, routing.describe()],
+            alignment=alignment, routing=routing,
+        )
+
+    def _load_aligned(self, item: TensorWork) -> "tuple[torch.Tensor, torch.Tensor]":
+        """Both sides of a work item, unsharded and aligned (routing tensors)."""
+        tensors = Pair(self._unshard_all(item.plans.baseline, self.loaders.baseline),
+                       self._unshard_all(item.plans.target, self.loaders.target))
+        aligned = self.aligner.align(item.unit, tensors.baseline, tensors.target, item.context)
+        return aligned.baseline, aligned.target
+
+    @staticmethod
+    def _unshard_all(plans: Sequence[UnshardPlan], loader: TensorLoader) -> "list[torch.Tensor]":
+        return [execute_unshard(plan, loader.load, verify_replicas=False).tensor for plan in plans]
+
+    def _passes_thresholds(self, item: TensorWork, baseline: "torch.Tensor", target: "torch.Tensor") -> bool:
+        judged = self._limits(item)
+        return not judge(compute_metrics(baseline, target), judged.rule, judged.limits, {}).failed
+
+    def _identical(self, item: TensorWork, token_dim: int | None) -> Metrics | None:
+        """Metrics without reading data, when both sides hold bitwise-identical shards."""
+        if len(item.plans.baseline) != 1 or len(item.plans.target) != 1 or self.options.verify_checksums:
+            return None
+        b, t = item.plans.baseline[0], item.plans.target[0]
+        if any(op.kind != "concat" for op in b.ops + t.ops) or [(o.axis, o.size, o.dim) for o in b.ops] != [(o.axis, o.size, o.dim) for o in t.ops]:
+            return None
+        if len(b.shards) != len(t.shards) or b.shape != t.shape:
+            return None
+        for (coords_b, rb), (coords_t, rt) in zip(b.shards, t.shards):
+            if coords_b != coords_t or rb.dtype != rt.dtype or rb.shape != rt.shape or not rb.checksum or rb.checksum != rt.checksum:
+                return None
+        if any(r.stats.l2 is None and r.stats.numel for r in b.records):
+            return None
+        # NOTE: equal checksums let the data go unread; the files' headers are still
+        # checked, so a corrupt or missing file is reported either way.
+        for record in b.records:
+            self.loaders.baseline.check(record)
+        for record in t.records:
+            self.loaders.target.check(record)
+        # hypot: the shards' norms can be near the float64 limit, their squares beyond it.
+        norm = math.hypot(*(r.stats.l2 or 0.0 for r in b.records))
+        return identical_metrics(
+            numel=sum(r.stats.numel for r in b.records), norm=norm, shape=b.shape, token_dim=token_dim,
+            nan=sum(r.stats.nan for r in b.records), inf=sum(r.stats.inf for r in b.records),
+        )
+
+    def _replica_hint(self, item: TensorWork, replicas: dict[str, float], baseline_tensor: "torch.Tensor | None",
+                      judged: _Judged) -> str | None:
+        """Which replicated axis, summed over its all-reduce groups, gives the baseline back.
+
+        Every axis whose copies disagree is a candidate, smallest first: with ep x moe_tp
+        and a world-sized attn_tp, a missing EP all-reduce makes both ep and attn_tp
+        copies disagree, and only the sum over ep matches. Axes over the same ranks
+        (ep and attn_tp in an EP=2 world) cannot be told apart: the hint names both.
+        """
+        if baseline_tensor is None or len(item.plans.target) != 1:
+            return None
+        plan = item.plans.target[0]
+        limit = judged.limits.get("replica_rel_diff")
+        disagreeing = [a for a, v in replicas.items() if math.isnan(v) or (v > 0 and (limit is None or not limit.allows(v)))]
+        if not disagreeing:
+            return None
+        sizes = {op.axis: op.size for op in plan.ops}
+        worst = max(disagreeing, key=lambda a: math.inf if math.isnan(replicas[a]) else replicas[a])
+        worst_metrics = None
+        for axis in sorted(disagreeing, key=lambda a: (sizes.get(a, 0), a)):
+            try:
+                summed = execute_unshard(plan, self.loaders.target.load, sum_axes=frozenset({axis}),
+                                         verify_replicas=False).tensor
+            except UnshardError:
+                continue  # a rank of the sum is missing: no evidence either way
+            if tuple(summed.shape) != tuple(baseline_tensor.shape):
+                continue
+            sum_metrics = compute_metrics(baseline_tensor, summed)
+            if not judge(sum_metrics, judged.rule, judged.limits, {}).failed:
+                groups = reduction_groups(plan.records, axis)
+                same_ranks = tuple(other for other in sorted(disagreeing)
+                                   if other != axis and reduction_groups(plan.records, other) == groups)
+                return replica_hint(axis, replicas[axis], sum_metrics, True, same_ranks=same_ranks)
+            if axis == worst:
+                worst_metrics = sum_metrics
+        return replica_hint(worst, replicas[worst], worst_metrics, False)
+
+    def _shape_mismatch(self, item: TensorWork, notes: list[str], alignment: AlignmentNote | None,
+                        baseline_tensor: "torch.Tensor", target_tensor: "torch.Tensor", token_dim: int | None,
+                        judged: _Judged) -> TensorResult:
+        b_shape, t_shape = tuple(baseline_tensor.shape), tuple(target_tensor.shape)
+
+        def passes(metrics: Metrics) -> bool:
+            return not judge(metrics, judged.rule, judged.limits, {}).failed
+
+        hint = padding_hint(baseline_tensor, target_tensor, token_dim=token_dim, passes=passes)
+        hint = hint or shape_hint(b_shape, t_shape, axis_sizes=self.axis_sizes)
+        return item.place.unmeasured("fail", "shape_mismatch",
+                                     f"shape mismatch: baseline {list(b_shape)} vs target {list(t_shape)}",
+                                     hint=hint, notes=notes, alignment=alignment)

@@ -1,0 +1,67 @@
+"""``jobs > 1``: execute work items in worker processes, results in order.
+
+Each worker builds its executor with the same factory as the serial path
+(comparator/execute.py ``make_executor``), from the same options, so ``--jobs 1`` and
+``--jobs N`` give the same report.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Iterator, Sequence
+
+from comparator.execute import Executor, make_executor
+from comparator.options import CompareOptions
+from comparator.plan import WorkItem
+from comparator.results import Pair, TensorResult
+from dumper.reader import open_run
+from dumper.run import Run
+
+_worker: Executor | None = None
+
+
+def _worker_run(path: str, run_format: str) -> Run:
+    # NOTE: workers only load data; the parent already read and planned the indexes.
+    # Other formats (SGLang .pt dumps) load through their own reader.
+    return Run(path=path, info=None, ranks=[]) if run_format == "dumpcmp" else open_run(path)
+
+
+def _init_worker(paths: Pair[str], formats: Pair[str], options: CompareOptions, axis_sizes: dict[str, int]) -> None:
+    global _worker
+    import torch
+
+    torch.set_num_threads(1)
+    _worker = make_executor(Pair(_worker_run(paths.baseline, formats.baseline),
+                                 _worker_run(paths.target, formats.target)), options, axis_sizes)
+
+
+def _work(item: WorkItem) -> TensorResult:
+    if _worker is None:
+        raise RuntimeError("_work called outside a worker started by _init_worker")
+    return _worker.run(item)
+
+
+def run_parallel(items: Sequence[WorkItem], runs: Pair[Run], options: CompareOptions,
+                 axis_sizes: dict[str, int]) -> Iterator[TensorResult]:
+    """Results in order, from ``options.jobs`` worker processes, a bounded window in flight."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    window = 2 * options.jobs
+    context = multiprocessing.get_context("spawn")
+    initargs = (runs.map(lambda run: run.path), runs.map(lambda run: run.format), options, axis_sizes)
+    with ProcessPoolExecutor(max_workers=options.jobs, mp_context=context, initializer=_init_worker,
+                             initargs=initargs) as pool:
+        pending: deque[Future[TensorResult]] = deque()
+        queue = iter(items)
+        for item in queue:
+            pending.append(pool.submit(_work, item))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            next_item = next(queue, None)
+            if next_item is not None:
+                pending.append(pool.submit(_work, next_item))
+            yield result

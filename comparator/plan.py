@@ -1,0 +1,241 @@
+"""Plan a comparison from the runs' indexes only: every work item, in execution order.
+
+Each work item is one comparison to make, as one of four small records (a union, not
+flags): present on one side only, not unshardable, measurable on tensors, or
+measurable from stats only. Planning errors (a bad dims annotation, a missing shard)
+become items here, before any tensor data is read; token aligners read the runs'
+small token metadata here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from aligners import AlignContext, Aligner, AlignmentNote, AlignUnit, AuxLoader
+from comparator.errors import UnshardError
+from dumper.loader import TensorLoader
+from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
+from comparator.options import CompareOptions
+from comparator.results import (Judgement, Measurement, NotMeasured, Pair, SideInfo, Status, TensorResult,
+                                Unmeasured)
+from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
+from dumper.format import IndexRecord
+from dumper.run import Run
+
+if TYPE_CHECKING:
+    import torch
+
+    from comparator.judge.routing import RoutingCheck, RoutingSources
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Which tensor a work item compares and where it sits: what its result repeats."""
+
+    name: str  # the target's name
+    baseline_name: str
+    step: int
+    tags: dict[str, Any]
+    order: tuple[float, ...]  # execution order
+    keys: tuple[TensorKey, ...]  # the target tensors it covers
+    predecessors: tuple[TensorKey, ...]  # what those tensors most likely consumed
+    sides: Pair[SideInfo | None]
+
+    def result(self, *, status: Status, measurement: Measurement, reason: str | None = None,
+               judgement: Judgement | None = None, hint: str | None = None, notes: Sequence[str] = (),
+               alignment: AlignmentNote | None = None, routing: "RoutingCheck | None" = None) -> TensorResult:
+        return TensorResult(
+            name=self.name, step=self.step, tags=self.tags, order=self.order, keys=self.keys,
+            predecessors=self.predecessors, sides=self.sides, status=status, measurement=measurement, reason=reason,
+            judgement=judgement, hint=hint, notes=tuple(notes), alignment=alignment, routing=routing,
+        )
+
+    def unmeasured(self, status: Status, why: Unmeasured, reason: str, *, hint: str | None = None,
+                   notes: Sequence[str] = (), alignment: AlignmentNote | None = None) -> TensorResult:
+        return self.result(status=status, measurement=NotMeasured(why=why), reason=reason, hint=hint, notes=notes,
+                           alignment=alignment)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneSided:
+    """Present in one run only: reported as ``skip`` with the reason."""
+
+    place: Placement
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unplannable:
+    """The shards cannot be put back together (from the index alone): reported as ``error``."""
+
+    place: Placement
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorWork:
+    """Both sides hold tensor data: load, unshard, align, measure, judge."""
+
+    place: Placement
+    unit: AlignUnit
+    plans: Pair[tuple[UnshardPlan, ...]]  # one plan per step of the unit, per side
+    context: AlignContext  # what the aligner's executor needs (built once, here)
+    routing: "RoutingSources | None" = None  # top-k ids / MoE output: judged with the layer's routing
+
+    @property
+    def name(self) -> str:
+        return self.place.name
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        return self.place.tags
+
+    @property
+    def dtypes(self) -> Pair[str]:
+        return self.plans.map(lambda plans: plans[0].dtype)
+
+    @property
+    def token_dim(self) -> int | None:
+        """The token dim the metrics are reported along: the target's, else the baseline's."""
+        target = self.plans.target[0].token_dim
+        return target if target is not None else self.plans.baseline[0].token_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsWork:
+    """A side has no tensor data (stats mode): judged from the index's stats and checksums."""
+
+    place: Placement
+    plans: Pair[tuple[UnshardPlan, ...]]
+
+    @property
+    def dtypes(self) -> Pair[str]:
+        return self.plans.map(lambda plans: plans[0].dtype)
+
+
+WorkItem = OneSided | Unplannable | TensorWork | StatsWork
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComparisonPlan:
+    """Everything a comparison will do, planned from metadata."""
+
+    items: tuple[WorkItem, ...]  # in execution order
+    axis_sizes: dict[str, int]  # every parallel axis of size > 1 in either run (for the hints)
+
+    @property
+    def measurable(self) -> int:
+        return sum(isinstance(item, (TensorWork, StatsWork)) for item in self.items)
+
+
+def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner) -> ComparisonPlan:
+    """Every comparison to make, in execution order, from the runs' indexes only."""
+    from comparator.judge.routing import attach_routing
+
+    ignore = options.name_map.ignore_tags
+    tensors = runs.map(lambda run: group_records(run.records, ignore_tags=ignore))
+    axis_sizes = _axis_sizes(runs)
+    aux = Pair(_aux_loader(runs.baseline, tensors.baseline, options, "baseline"),
+               _aux_loader(runs.target, tensors.target, options, "target"))
+    items: list[WorkItem] = []
+    for series in match_runs(tensors.baseline, tensors.target, options):
+        # NOTE: token aligners read the runs' token metadata here, before any big tensor
+        # is loaded; a missing metadata dump stops the comparison with one clear line.
+        context = AlignContext(name=series.name, tags=series.tags, baseline_token_dim=None, target_token_dim=None,
+                               baseline_aux=aux.baseline, target_aux=aux.target)
+        for unit in aligner.plan(series.step_pairs, context):
+            items.append(_plan_unit(series, unit, options))
+    items.sort(key=lambda item: item.place.order)
+    return ComparisonPlan(items=tuple(attach_routing(items, options.routing)), axis_sizes=axis_sizes)
+
+
+def _aux_loader(run: Run, tensors: list[LogicalTensor], options: CompareOptions, side: str) -> AuxLoader:
+    """(name, step, tags) -> that unsharded tensor of ``run`` (small token metadata), or None if not dumped."""
+    by_key = {(t.name, t.step, tags_key(t.tags)): t for t in tensors}
+    cache: dict[tuple[Any, ...], "torch.Tensor | None"] = {}
+    loader = TensorLoader(run, verify_checksums=options.verify_checksums)
+
+    def load(name: str, step: int, tags: dict[str, Any]) -> "torch.Tensor | None":
+        key = (name, step, tags_key(tags))
+        if key not in cache:
+            tensor = by_key.get(key)
+            if tensor is None:
+                cache[key] = None
+            else:
+                plan = plan_unshard(f"{side} {tensor.label}", tensor.records, dims=options.dims_for(name, side))
+                cache[key] = execute_unshard(plan, loader.load, verify_replicas=False).tensor
+        return cache[key]
+
+    return load
+
+
+def _axis_sizes(runs: Pair[Run]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for _, run in runs.items():
+        for rank in run.ranks:
+            for record in rank.records[:1]:
+                for axis, info in record.parallel.items():
+                    if info.size > 1:
+                        sizes[axis] = max(sizes.get(axis, 1), info.size)
+    return sizes
+
+
+def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions) -> WorkItem:
+    tensors = Pair([series.baseline[s] for s in unit.baseline_steps], [series.target[s] for s in unit.target_steps])
+    plans: Pair[list[UnshardPlan]] = Pair([], [])
+    errors: list[str] = []
+    for side, side_tensors in tensors.items():
+        for tensor in side_tensors:
+            try:
+                plans.side(side).append(
+                    plan_unshard(f"{side} {tensor.label}", tensor.records, dims=options.dims_for(tensor.name, side)))
+            except UnshardError as exc:
+                errors.append(str(exc))
+    place = Placement(
+        name=series.name, baseline_name=series.baseline_name, step=unit.step, tags=series.tags,
+        order=series.unit_order(unit.target_steps, unit.baseline_steps),
+        keys=tuple(t.key for t in tensors.target),
+        predecessors=tuple(p for t in tensors.target for p in t.predecessors),
+        sides=Pair(_side_info(series.baseline_name, unit.baseline_steps, tensors.baseline, plans.baseline),
+                   _side_info(series.name, unit.target_steps, tensors.target, plans.target)),
+    )
+    if not tensors.target or not tensors.baseline:
+        where, other, missing = (("baseline", "target", series.name) if tensors.baseline
+                                 else ("target", "baseline", series.baseline_name))
+        return OneSided(place=place, reason=f"only in {where}: the {other} run has no {missing} at this step")
+    if errors:
+        return Unplannable(place=place, reason="; ".join(errors))
+    frozen = plans.map(tuple)
+    if any(record.file is None for _, side_plans in frozen.items() for plan in side_plans for record in plan.records):
+        # NOTE: a stats-mode run still has every tensor's stats and checksum in its index:
+        # judge from those (comparator/judge/stats_only.py) rather than skip.
+        return StatsWork(place=place, plans=frozen)
+    return TensorWork(place=place, unit=unit, plans=frozen, context=_execution_context(series, frozen))
+
+
+def _execution_context(series: Series, plans: Pair[tuple[UnshardPlan, ...]]) -> AlignContext:
+    """The aligner's context for executing a unit: token dims and dims after unsharding (no loaders)."""
+    dims = plans.map(lambda side: side[0].dims)
+    return AlignContext(
+        name=series.name, tags=series.tags,
+        baseline_token_dim=plans.baseline[0].token_dim, target_token_dim=plans.target[0].token_dim,
+        baseline_dims=dims.baseline.text if dims.baseline is not None else None,
+        target_dims=dims.target.text if dims.target is not None else None,
+    )
+
+
+def _side_info(name: str, steps: tuple[int, ...], tensors: Sequence[LogicalTensor],
+               plans: Sequence[UnshardPlan]) -> SideInfo | None:
+    if not tensors:
+        return None
+    records: list[IndexRecord] = [r for t in tensors for r in t.records]
+    plan = plans[0] if len(plans) == len(tensors) and plans else None
+    return SideInfo(
+        name=name, steps=steps,
+        shape=plan.shape if plan is not None else None,
+        dtype=records[0].dtype,
+        ranks=tuple(sorted({r.rank for r in records})),
+        dims=records[0].dims if plan is None or plan.dims is None else plan.dims.text,
+        plan=plan.describe() if plan is not None else None,
+    )
