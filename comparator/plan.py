@@ -9,11 +9,13 @@ small token metadata here too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from aligners import AlignContext, Aligner, AlignmentNote, AlignUnit, AuxLoader
 from comparator.errors import UnshardError
+from comparator.judge.routing import RoutingOptions, RoutingSources, layer_step
 from dumper.loader import TensorLoader
 from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
 from comparator.options import CompareOptions
@@ -26,7 +28,7 @@ from dumper.run import Run
 if TYPE_CHECKING:
     import torch
 
-    from comparator.judge.routing import RoutingCheck, RoutingSources
+    from comparator.judge.routing import RoutingCheck
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,8 +133,6 @@ class ComparisonPlan:
 
 def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner) -> ComparisonPlan:
     """Every comparison to make, in execution order, from the runs' indexes only."""
-    from comparator.judge.routing import attach_routing
-
     ignore = options.name_map.ignore_tags
     tensors = runs.map(lambda run: group_records(run.records, ignore_tags=ignore))
     axis_sizes = _axis_sizes(runs)
@@ -148,6 +148,35 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner) 
             items.append(_plan_unit(series, unit, options))
     items.sort(key=lambda item: item.place.order)
     return ComparisonPlan(items=tuple(attach_routing(items, options.routing)), axis_sizes=axis_sizes)
+
+
+def attach_routing(items: Sequence[WorkItem], options: RoutingOptions) -> list[WorkItem]:
+    """The work items, with ``routing`` set on top-k ids and on MoE outputs that have routing beside them.
+
+    Only tensor work takes part: stats alone cannot tell which tokens flipped.
+    """
+    if not options.enabled:
+        return list(items)
+    usable = [i for i in items if isinstance(i, TensorWork)]
+    topk = {layer_step(i): i for i in usable if options.topk_ids.search(i.name)}
+    if not topk:
+        return list(items)
+    logits = {layer_step(i): i for i in usable if options.router_logits.search(i.name)}
+    attached: list[WorkItem] = []
+    for item in items:
+        if not isinstance(item, TensorWork):
+            attached.append(item)
+            continue
+        found = topk.get(layer_step(item))
+        role: Literal["topk_ids", "moe_output"] | None = (
+            "topk_ids" if options.topk_ids.search(item.name)
+            else "moe_output" if options.moe_outputs.search(item.name) else None)
+        if found is None or role is None:
+            attached.append(item)
+            continue
+        attached.append(dataclasses.replace(item, routing=RoutingSources(
+            topk_ids=found, router_logits=logits.get(layer_step(item)), role=role)))
+    return attached
 
 
 def _aux_loader(run: Run, tensors: list[LogicalTensor], options: CompareOptions, side: str) -> AuxLoader:

@@ -27,7 +27,7 @@ Side = Literal["baseline", "target"]
 STATUSES: tuple[Status, ...] = ("pass", "fail", "skip", "error")
 SIDES: tuple[Side, Side] = ("baseline", "target")
 
-T = TypeVar("T")
+T = TypeVar("T", covariant=True)
 U = TypeVar("U")
 
 

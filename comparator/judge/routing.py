@@ -19,8 +19,8 @@ Allow-listing every MoE output would hide real bugs; instead, per MoE layer and 
    MoE block outputs, by name) are judged on the tokens whose routing agrees, and the
    benign-flip tokens are listed with their margins (``TensorResult.routing``).
 
-The pipeline only calls :func:`attach_routing` while planning and :class:`RoutingJudge`
-while executing.
+Planning attaches :class:`RoutingSources` to the work items (comparator/plan.py
+``attach_routing``); the executor measures each layer-step once with :class:`RoutingJudge`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 if TYPE_CHECKING:
     import torch
 
-    from comparator.plan import TensorWork, WorkItem
+    from comparator.plan import TensorWork
 
 UPSTREAM_HINT = "router logits diverged: look upstream"
 
@@ -200,44 +200,14 @@ class RoutingSources:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return _layer_step(self.topk_ids)
+        return layer_step(self.topk_ids)
 
 
-def _layer_step(item: "TensorWork") -> tuple[Any, ...]:
+def layer_step(item: "TensorWork") -> tuple[Any, ...]:
+    """Which layer and step a work item belongs to: its unit's steps and its tags."""
     from comparator.matching import tags_key
 
     return (item.unit.baseline_steps, item.unit.target_steps, tags_key(item.tags))
-
-
-def attach_routing(items: Sequence["WorkItem"], options: RoutingOptions) -> list["WorkItem"]:
-    """The work items, with ``routing`` set on top-k ids and on MoE outputs that have routing beside them.
-
-    Only tensor work takes part: stats alone cannot tell which tokens flipped.
-    """
-    from comparator.plan import TensorWork
-
-    if not options.enabled:
-        return list(items)
-    usable = [i for i in items if isinstance(i, TensorWork)]
-    topk = {_layer_step(i): i for i in usable if options.topk_ids.search(i.name)}
-    if not topk:
-        return list(items)
-    logits = {_layer_step(i): i for i in usable if options.router_logits.search(i.name)}
-    attached: list["WorkItem"] = []
-    for item in items:
-        if not isinstance(item, TensorWork):
-            attached.append(item)
-            continue
-        found = topk.get(_layer_step(item))
-        role: Literal["topk_ids", "moe_output"] | None = (
-            "topk_ids" if options.topk_ids.search(item.name)
-            else "moe_output" if options.moe_outputs.search(item.name) else None)
-        if found is None or role is None:
-            attached.append(item)
-            continue
-        attached.append(dataclasses.replace(item, routing=RoutingSources(
-            topk_ids=found, router_logits=logits.get(_layer_step(item)), role=role)))
-    return attached
 
 
 # ------------------------------------------------------------------------- executing
