@@ -1,0 +1,169 @@
+"""dumper/reader.py, dumper/run.py and dumper/loader.py as modules, on a run a real process wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dumper.errors import RunFormatError, RunNotFoundError
+from dumper.loader import TensorLoader
+from dumper.reader import open_run, read_index
+from tests.helpers.procs import dump_run
+
+DUMPS = """
+import torch
+from dumper import dumper
+for step in range(3):
+    dumper.dump("x", torch.arange(4, dtype=torch.float32) + step, dims="t")
+    dumper.dump("ids", torch.tensor([step, 7]))
+    dumper.step()
+"""
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("written") / "run"
+    dump_run(run_dir, DUMPS)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(written, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(written, copy)
+    return copy
+
+
+def _rank_json(run_dir, directory="rank-00000"):
+    return run_dir / directory / "rank.json"
+
+
+def test_a_clean_run_opens_complete(run_dir):
+    with open_run(run_dir) as run:
+        assert run.complete and run.mode == "tensor" and run.world_size == 1
+        (rank,) = run.ranks
+        assert (rank.steps, rank.last_step, rank.status) == ([0, 1, 2], 2, "closed")
+        assert [(r.step, r.name) for r in run.records] == [(s, n) for s in range(3) for n in ("x", "ids")]
+        assert run.load(run.records[2], verify=True).tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_torn_last_line_and_bad_middle_line_are_problems_not_failures(run_dir):
+    index = run_dir / "rank-00000" / "index.jsonl"
+    lines = index.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "seq": "one"})
+    index.write_text("\n".join(lines) + "\n" + lines[0][:40])  # the writer died mid-line
+    records, torn, problems = read_index(str(index), source="rank-00000")
+    assert len(records) == 5 and torn == 1
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "line 2 is not a valid record (seq must be an integer, not 'one'); ignored",
+        "line 7 is torn (the writer stopped mid-line); ignored",
+    ]
+
+
+def test_an_index_line_naming_a_path_is_refused(run_dir):
+    index = run_dir / "rank-00000" / "index.jsonl"
+    first = json.loads(index.read_text().splitlines()[0])
+    index.write_text(json.dumps({**first, "file": "../../elsewhere.safetensors"}) + "\n")
+    records, _, problems = read_index(str(index), source="rank-00000")
+    assert records == [] and "outside its rank directory" in problems[0]
+
+
+def test_leftovers_missing_ranks_and_unclosed_ranks_are_named(run_dir):
+    stale = run_dir / "rank-00003"
+    shutil.copytree(run_dir / "rank-00000", stale)
+    info = json.loads(_rank_json(run_dir, "rank-00003").read_text())
+    _rank_json(run_dir, "rank-00003").write_text(json.dumps({**info, "run_id": "an-older-run", "rank": 3}))
+    info = json.loads(_rank_json(run_dir).read_text())
+    _rank_json(run_dir).write_text(json.dumps({**info, "world_size": 2, "status": "running"}))
+    with open_run(run_dir) as run:
+        assert [r.directory for r in run.ranks] == ["rank-00000"]
+        assert run.problems == [
+            "rank-00000: did not close (still running, or killed); last step 2",
+            "rank-00003: left over from an earlier run (run id an-older-run); ignored",
+            "rank(s) 1 of 2 are absent",
+        ]
+
+
+def test_a_newer_schema_is_refused_with_what_to_do(run_dir):
+    run_json = run_dir / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "schema_version": 99}))
+    with pytest.raises(RunFormatError, match="schema version 99, this dumpcmp reads up to 1; upgrade dumpcmp"):
+        open_run(run_dir)
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(RunNotFoundError, match="no such directory"):
+        open_run(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunNotFoundError, match="no run here"):
+        open_run(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- the loader
+def test_loader_reads_each_tensor_positionally_and_checks_against_the_index(run_dir):
+    with open_run(run_dir) as run:
+        loader = TensorLoader(run, verify_checksums=True)
+        for record in run.records:
+            loader.check(record)
+            tensor = loader.load(record)
+            assert str(tensor.dtype).removeprefix("torch.") == record.dtype and tuple(tensor.shape) == record.shape
+        ids = [loader.load(r).tolist() for r in run.records if r.name == "ids"]
+        assert ids == [[0, 7], [1, 7], [2, 7]]
+
+
+def test_loader_refuses_an_index_that_disagrees_with_the_file(run_dir):
+    with open_run(run_dir) as run:
+        record = run.records[0]
+        loader = TensorLoader(run)
+        with pytest.raises(RunFormatError, match=r"holds \[4\] float32, but the index says \[4\] bfloat16"):
+            loader.check(replace(record, dtype="bfloat16"))
+        with pytest.raises(RunFormatError, match="no tensor '999' for x"):
+            loader.load(replace(record, key="999"))
+        with pytest.raises(RunFormatError, match="has no data: run dumped in stats mode"):
+            loader.load(replace(record, file=None, key=None))
+
+
+def test_loader_verifies_checksums_when_asked(run_dir):
+    with open_run(run_dir) as run:
+        record = run.records[0]
+        path = run_dir / "rank-00000" / record.file
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF  # flip bits of the last tensor's data, not of the header
+        path.write_bytes(bytes(data))
+        last = run.records[-1]
+        assert TensorLoader(run).load(last) is not None  # without verifying, the bytes are read as they are
+        with pytest.raises(RunFormatError, match="checksum mismatch for ids"):
+            TensorLoader(run, verify_checksums=True).load(last)
+
+
+def test_a_data_file_linked_from_outside_the_run_is_refused(run_dir, tmp_path):
+    with open_run(run_dir) as run:
+        record = run.records[0]
+        inside = run_dir / "rank-00000" / record.file
+        outside = tmp_path / "outside.safetensors"
+        shutil.move(inside, outside)
+        os.symlink(outside, inside)
+        with pytest.raises(RunFormatError, match="points outside the run directory"):
+            run.load(record)
+
+
+def test_a_corrupt_file_is_reported_for_each_of_its_records(run_dir):
+    with open_run(run_dir) as run:
+        first, second = run.records[:2]
+        (run_dir / "rank-00000" / first.file).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+        loader = TensorLoader(run)
+        for record in (first, second):
+            with pytest.raises(RunFormatError, match="corrupt safetensors file"):
+                loader.load(record)
+
+
+def test_load_copies_so_tensors_outlive_the_run(run_dir):
+    with open_run(run_dir) as run:
+        tensor = run.load(run.records[0])
+    tensor += 1  # writable, owned memory
+    assert torch.equal(tensor, torch.arange(4, dtype=torch.float32) + 1)
