@@ -214,7 +214,7 @@ def test_shape_mismatch_report_does_not_look_like_a_pass(shape_mismatch_html, tm
     if os.environ.get("DUMPCMP_REQUIRE_ENGINES") == "1":
         from PIL import Image
     else:
-        Image = pytest.importorskip("PIL.Image")
+        Image = pytest.importorskip("PIL.Image")  # noqa: N806 - named as the module it stands for
     _, html = shape_mismatch_html
     plot = html.split('id="error-plot"', 1)[1].split("</section>", 1)[0]
     page = tmp_path / "plot.html"
