@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nondeterministic", action="store_true",
                         help="sum each expert's split-K down-projection in a run-seeded shuffled order "
                              "(healthy runs then differ at rounding level)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run each decoder layer under torch.compile(fullgraph=True); collectives, attention "
+                             "and routed experts stay eager as opaque operators (as vLLM's piecewise compile)")
     graphs = parser.add_argument_group("CUDA graphs (examples/moe_engine/cudagraph.py)")
     graphs.add_argument("--cuda-graph", action="store_true",
                         help="decode from CUDA graphs: the batch padded up to the next captured size, then replayed")
@@ -66,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         bug=args.bug[0] if args.bug else None, extra_bugs=tuple(args.bug[1:]) if args.bug else (), steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
         save_logits=args.save_logits, perturb_router=args.perturb_router,
         nondeterministic=args.nondeterministic, cuda_graph=args.cuda_graph, static_decode=args.static_decode,
-        graph_sizes=args.graph_sizes, model=model,
+        graph_sizes=args.graph_sizes, compile=args.compile, model=model,
     )
 
 

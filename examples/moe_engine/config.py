@@ -113,6 +113,9 @@ class EngineConfig:
     cuda_graph: bool = False
     static_decode: bool = False
     graph_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    # Each decoder layer under torch.compile(fullgraph=True), collectives, attention and
+    # routed experts as opaque operators (examples/moe_engine/compiled.py).
+    compile: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -175,6 +178,16 @@ class EngineConfig:
         for size, parts, what, by in divisible:
             if size % parts:
                 raise EngineConfigError(f"{what}={size} cannot be split over {by}={parts}; choose sizes that divide it")
+        if self.compile and self.dp_attention > 1:
+            raise EngineConfigError(
+                "--compile with --dp-attention is not supported: gathering the DP ranks' tokens pads them to a "
+                "data-dependent size; compile without --dp-attention, or run DP-attention eagerly"
+            )
+        if self.compile and (self.cuda_graph or self.static_decode):
+            raise EngineConfigError(
+                "--compile with --cuda-graph/--static-decode is not supported yet: each replaces the layers' "
+                "attention and experts in its own way; use one or the other"
+            )
         if self.fusion and self.dp_attention > 1:
             raise EngineConfigError(
                 "--fusion with --dp-attention is not supported: the deferred reduction would have to be a "

@@ -53,6 +53,10 @@ class Engine:
         layout = comm.layout
         self.model = MoEModel(config, generate_weights(config.model), comm=comm)
         self.model.to(device=device, dtype=DTYPES[config.dtype]).train(False)
+        if config.compile:
+            from examples.moe_engine.compiled import compile_model
+
+            compile_model(self.model, comm)
         prompts = make_prompts(config)
         self.dp_rank = layout.attn_dp_rank
         self.dp_size = layout.dp_attention

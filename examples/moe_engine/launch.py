@@ -141,7 +141,7 @@ def gather_results(engine: Engine, local: list[RequestResult]) -> list[RequestRe
 
 def describe(config: EngineConfig) -> str:
     flags = [f"tp={config.tp}", f"ep={config.ep}", f"dp_attention={config.dp_attention}"]
-    flags += [name for name in ("dense_tp", "fusion", "cuda_graph", "static_decode") if getattr(config, name)]
+    flags += [name for name in ("dense_tp", "fusion", "cuda_graph", "static_decode", "compile") if getattr(config, name)]
     flags.append(f"bug={'+'.join(config.bugs) or 'none'}")
     return (f"moe_engine: {' '.join(flags)} (world {config.world_size}: attn_tp {config.attn_tp}, "
             f"moe_tp {config.tp}) {config.dtype} on {config.device}")

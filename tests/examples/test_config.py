@@ -17,6 +17,8 @@ from examples.moe_engine.parallel import ParallelLayout
         ({"ep": 3, "dp_attention": 3}, "num_experts=8 cannot be split over --ep=3"),
         ({"ep": 2, "dp_attention": 3}, "--dp-attention 3 must divide the world size tp*ep=2"),
         ({"ep": 2, "dp_attention": 2, "fusion": True}, "--fusion with --dp-attention is not supported"),
+        ({"ep": 2, "dp_attention": 2, "compile": True}, "--compile with --dp-attention is not supported"),
+        ({"compile": True, "static_decode": True}, "--compile with --cuda-graph/--static-decode is not supported"),
         ({"steps": -1}, "--steps must be 0 or more"),
         ({"prompt_lens": ()}, "--prompt-lens needs one or more positive lengths"),
         ({"bug": "nope"}, "unknown bug 'nope'; valid: ep_reduce_skipped_under_fusion, double_reduce"),
