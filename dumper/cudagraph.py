@@ -31,7 +31,6 @@ from typing import Any, Callable
 LOST_BUDGET = "graph buffer budget exceeded (raise DUMPCMP_GRAPH_MB)"
 LOST_CALLABLE = "a callable cannot be re-evaluated at replay (pass the tensor itself)"
 LOST_NOT_CUDA = "not a CUDA tensor: its value at replay is unknown to the graph"
-LOST_UNKNOWN_GRAPH = "captured outside torch.cuda.CUDAGraph (no replay to attach to)"
 LOST_CAPTURE_FAILED = "the capture was abandoned before capture_end"
 
 # Dim names of the batch axis that padding extends (dumper/dims.py): tokens, requests.

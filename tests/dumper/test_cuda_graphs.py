@@ -261,3 +261,29 @@ def test_dumps_inside_compiled_code_that_an_engine_captures(tmp_path):
     for record, value in replayed:
         if record.name == "out":
             assert torch.equal(value, outputs[record.step])  # the graph's own output, bit for bit
+
+
+def test_an_engine_capture_in_global_mode_survives_a_busy_writer(tmp_path):
+    """The writer thread polls the copies' events while the engine captures in torch's default ("global") mode.
+
+    (CUDA forbids other threads "potentially unsafe" calls during a global-mode capture;
+    an event query is not one of them here: the capture succeeds.)
+    """
+    local = _dumper(tmp_path / "run")
+    local.dump("warmup", torch.zeros(1, device="cuda"))
+    local.flush()
+    static_x = torch.randn(1 << 20, device="cuda")
+    torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # the copies below wait behind this: the writer keeps polling
+    for index in range(8):
+        local.dump("queued", static_x, index=index)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="global"):
+        y = static_x * 3
+        local.dump("y", y)
+    graph.replay()
+    torch.cuda.synchronize()
+    local.close()
+    names = [r.name for r, _ in _records(tmp_path / "run")]
+    assert names.count("queued") == 8 and names.count("y") == 1
