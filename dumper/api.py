@@ -185,6 +185,25 @@ class Dumper:
     def parallel(self):
         return self._parallel.current()
 
+    def dims_when(self, root: Any, path: str, then: str, otherwise: str) -> str | None:
+        """``then`` when the attribute ``path`` of ``root`` is true, else ``otherwise``.
+
+        Patch files choose a dump's dims from the engine's state this way
+        (``dims: {when: self._fused_output_is_reduced, then: ..., else: ...}``,
+        docs/patches.md): a plain attribute lookup, nothing evaluated. A lookup that
+        fails warns once and gives no dims, so the comparator asks for them rather than
+        guessing a layout.
+        """
+        value = root
+        try:
+            for part in path.split(".") if path else ():
+                value = getattr(value, part)
+            return then if value else otherwise
+        except Exception as exc:  # noqa: BLE001 - never break the engine
+            self._warn_once(f"dims-when:{path}", f"dumpcmp: cannot read {path or 'the value'} to choose dims "
+                            f"({type(exc).__name__}: {exc}); the dump has no dims annotation")
+            return None
+
     # ------------------------------------------------------------------- dump
     def dump(self, name: str, value: Any, *, dims: str | None = None, **tags: Any) -> None:
         if not self.enabled:

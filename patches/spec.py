@@ -38,6 +38,7 @@ TOP_KEYS = ("patches", "description")
 PATCH_KEYS = ("target", "edits", "tags", "step", "preamble")
 EDIT_KEYS = ("match", "at", "prepend", "append", "replacement")
 DUMP_KEYS = ("dump", "expr", "dims", "tags", "graft")
+DIMS_CHOICE_KEYS = ("when", "then", "else")
 AT_ANCHORS = ("entry", "return")
 RETURN_VALUE_NAME = "__ret__"
 # Injected code says ``dumper``; it is renamed to this global so that a module with
@@ -342,8 +343,7 @@ class _Parser:
             raise self.fail(node, f"dump {name!r} needs 'expr:' (the name is not a variable name)")
         arguments = [repr(name), expr]
         if "dims" in keys:
-            dims = self.string(keys["dims"][1], f"'dims' of dump {name!r}").strip()
-            arguments.append(f"dims={dims!r}")
+            arguments.append(f"dims={self.dims(keys['dims'][1], name)}")
         if "tags" in keys:
             for tag in self.tags(keys["tags"][1], f"tags of dump {name!r}"):
                 if tag.name == "dims":
@@ -355,6 +355,42 @@ class _Parser:
             # `dumpcmp run --graft` names this site, else the value itself.
             text = f"{expr} = dumper.graft_point({', '.join(arguments)})"
         return Snippet(text=text, location=self.loc(node))
+
+    def dims(self, node: Any, name: str) -> str:
+        """The code of a dump's ``dims=`` argument: a string, or a choice on the engine's state.
+
+        ``{when: PATH, then: DIMS, else: DIMS}`` picks the dims at the dump site from
+        the truth of PATH, a variable or attribute path (``self._fused_output_is_reduced``,
+        ``fused_output_is_reduced``): its first name is injected as code, the rest is
+        looked up with getattr by ``dumper.dims_when``; no call, operator or other code.
+        """
+        import yaml
+
+        what = f"'dims' of dump {name!r}"
+        if not isinstance(node, yaml.MappingNode):
+            return repr(self.string(node, what).strip())
+        keys = self.mapping(node, f"{what} (a choice on the engine's state)", DIMS_CHOICE_KEYS)
+        missing = [key for key in DIMS_CHOICE_KEYS if key not in keys]
+        if missing:
+            raise self.fail(node, f"{what} needs when, then and else (missing: {', '.join(missing)}), e.g. "
+                            "{when: self._fused_output_is_reduced, then: 't h # tp:replicated', else: 't h # tp:partial'}")
+        path = self.string(keys["when"][1], f"'when' of {what}").strip()
+        parts = path.split(".")
+        if not all(part.isidentifier() and not keyword.iskeyword(part) for part in parts):
+            raise self.fail(keys["when"][1], f"'when' of {what} must be a variable or attribute path such as "
+                            f"self._fused_output_is_reduced (names joined by dots), not {path!r}")
+        from dumper.dims import parse_dims
+        from dumper.errors import DimsSyntaxError
+
+        choices = []
+        for key in ("then", "else"):
+            text = self.string(keys[key][1], f"'{key}' of {what}").strip()
+            try:
+                parse_dims(text)
+            except DimsSyntaxError as exc:
+                raise self.fail(keys[key][1], f"'{key}' of {what}: {exc}") from None
+            choices.append(text)
+        return f"dumper.dims_when({parts[0]}, {'.'.join(parts[1:])!r}, {choices[0]!r}, {choices[1]!r})"
 
     def graft_flag(self, node: Any, name: str, expr: str) -> bool:
         value = self.scalar(node)

@@ -204,3 +204,30 @@ def test_dumping_does_not_change_vllm_tp1(model, tmp_path):
     assert (check["changed"], check["method"], check["observed"]) == (False, "tensor", "layer_output")
     assert check["exit_codes"] == {"dumping_on": 0, "reference": 0}
     assert len(check["outputs"]) == STEPS * LAYERS and all(o["identical"] for o in check["outputs"])
+
+
+# Forces vLLM's "the combine kernel already reduced the fused output" state (an EP
+# all2all backend's) on the CPU: at TP=1 nothing is reduced either way, so only the
+# dims the preset chooses change.
+FORCE_FUSED_OUTPUT_REDUCED = """
+patches:
+  - target: vllm.model_executor.layers.fused_moe.runner.moe_runner.MoERunner.forward
+    edits:
+      - at: entry
+        prepend: "type(self)._fused_output_is_reduced = property(lambda runner: True)"
+"""
+
+
+def test_the_preset_dims_follow_vllms_fused_output_is_reduced(model, tmp_path):
+    """The else branch (not reduced: tp:partial) is what every other run here records
+    (test_vllm_tp2_matches_tp1_with_the_preset sums routed_expert_output over tp); forcing
+    the attribute takes the other branch."""
+    from dumper.reader import open_run
+
+    force = tmp_path / "force_reduced.yaml"
+    force.write_text(FORCE_FUSED_OUTPUT_REDUCED)
+    run = str(tmp_path / "forced")
+    engine_run(run, [PRESET, str(force)], ["examples.vllm.run_vllm", model, "--tp", "1"])
+    with open_run(run) as opened:
+        dims = {r.dims for r in opened.records if r.name == "routed_expert_output"}
+    assert dims == {"t h # tp:replicated"}
