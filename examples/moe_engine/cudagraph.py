@@ -71,7 +71,6 @@ class StaticBatch:
     last_token_rows: torch.Tensor  # [rows] int64: every row is its request's last token
     kv_cache: StaticKVCache
     padding_counts_bug: bool
-    is_static: bool = True
     dp_rank: int = 0
 
     @property
@@ -163,9 +162,9 @@ class GraphRunner:
             raise ValueError(f"a decode batch of {real} rows is larger than every captured size {self.sizes}")
         self._load(input_ids, batch, size)
         if not self.capture:
-            batch = self._static_batch(size)
-            with self._static_experts(batch):
-                return self.model(self.input_ids[:size], batch)
+            static = self._static_batch(size)
+            with self._static_experts(static):
+                return self.model(self.input_ids[:size], static)
         if not self.graphs:
             self._capture_all()
         graph, logits = self.graphs[size]

@@ -17,7 +17,7 @@ from torch import nn
 
 from examples.moe_engine.batch import ForwardBatch
 from examples.moe_engine.config import EngineConfig
-from examples.moe_engine.cudagraph import static_attend, static_routed_experts
+from examples.moe_engine.cudagraph import StaticBatch, static_attend, static_routed_experts
 from examples.moe_engine.parallel import Axis, Comm
 from examples.moe_engine.weights import shard
 
@@ -127,7 +127,7 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """Causal attention of each request over its cached tokens; a padding row attends to itself."""
-        if getattr(batch, "is_static", False):  # --cuda-graph decode (examples/moe_engine/cudagraph.py)
+        if isinstance(batch, StaticBatch):  # --cuda-graph decode (examples/moe_engine/cudagraph.py)
             return static_attend(q, k, v, batch, layer_id=self.layer_id, head_dim=self.head_dim)
         out = v.clone()
         scale = self.head_dim ** -0.5
