@@ -211,10 +211,8 @@ def test_shape_mismatch_report_does_not_look_like_a_pass(shape_mismatch_html, tm
     Before the no-metric lane, failures without a metric were 1-pixel dashes on the axis and
     the plot showed about 250 red pixels (mostly the first-divergence line) to 630 green.
     """
-    if os.environ.get("DUMPCMP_REQUIRE_ENGINES") == "1":
-        from PIL import Image
-    else:
-        Image = pytest.importorskip("PIL.Image")  # noqa: N806 - named as the module it stands for
+    from PIL import Image  # pillow: a test dependency (pyproject's test extra)
+
     _, html = shape_mismatch_html
     plot = html.split('id="error-plot"', 1)[1].split("</section>", 1)[0]
     page = tmp_path / "plot.html"
