@@ -23,7 +23,7 @@ from typing import Sequence
 
 from comparator.fingerprint import RunFingerprint
 from comparator.results import Pair, Report, TensorResult
-from comparator.report.svg import PlotPoint, error_plot, esc, fmt, heatmap
+from comparator.report.svg import PlotPoint, error_plot, esc, fmt, heatmap, heatmap_scale
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 VERDICTS = {0: ("PASS", "pass"), 1: ("FAIL", "fail"), 3: ("NOTHING COMPARED", "skip")}
@@ -211,7 +211,7 @@ def _plot_section(report: Report) -> str:
     legend = "".join(f'<span><i class="dot" style="background:{c}"></i> {s}</span>'
                      for s, c in (("pass", "#2e7d32"), ("fail", "#c62828"), ("skip", "#f9a825"), ("error", "#8e24aa")))
     legend += ('<span>○ propagated failure</span><span style="color:#ef6c00">- - threshold</span>'
-               '<span style="color:#c62828">| first divergence</span><span>_ not measured</span>')
+               '<span style="color:#c62828">| first divergence</span><span style="color:#c62828">× no metric (top lane: shape mismatch, one side only, unreadable)</span>')
     note = (" Every comparison here was made from stats only: the metric is the norm ratio's distance from 1."
             if metric != "rel_diff" else "")
     return (f'<section id="error-plot"><h2>Error against execution order</h2><p class="muted">{esc(metric)} of each '
@@ -242,18 +242,22 @@ def _heatmap_section(report: Report) -> str:
     across_steps = [(f"step {r.step}", _per_token(r)) for r in report.results
                     if r.name == divergent.name and r.tags == divergent.tags and _per_token(r) is not None]
     highlight = next((i for i, (label, _) in enumerate(across_steps) if label == f"step {divergent.step}"), None)
-    parts.append(heatmap([(label, values) for label, values in across_steps if values is not None],
-                         value_name="rel_l2", highlight_row=highlight))
+    step_rows = [(label, values) for label, values in across_steps if values is not None]
     tokens = len(_per_token(divergent) or ())
     same_step = [(i, r) for i, r in enumerate(report.results)
                  if r.step == divergent.step and len(_per_token(r) or ()) == tokens]
+    window: list[tuple[int, TensorResult]] = []
     if len(same_step) > 1:
         around = [i for i, (index, _) in enumerate(same_step) if index == first.index][0]
         start = max(0, min(around - MAX_HEATMAP_ROWS // 4, len(same_step) - MAX_HEATMAP_ROWS))
         window = same_step[start : start + MAX_HEATMAP_ROWS]
-        rows = [(r.label.split("@")[0], _per_token(r) or ()) for _, r in window]
+    tensor_rows = [(r.label.split("@")[0], _per_token(r) or ()) for _, r in window]
+    # NOTE: one colour scale for both heatmaps: the same colour is the same error in each.
+    scale = heatmap_scale([values for _, values in step_rows] + [values for _, values in tensor_rows])
+    parts.append(heatmap(step_rows, value_name="rel_l2", highlight_row=highlight, scale=scale))
+    if window:
         parts.append(f"<h3>Every tensor of step {divergent.step} with {tokens} tokens, in execution order</h3>")
-        parts.append(heatmap(rows, value_name="rel_l2",
+        parts.append(heatmap(tensor_rows, value_name="rel_l2", scale=scale,
                              highlight_row=next(i for i, (index, _) in enumerate(window) if index == first.index)))
     parts.append("</section>")
     return "".join(parts)

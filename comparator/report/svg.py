@@ -99,7 +99,15 @@ def error_plot(points: Sequence[PlotPoint], *, metric: str, marked: int | None =
     left, right, top, bottom = 64, 16, 22, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [p.value for p in points if p.value is not None] + [p.limit for p in points if p.limit is not None]
-    scale = LogScale.fit(values, top + plot_h, top)
+    unmeasured = [p for p in points if p.value is None]
+    # NOTE: results without a metric (shape mismatch, one side only, load errors) get a
+    # lane of their own above the plot: a failure must never look like a pass at a glance.
+    lane = 26 if unmeasured else 0
+    top += lane
+    plot_h -= lane
+    fitted = LogScale.fit(values, top + plot_h, top)
+    # One decade of headroom: a threshold at the top decade stays visible inside the frame.
+    scale = LogScale(low_exp=fitted.low_exp, high_exp=fitted.high_exp + 1, pixel_low=top + plot_h, pixel_high=top)
     n = max(1, len(points))
 
     def x_of(index: int) -> float:
@@ -108,6 +116,13 @@ def error_plot(points: Sequence[PlotPoint], *, metric: str, marked: int | None =
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(metric)} against execution order">']
     parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>')
+    if lane:
+        failing = sum(p.status in ("fail", "error") for p in unmeasured)
+        parts.append(f'<rect x="{left}" y="{top - lane + 2}" width="{plot_w}" height="{lane - 6}" fill="#fff3f3" '
+                     'stroke="#e0b4b4" class="no-metric-lane"/>')
+        parts.append(f'<text x="{left - 6}" y="{top - lane / 2 + 3:.1f}" text-anchor="end" class="tick">no metric</text>')
+        parts.append(f'<text x="{left + plot_w}" y="{height - 8}" text-anchor="end" class="mark">'
+                     f'× {len(unmeasured)} without a metric ({failing} failing)</text>')
     # Decades on the y axis.
     zeros = any(p.value is not None and not p.value > 0 for p in points)
     for exp in range(scale.low_exp, scale.high_exp + 1):
@@ -141,20 +156,21 @@ def error_plot(points: Sequence[PlotPoint], *, metric: str, marked: int | None =
     # First divergence.
     if marked is not None and 0 <= marked < len(points):
         x = x_of(marked)
-        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#c62828" '
+        parts.append(f'<line x1="{x:.1f}" y1="{top - lane}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#c62828" '
                      'stroke-width="1.5" class="first-divergence-mark"/>')
         anchor = "end" if x > left + plot_w * 0.6 else "start"
         dx = -4 if anchor == "end" else 4
-        parts.append(f'<text x="{x + dx:.1f}" y="{top - 6}" text-anchor="{anchor}" class="mark">'
+        parts.append(f'<text x="{x + dx:.1f}" y="{top - lane - 6}" text-anchor="{anchor}" class="mark">'
                      f'first divergence: {esc(marked_label)}</text>')
     # Points.
     radius = 3.2 if n <= 400 else 2.2
     for index, point in enumerate(points):
         if point.value is None:
-            y = top + plot_h - 3
+            y = top - lane / 2 - 1
             colour = STATUS_COLOURS.get(point.status, "#777")
-            parts.append(f'<path d="M{x_of(index) - 3:.1f},{y:.1f}h6" stroke="{colour}"><title>{esc(point.label)}'
-                         '</title></path>')
+            x = x_of(index)
+            parts.append(f'<path d="M{x - 3.5:.1f},{y - 3.5:.1f}l7,7M{x - 3.5:.1f},{y + 3.5:.1f}l7,-7" stroke="{colour}" '
+                         f'stroke-width="2" class="no-metric"><title>{esc(point.label)}: no metric</title></path>')
             continue
         y = scale(point.value)
         colour = STATUS_COLOURS.get(point.status, "#777")
@@ -166,8 +182,12 @@ def error_plot(points: Sequence[PlotPoint], *, metric: str, marked: int | None =
 
 
 def heatmap(rows: Sequence[tuple[str, Sequence[float | None]]], *, value_name: str, column_name: str = "token",
-            highlight_row: int | None = None, max_width: int = 960) -> str:
-    """Rows of values (log colour), one cell per column; None cells are grey."""
+            highlight_row: int | None = None, max_width: int = 960, scale: "LogScale | None" = None) -> str:
+    """Rows of values (log colour), one cell per column; None cells are grey.
+
+    Heatmaps shown side by side should share one ``scale`` (see :func:`heatmap_scale`), so
+    that a colour means the same value in each.
+    """
     label_w = min(260, 8 + 6 * max((len(label) for label, _ in rows), default=10))
     columns = max((len(values) for _, values in rows), default=0)
     legend_w = 90
@@ -176,8 +196,7 @@ def heatmap(rows: Sequence[tuple[str, Sequence[float | None]]], *, value_name: s
     top, bottom = 8, 30
     width = int(label_w + cell_w * columns + legend_w)
     height = int(top + cell_h * len(rows) + bottom)
-    values = [v for _, row in rows for v in row if v is not None]
-    scale = LogScale.fit(values, 0.0, 1.0, floor_exp=-12)
+    scale = scale or heatmap_scale([row for _, row in rows])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(value_name)} per {esc(column_name)}">']
     for r, (label, row) in enumerate(rows):
@@ -207,10 +226,20 @@ def heatmap(rows: Sequence[tuple[str, Sequence[float | None]]], *, value_name: s
         colour = hex_colour(colormap(1 - i / 19))
         parts.append(f'<rect x="{lx}" y="{top + i * bar_h / 20:.1f}" width="12" height="{bar_h / 20 + 0.5:.1f}" '
                      f'fill="{colour}"/>')
-    parts.append(f'<text x="{lx + 16}" y="{top + 9}" class="tick">1e{scale.high_exp}</text>')
-    parts.append(f'<text x="{lx + 16}" y="{top + bar_h}" class="tick">≤1e{scale.low_exp}</text>')
+    decades = scale.high_exp - scale.low_exp
+    every = max(1, math.ceil(decades / max(1, int(bar_h // 12))))  # labels at least 12 px apart
+    for exp in range(scale.high_exp, scale.low_exp - 1, -every):
+        tick_y = top + bar_h * (scale.high_exp - exp) / decades
+        floor = "≤" if exp == scale.low_exp else ""
+        parts.append(f'<line x1="{lx + 12}" y1="{tick_y:.1f}" x2="{lx + 15}" y2="{tick_y:.1f}" stroke="#666"/>')
+        parts.append(f'<text x="{lx + 17}" y="{tick_y + 4:.1f}" class="tick">{floor}1e{exp}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def heatmap_scale(rows: Sequence[Sequence[float | None]]) -> LogScale:
+    """One log colour scale for every value of ``rows`` (pass it to each heatmap drawn side by side)."""
+    return LogScale.fit([v for row in rows for v in row if v is not None], 0.0, 1.0, floor_exp=-12)
 
 
 def histogram(values: Sequence[float], *, bins: int = 40, title: str = "", width: int = 480, height: int = 200) -> str:
