@@ -191,7 +191,8 @@ def graft_value(full: "torch.Tensor", value: Any, dims: str | None, parallel: Ma
     shard = reshard(full, dims, parallel, label=label)
     if tuple(shard.shape) != tuple(value.shape):
         raise GraftError(f"{label}: this rank's shard of the baseline is {list(shard.shape)} where the engine holds "
-                         f"{list(value.shape)} (dims {dims!r}); the runs batch or split this site differently")
+                         f"{list(value.shape)} (dims {dims!r}); the runs batch or split this site differently "
+                         "(a baseline padded by DP-attention: dumpcmp run --graft-aligner concat_steps)")
     # NOTE: a copy, always: the engine may write into what it goes on with, and the plan's
     # tensor is cached for the other sites and ranks of this process.
     return shard.to(device=value.device, dtype=value.dtype, copy=True)

@@ -18,11 +18,11 @@ TARGET = f"{ENGINE} --tp 2 --ep 2"
 SEED1 = f"{TARGET} --fusion --bug ep_reduce_skipped_under_fusion"
 
 
-def graft_run(root: Path, name: str, baseline: Path, expression: str, args: str) -> Path:
+def graft_run(root: Path, name: str, baseline: Path, expression: str, args: str, *options: str) -> Path:
     path = root / name
     if not (path / "run.json").exists():
         proc = dumpcmp("run", "--patch", "example/moe_engine", "--dir", str(path), "--graft-from", str(baseline),
-                       "--graft", expression, "--", sys.executable, "-m", "examples.moe_engine", *shlex.split(args),
+                       "--graft", expression, *options, "--", sys.executable, "-m", "examples.moe_engine", *shlex.split(args),
                        timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert "grafted" in proc.stderr, proc.stderr
@@ -103,3 +103,22 @@ def test_bad_input_is_one_line_before_the_command_starts(graft_runs, tmp_path):
     proc = dumpcmp("run", "--dir", str(base / "inside"), "--graft-from", str(base), "--graft", "name~moe", *command)
     assert proc.returncode == 2 and "never writes into its baseline" in proc.stderr
     assert not (base / "inside").exists() and not marker.exists()
+
+
+def test_concat_steps_grafts_a_dp_attention_baseline_into_a_tp_target(tmp_path_factory):
+    """The baseline's MoE rows are padded by DP-attention ([10, h] for 5 tokens): concat_steps drops the padding."""
+    root = tmp_path_factory.getbasetemp() / "graft_runs"
+    base = cached_example(root, "dp_base", "--layers 2 --ep 2 --dp-attention 2 --prompt-lens 5")
+    target = "--layers 2 --tp 2 --prompt-lens 5"
+    command = ["--", sys.executable, "-m", "examples.moe_engine", *shlex.split(target)]
+    as_is = dumpcmp("run", "--patch", "example/moe_engine", "--dir", str(root / "dp_none"), "--graft-from", str(base),
+                    "--graft", "name~^moe_output$", *command)
+    # aligner none: the padded rows cannot fit; each site is refused with one line, the engine goes on
+    assert as_is.returncode == 0
+    assert "this rank's shard of the baseline is [10, 64] where the engine holds [5, 64]" in as_is.stderr
+    assert "none of the 4 planned site(s) was reached or fitted" in as_is.stderr
+    aligned = graft_run(root, "dp_concat", base, "name~^moe_output$", target, "--graft-aligner", "concat_steps")
+    with open_run(aligned) as run:
+        assert sum(r.graft is not None for r in run.records) == 4 * 2  # 4 steps x 2 ranks
+    proc = dumpcmp("compare", str(base), str(aligned), "--aligner", "concat_steps")
+    assert proc.returncode == 0, proc.stdout[-3000:]
