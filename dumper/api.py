@@ -110,6 +110,8 @@ class Dumper:
             self.close()
             self._rank_dir = None
             self._online = None
+            if self._graphs is not None:
+                self._graphs.new_run()
         if new.graft != self._config.graft or (new.graft is not None and self._grafter is None):
             from dumper.graft import Grafter
 

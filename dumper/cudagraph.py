@@ -32,6 +32,11 @@ LOST_BUDGET = "graph buffer budget exceeded (raise DUMPCMP_GRAPH_MB)"
 LOST_CALLABLE = "a callable cannot be re-evaluated at replay (pass the tensor itself)"
 LOST_NOT_CUDA = "not a CUDA tensor: its value at replay is unknown to the graph"
 LOST_CAPTURE_FAILED = "the capture was abandoned before capture_end"
+LOST_INDUCTOR_GRAPHS = ("inside inductor's own CUDA graphs (torch.compile mode='reduce-overhead'), which refuse "
+                        "memory they do not track; compile without it and capture with torch.cuda.graph, as vLLM does")
+# Captures that check their memory pool for allocations they did not make (and fail the
+# engine's run if they find one): a static buffer cannot live there.
+_POOL_CHECKING_CAPTURERS = ("torch._inductor.cudagraph_trees",)
 
 # Dim names of the batch axis that padding extends (dumper/dims.py): tokens, requests.
 _BATCH_DIM_NAMES = ("t", "r")
@@ -90,6 +95,8 @@ class _Capture:
     batch_tokens: int | None
     slots: list[GraphSlot] = field(default_factory=list)
     occurrences: dict[tuple[str, str], int] = field(default_factory=dict)
+    refused: str | None = None  # why no dump of this capture can be recorded (decided at its first dump)
+    checked: bool = False
 
 
 @dataclass(kw_only=True)
@@ -201,6 +208,23 @@ class GraphDumps:
         self._site(name).captured += 1
         return True
 
+    def refusal(self, *, captured_by: Callable[[], str | None]) -> str | None:
+        """Why the capture in progress can hold no static buffer, or None; asked once per capture."""
+        capture = self._capture
+        if capture is None:
+            capture = self._capture = _Capture(batch_tokens=self._real_tokens)
+        if not capture.checked:
+            capture.checked = True
+            if captured_by() in _POOL_CHECKING_CAPTURERS:
+                capture.refused = LOST_INDUCTOR_GRAPHS
+        return capture.refused
+
+    def new_run(self) -> None:
+        """The dumper moved to another run directory: coverage starts again; live graphs keep their buffers."""
+        self._sites = {}
+        self.graphs_captured = len(self._graphs)
+        self.replays = 0
+
     def lose(self, name: str, reason: str) -> None:
         lost = self._site(name).lost
         lost[reason] = lost.get(reason, 0) + 1
@@ -300,11 +324,28 @@ def record_under_capture(owner: Any, name: str, tensor: Any, dims: str | None, t
     if not tensor.is_cuda:
         lose_under_capture(owner, name, LOST_NOT_CUDA)
         return
+    refused = graphs.refusal(captured_by=_capturer)
+    if refused is not None:
+        lose_under_capture(owner, name, refused)
+        return
     if graphs.record(name, tensor, dims=dims, tags=dict(tags), parallel=parallel):
         return
     writer = owner._writer
     if writer is not None:
         writer.note_lost(name, f"under CUDA graph capture: {LOST_BUDGET}")
+
+
+def _capturer() -> str | None:
+    """The module among our callers that runs the capture, if it is one we know (see _POOL_CHECKING_CAPTURERS)."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__")
+        if module in _POOL_CHECKING_CAPTURERS:
+            return module
+        frame = frame.f_back
+    return None
 
 
 def on_graph_event(owner: Any, event: str, graph: Any) -> None:

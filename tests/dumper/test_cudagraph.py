@@ -293,3 +293,39 @@ def test_a_divergence_only_in_graph_replays_gets_the_graph_hint(tmp_path):
     assert (first.name, first.step) == ("hidden", 2)
     assert first.hint.startswith("the target ran this step from a CUDA graph and the baseline eagerly")
     assert [r.status for r in report.results] == ["pass", "pass", "fail"]
+
+
+def test_a_capture_by_inductors_cuda_graphs_refuses_buffers_once_per_capture():
+    from dumper.cudagraph import LOST_INDUCTOR_GRAPHS
+
+    graphs = GraphDumps(budget_bytes=1 << 20, warn=lambda key, message: None)
+    asked = []
+
+    def inductor():
+        asked.append(1)
+        return "torch._inductor.cudagraph_trees"
+
+    graphs.begin()
+    assert graphs.refusal(captured_by=inductor) == LOST_INDUCTOR_GRAPHS
+    assert graphs.refusal(captured_by=inductor) == LOST_INDUCTOR_GRAPHS and len(asked) == 1
+    graphs.end(HostGraph())
+    graphs.begin()  # another capturer (torch.cuda.graph from an engine)
+    assert graphs.refusal(captured_by=lambda: None) is None
+
+
+def test_a_new_run_directory_starts_the_coverage_again(tmp_path):
+    local = _dumper(tmp_path)
+    local.dump("warmup", torch.zeros(1))
+    graphs = local._graph_dumps()
+    graph = HostGraph()
+    _capture(graphs, graph, lambda: graphs.record("x", torch.ones(2), dims=None, tags={}, parallel=INFO))
+    graph.replay()
+    on_graph_event(local, "replay", graph)
+    local.configure(dir=str(tmp_path / "second"))
+    local.dump("warmup", torch.zeros(1))
+    graph.replay()  # the graph lives on: its buffers are emitted into the new run
+    on_graph_event(local, "replay", graph)
+    local.close()
+    with open(f"{local.rank_dir}/rank.json", encoding="utf-8") as handle:
+        coverage = json.load(handle)["graphs"]
+    assert coverage["replays"] == 1 and coverage["sites"]["x"]["emitted"] == 1
