@@ -260,7 +260,8 @@ class Dumper:
                 return
         if callable(value) and not _is_tensor(value):
             if _capturing():
-                from dumper.cudagraph import LOST_CALLABLE, lose_under_capture
+                from dumper.cudagraph import LOST_CALLABLE
+                from dumper.graph_replay import lose_under_capture
 
                 lose_under_capture(self, name, LOST_CALLABLE)
                 return
@@ -309,8 +310,8 @@ class Dumper:
             return
         if (tensor.is_cuda or self._graphs is not None) and _capturing():
             # A copy enqueued now runs at every replay: it goes into a buffer of the
-            # graph, emitted after each replay (dumper/cudagraph.py).
-            from dumper.cudagraph import record_under_capture
+            # graph, emitted after each replay (dumper/graph_replay.py).
+            from dumper.graph_replay import record_under_capture
 
             record_under_capture(self, name, tensor, dims, tags, info)
             return
@@ -380,7 +381,7 @@ class Dumper:
     def _graph_event(self, event: str, graph: Any) -> None:
         """From dumper/graph_hooks.py: a CUDAGraph was captured, replayed or reset. Never raises."""
         try:
-            from dumper.cudagraph import on_graph_event
+            from dumper.graph_replay import on_graph_event
 
             on_graph_event(self, event, graph)
         except Exception as exc:  # noqa: BLE001 - never break the engine

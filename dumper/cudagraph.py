@@ -6,7 +6,8 @@ belongs to the graph being captured (keyed by dump site and occurrence, sized at
 capture) and enqueues one device-to-device copy into it; the copy is captured with
 the engine's kernels. After each replay of that graph the dumper emits the buffers as
 ordinary records, with the replay's step, through the same asynchronous
-device-to-host path as eager dumps (dumper/graph_hooks.py does the emitting).
+device-to-host path as eager dumps (dumper/graph_replay.py does the emitting;
+dumper/graph_hooks.py tells it when).
 
 Engines capture a graph for a padded batch size and replay it for any real batch up
 to that size; ``set_real_tokens`` (an engine preset calls ``dumper.set_real_tokens``)
@@ -36,7 +37,7 @@ LOST_INDUCTOR_GRAPHS = ("inside inductor's own CUDA graphs (torch.compile mode='
                         "memory they do not track; compile without it and capture with torch.cuda.graph, as vLLM does")
 # Captures that check their memory pool for allocations they did not make (and fail the
 # engine's run if they find one): a static buffer cannot live there.
-_POOL_CHECKING_CAPTURERS = ("torch._inductor.cudagraph_trees",)
+POOL_CHECKING_CAPTURERS = ("torch._inductor.cudagraph_trees",)
 
 # Dim names of the batch axis that padding extends (dumper/dims.py): tokens, requests.
 _BATCH_DIM_NAMES = ("t", "r")
@@ -215,7 +216,7 @@ class GraphDumps:
             capture = self._capture = _Capture(batch_tokens=self._real_tokens)
         if not capture.checked:
             capture.checked = True
-            if captured_by() in _POOL_CHECKING_CAPTURERS:
+            if captured_by() in POOL_CHECKING_CAPTURERS:
                 capture.refused = LOST_INDUCTOR_GRAPHS
         return capture.refused
 
@@ -306,105 +307,3 @@ class GraphDumps:
 
 def _copy(buffer: Any, tensor: Any) -> None:
     buffer.copy_(tensor)
-
-
-# ------------------------------------------------- the dumper's side (dumper.api.Dumper)
-def lose_under_capture(owner: Any, name: str, reason: str) -> None:
-    """A dump under capture that cannot be recorded: counted, warned once with its reason."""
-    owner._graph_dumps().lose(name, reason)
-    writer = owner._writer
-    if writer is not None:
-        writer.note_lost(name, f"under CUDA graph capture: {reason}")
-    owner._warn_once(f"graph:{name}:{reason}", f"dumpcmp: not dumping {name!r} under CUDA graph capture: {reason}")
-
-
-def record_under_capture(owner: Any, name: str, tensor: Any, dims: str | None, tags: dict[str, Any],
-                         parallel: Any) -> None:
-    graphs = owner._graph_dumps()
-    if not tensor.is_cuda:
-        lose_under_capture(owner, name, LOST_NOT_CUDA)
-        return
-    refused = graphs.refusal(captured_by=_capturer)
-    if refused is not None:
-        lose_under_capture(owner, name, refused)
-        return
-    if graphs.record(name, tensor, dims=dims, tags=dict(tags), parallel=parallel):
-        return
-    writer = owner._writer
-    if writer is not None:
-        writer.note_lost(name, f"under CUDA graph capture: {LOST_BUDGET}")
-
-
-def _capturer() -> str | None:
-    """The module among our callers that runs the capture, if it is one we know (see _POOL_CHECKING_CAPTURERS)."""
-    import sys
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        module = frame.f_globals.get("__name__")
-        if module in _POOL_CHECKING_CAPTURERS:
-            return module
-        frame = frame.f_back
-    return None
-
-
-def on_graph_event(owner: Any, event: str, graph: Any) -> None:
-    """``capture_begin`` / ``capture_end`` / ``reset`` / ``replay`` of a hooked CUDAGraph."""
-    graphs = owner._graphs
-    if graphs is None:
-        return
-    if event == "capture_begin":
-        graphs.begin()
-    elif event == "capture_end":
-        graphs.end(graph)
-    elif event == "reset":
-        graphs.discard(graph)
-    elif event == "replay" and owner.enabled and graphs.knows(graph):
-        emit_replay(owner, graphs, graph)
-
-
-def emit_replay(owner: Any, graphs: GraphDumps, graph: Any) -> None:
-    """After ``graph.replay()``: each static buffer, trimmed, through the eager dumps' async D2H path.
-
-    All buffers of the replay are copied together (one stream switch, one event) and
-    queued together. The next replay rewrites the buffers, so the engine's stream
-    waits (on the device, never the host) for those copies before running anything else.
-    NOTE: this is the dumper's own submit path (Dumper._submit) for many records at once.
-    """
-    import time
-
-    import torch
-
-    from dumper.writer import PendingRecord
-
-    writer = owner._writer
-    if writer is None:
-        return
-    sticky = getattr(owner._local, "tags", None)
-    keep = owner._config.filter.keeps
-    step = owner._step
-    chosen = []
-    for slot, rows in graphs.replayed(graph):
-        tags = {**sticky, **slot.tags} if sticky else slot.tags
-        if keep(name=slot.key.name, step=step, rank=slot.parallel.rank, tags=tags):
-            chosen.append((slot, rows, tags))
-    if not chosen:
-        return
-    with owner._lock:
-        first_seq = owner._seq
-        owner._seq += len(chosen)
-    snapshots = owner._snapshotter.take_many([rows for _, rows, _ in chosen])
-    event = next((snapshot.event for snapshot in snapshots if snapshot.event is not None), None)
-    now = time.time()
-    records = []
-    for offset, ((slot, rows, tags), snapshot) in enumerate(zip(chosen, snapshots)):
-        info = slot.parallel
-        records.append(PendingRecord(
-            seq=first_seq + offset, step=step, name=slot.key.name, tags=dict(tags), rank=info.rank,
-            world_size=info.world_size, parallel=dict(info.axes), dims=slot.dims, time=now, snapshot=snapshot,
-            nbytes=rows.numel() * rows.element_size(),
-        ))
-        graphs.emitted(slot.key.name, step)
-    writer.submit_many(records)
-    if event is not None:
-        torch.cuda.current_stream().wait_event(event)

@@ -19,7 +19,8 @@ import torch
 from dumper import graph_hooks
 from dumper.api import Dumper
 from dumper.config import config_from_env
-from dumper.cudagraph import LOST_BUDGET, GraphDumps, batch_dim_of, on_graph_event
+from dumper.cudagraph import LOST_BUDGET, GraphDumps, batch_dim_of
+from dumper.graph_replay import on_graph_event
 from dumper.errors import ConfigError
 from dumper.parallel import ParallelInfo
 from dumper.reader import open_run
