@@ -148,3 +148,16 @@ def test_digest_workers_give_the_same_index(tmp_path, monkeypatch, workers):
     for i, tensor in enumerate(tensors):
         record = by_name[f"t{i}"]
         assert record.stats.l2 == pytest.approx(float(tensor.double().norm()), rel=1e-12)
+
+
+def test_submit_many_queues_in_order_and_waits_for_room_when_the_queue_is_full(tmp_path):
+    """A CUDA-graph replay's records arrive together (dumper/graph_replay.py): more than the queue holds."""
+    rank = Rank(tmp_path, queue_bytes=4096, file_bytes=2048)
+    tensors = [torch.full((256,), float(index)) for index in range(12)]  # 1 KB each, 12 KB in all
+    rank.writer.submit_many([rank.record(f"t{index}", tensor) for index, tensor in enumerate(tensors)])
+    rank.writer.close()
+    records = rank.index()
+    assert [r.name for r in records] == [f"t{index}" for index in range(12)]
+    with open_run(rank.run_dir) as run:
+        assert all(torch.equal(run.load(r, verify=True), tensors[index]) for index, r in enumerate(records))
+    assert rank.failures == []
