@@ -79,6 +79,8 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             results = annotate_downstream(results)
         results = _graph_replay_hints(results, runs.map(replayed_steps))
         final, summary, first, code, reason = finalize(results, options)
+        if not final:
+            reason = f"nothing was compared: {nothing_matched(runs, options)}"
         if summary.compared == 0 and summary.errored and all(r.load_error for r in final if r.status == "error"):
             first_error = next(r for r in final if r.status == "error")
             raise NothingUsableError(
@@ -91,6 +93,32 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         thresholds=options.thresholds, collectives=collectives,
         fingerprints=Pair(read_fingerprint(baseline), read_fingerprint(target)),
     )
+
+
+def nothing_matched(runs: Pair[Any], options: CompareOptions) -> str:
+    """Why no tensor matched, in terms of what each run holds (the steps and names to choose from)."""
+    steps = runs.map(lambda run: sorted({record.step for record in run.records}))
+    names = runs.map(lambda run: sorted({record.name for record in run.records}))
+    held = f"the baseline holds steps {_span(steps.baseline)}, the target steps {_span(steps.target)}"
+    wanted = [(options.baseline_steps or options.steps, steps.baseline), (options.steps, steps.target)]
+    if any(not any(step in chosen for step in present) for chosen, present in wanted):
+        return f"--steps {options.steps} selects none of them ({held})"
+    kept = [n for n in names.target if (options.names is None or options.names.search(n))
+            and not (options.exclude is not None and options.exclude.search(n))]
+    if not kept:
+        shown = ", ".join(names.target[:6]) + (", ..." if len(names.target) > 6 else "")
+        return f"--names/--exclude leave none of the target's {len(names.target)} names ({shown})"
+    shared = set(names.baseline) & {options.name_map.baseline_name(n) for n in kept}
+    if not shared:
+        return (f"the runs share no tensor name (baseline: {', '.join(names.baseline[:4])}, ...; target: "
+                f"{', '.join(kept[:4])}, ...); map them with --name-map")
+    return f"no (name, step, tags) is on both sides ({held})"
+
+
+def _span(steps: list[int]) -> str:
+    if not steps:
+        return "none"
+    return f"{steps[0]}-{steps[-1]}" if steps == list(range(steps[0], steps[-1] + 1)) else ",".join(map(str, steps))
 
 
 def _graph_replay_hints(results: list[TensorResult], replayed: Pair[dict[str, tuple[int, int]]]) -> list[TensorResult]:

@@ -135,3 +135,15 @@ def test_show_lists_per_token_errors_and_speaks_json(demo):
     refused = cli("show", str(target), "moe_output", "--tokens")
     assert refused.returncode == 2 and refused.stderr.splitlines() == [
         "dumpcmp: error: --tokens lists the per-token error against a baseline; add --baseline RUN"]
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    (("--steps", "9"), "exit 3: nothing was compared: --steps 9:10 selects none of them "
+                       "(the baseline holds steps 0-3, the target steps 0-3)"),
+    (("--names", "^nothing$"), "exit 3: nothing was compared: --names/--exclude leave none of the target's"),
+])
+def test_nothing_compared_says_what_the_runs_hold(demo, options, said):
+    baseline, target = demo
+    proc = cli("compare", str(baseline), str(target), *options)
+    assert proc.returncode == 3
+    assert proc.stdout.splitlines()[-1].startswith(said), proc.stdout.splitlines()[-1]
