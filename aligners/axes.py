@@ -3,16 +3,13 @@
 ``t (h d)`` (one dim of h*d values) meets ``t h d``, and ``h t`` meets ``t h``: both
 sides are viewed as their atomic named dims, the target's are permuted into the
 baseline's order, then grouped as the baseline's are. Only the names of the dims
-matter here (shards and the ``#`` comment were already used by the unsharder).
-
-NOTE: :mod:`dumper.dims` holds the full grammar; aligners sit below the
-comparator and read only the names, so this module keeps its own small reader.
+matter here (shards and the ``#`` comment were already used by the unsharder); they
+come parsed, as :class:`dumper.dims.DimsSpec` (the one parser of the grammar).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING
 
 from aligners.errors import AxisAlignmentError
@@ -20,22 +17,17 @@ from aligners.errors import AxisAlignmentError
 if TYPE_CHECKING:
     import torch
 
+    from dumper.dims import DimsSpec
+
 Groups = tuple[tuple[str, ...], ...]
 
-_SHARDS_RE = re.compile(r"\[[^\[\]]*\]")
-_ATOM_RE = re.compile(r"\([^()]*\)|[^\s()]+")
+
+def dim_names(dims: DimsSpec) -> Groups:
+    """``t (h[tp] d) # tp:replicated`` -> ``(("t",), ("h", "d"))``."""
+    return tuple(dim.parts for dim in dims.dims)
 
 
-def dim_names(dims: str) -> Groups:
-    """``"t (h[tp] d) # tp:replicated"`` -> ``(("t",), ("h", "d"))``."""
-    body = _SHARDS_RE.sub("", dims.partition("#")[0])
-    groups: list[tuple[str, ...]] = []
-    for atom in _ATOM_RE.findall(body):
-        groups.append(tuple(atom[1:-1].split()) if atom.startswith("(") else (atom,))
-    return tuple(groups)
-
-
-def dim_index(dims: str | None, name: str) -> int | None:
+def dim_index(dims: DimsSpec | None, name: str) -> int | None:
     """Index of the dim called ``name`` (not inside a group), or None."""
     if dims is None:
         return None
@@ -49,8 +41,8 @@ def _text(groups: Groups) -> str:
     return " ".join(g[0] if len(g) == 1 else "(" + " ".join(g) + ")" for g in groups)
 
 
-def align_axes(baseline: "torch.Tensor", target: "torch.Tensor", *, baseline_dims: str | None,
-               target_dims: str | None) -> tuple["torch.Tensor", str | None]:
+def align_axes(baseline: "torch.Tensor", target: "torch.Tensor", *, baseline_dims: DimsSpec | None,
+               target_dims: DimsSpec | None) -> tuple["torch.Tensor", str | None]:
     """The target in the baseline's layout, and what was done (None: nothing).
 
     Raises AxisAlignmentError, naming both dims strings, when no permute and reshape
@@ -63,8 +55,8 @@ def align_axes(baseline: "torch.Tensor", target: "torch.Tensor", *, baseline_dim
         return target, None
 
     def fail(why: str) -> AxisAlignmentError:
-        return AxisAlignmentError(f"cannot align the target's dims {target_dims!r} with the baseline's dims "
-                                  f"{baseline_dims!r}: {why}; fix the annotation or use --override-dims")
+        return AxisAlignmentError(f"cannot align the target's dims {target_dims.text!r} with the baseline's dims "
+                                  f"{baseline_dims.text!r}: {why}; fix the annotation or use --override-dims")
 
     b_atoms = [n for g in b_groups for n in g]
     t_atoms = [n for g in t_groups for n in g]
@@ -75,8 +67,8 @@ def align_axes(baseline: "torch.Tensor", target: "torch.Tensor", *, baseline_dim
                    f"target only: {', '.join(only_t) or '-'})")
     if len(set(b_atoms)) != len(b_atoms) or "*" in b_atoms:
         raise fail("a dim name repeats or is unnamed ('*'), so the order cannot be matched by name")
-    for side, tensor, groups, text in (("baseline", baseline, b_groups, baseline_dims),
-                                       ("target", target, t_groups, target_dims)):
+    for side, tensor, groups, text in (("baseline", baseline, b_groups, baseline_dims.text),
+                                       ("target", target, t_groups, target_dims.text)):
         if tensor.dim() != len(groups):
             raise fail(f"the {side} tensor has {tensor.dim()} dims {list(tensor.shape)}, its dims {text!r} name {len(groups)}")
 

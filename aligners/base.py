@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import torch
 
     from aligners.metadata import StepTokens
+    from dumper.dims import DimsSpec
 
 # (name, step, tags) -> the unsharded tensor of that run, or None if it was not dumped.
 AuxLoader = Callable[[str, int, "dict[str, Any]"], "torch.Tensor | None"]
@@ -58,13 +59,13 @@ class AlignContext:
     target_aux: AuxLoader | None = None
     # The dims annotations after unsharding (e.g. "t (h d) # tp:replicated"); axis
     # alignment reads their names. None when a side is not annotated.
-    baseline_dims: str | None = None
-    target_dims: str | None = None
+    baseline_dims: DimsSpec | None = None
+    target_dims: DimsSpec | None = None
 
     def token_dim(self, side: Side) -> int | None:
         return self.baseline_token_dim if side == "baseline" else self.target_token_dim
 
-    def dims(self, side: Side) -> str | None:
+    def dims(self, side: Side) -> DimsSpec | None:
         return self.baseline_dims if side == "baseline" else self.target_dims
 
     def aux(self, side: Side) -> AuxLoader | None:

@@ -81,8 +81,7 @@ def _logical_value(run: Run, tensor: LogicalTensor, align: Any, aux: Any) -> "to
         value = execute_unshard(plan, run.load, verify_replicas=False).tensor
         context = AlignContext(name=tensor.name, tags=tensor.tags, baseline_token_dim=plan.token_dim,
                                target_token_dim=plan.token_dim, baseline_aux=aux, target_aux=aux,
-                               baseline_dims=plan.dims.text if plan.dims else None,
-                               target_dims=plan.dims.text if plan.dims else None)
+                               baseline_dims=plan.dims, target_dims=plan.dims)
         (unit,) = align.plan([StepPair(baseline_step=tensor.step, target_step=tensor.step)], context)
         return align.align(unit, [value], [value], context).baseline.to(value.dtype).contiguous()
     except GraftError:

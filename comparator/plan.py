@@ -249,8 +249,8 @@ def _execution_context(series: Series, plans: Pair[tuple[UnshardPlan, ...]]) -> 
     return AlignContext(
         name=series.name, tags=series.tags,
         baseline_token_dim=plans.baseline[0].token_dim, target_token_dim=plans.target[0].token_dim,
-        baseline_dims=dims.baseline.text if dims.baseline is not None else None,
-        target_dims=dims.target.text if dims.target is not None else None,
+        baseline_dims=dims.baseline,
+        target_dims=dims.target,
     )
 
 

@@ -93,13 +93,14 @@ def build_side(schedule: list[Step]) -> Side:
 def context(baseline: Side, target: Side, *, name: str = "hidden", dims: str = "t h",
             baseline_dims: str | None = None, drop_baseline: frozenset[str] = frozenset(),
             drop_target: frozenset[str] = frozenset()) -> AlignContext:
-    b_dims = baseline_dims or dims
     from aligners.axes import dim_index
+    from dumper.dims import parse_dims
 
+    b_spec, t_spec = parse_dims(baseline_dims or dims), parse_dims(dims)
     return AlignContext(
-        name=name, tags={}, baseline_token_dim=dim_index(b_dims, "t"), target_token_dim=dim_index(dims, "t"),
+        name=name, tags={}, baseline_token_dim=dim_index(b_spec, "t"), target_token_dim=dim_index(t_spec, "t"),
         baseline_aux=baseline.loader(drop_baseline), target_aux=target.loader(drop_target),
-        baseline_dims=b_dims, target_dims=dims,
+        baseline_dims=b_spec, target_dims=t_spec,
     )
 
 

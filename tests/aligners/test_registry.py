@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from aligners import AlignContext, AlignerError, MetadataNames, StepPair, aligner_names, get_aligner
+from dumper.dims import parse_dims
 
 
 def test_registry_names_and_errors():
@@ -29,7 +30,7 @@ def test_none_aligner_pairs_step_by_step():
 def test_none_aligner_aligns_axes():
     aligner = get_aligner("none")
     context = AlignContext(name="q", tags={}, baseline_token_dim=0, target_token_dim=1,
-                           baseline_dims="t (h d)", target_dims="h t d")
+                           baseline_dims=parse_dims("t (h d)"), target_dims=parse_dims("h t d"))
     baseline = torch.arange(24.0).reshape(2, 12)
     target = baseline.reshape(2, 3, 4).permute(1, 0, 2).contiguous()
     (unit,) = aligner.plan([StepPair(baseline_step=0, target_step=0)], context)
