@@ -12,7 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from dumper.errors import DumpcmpError
+
 from dumper.format import PROC_DIR_PREFIX, RANK_DIR_PREFIX, RANK_INFO_FILE, RUN_INFO_FILE
+from dumper.safeio import JSON_LIMIT, read_text
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +45,8 @@ class RunFingerprint:
 
 def _load(path: str) -> dict[str, Any] | None:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+        data = json.loads(read_text(path, limit=JSON_LIMIT, what="run file"))
+    except (OSError, ValueError, RecursionError, DumpcmpError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from comparator.errors import NameMapError, OptionError
 from comparator.judge.routing import RoutingOptions
 from dumper.patterns import UserRegex, check_replacement, compile_user_regex
+from dumper.safeio import read_text
 
 if TYPE_CHECKING:
     from aligners import Aligner, MetadataNames
@@ -143,12 +144,9 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
     from dumper import yamlsafe
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yamlsafe.safe_load(handle.read())
+        data = yamlsafe.safe_load(read_text(path, what="name map", error=NameMapError))
     except OSError as exc:
         raise NameMapError(f"{path}: cannot read name map ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise NameMapError(f"{path}: not a text file (expected YAML)") from None
     except yamlsafe.YamlLimitError as exc:
         raise NameMapError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:

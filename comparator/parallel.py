@@ -7,6 +7,8 @@ Each worker builds its executor with the same factory as the serial path
 
 from __future__ import annotations
 
+import signal
+import threading
 from concurrent.futures import Future
 from typing import Iterator, Sequence
 
@@ -29,6 +31,8 @@ def _worker_run(path: str, run_format: str) -> Run:
 def _init_worker(paths: Pair[str], formats: Pair[str], options: CompareOptions, axis_sizes: dict[str, int]) -> None:
     global _worker
     import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent alone reports it
 
     torch.set_num_threads(1)
     _worker = make_executor(Pair(_worker_run(paths.baseline, formats.baseline),
@@ -55,13 +59,27 @@ def run_parallel(items: Sequence[WorkItem], runs: Pair[Run], options: CompareOpt
                              initargs=initargs) as pool:
         pending: deque[Future[TensorResult]] = deque()
         queue = iter(items)
+
+        def submit(item: WorkItem) -> Future[TensorResult]:
+            # NOTE: workers are started inside submit(); one started with SIGINT ignored
+            # keeps it ignored from its first instruction (Python installs its Ctrl-C
+            # handler only over the default), so Ctrl-C during its start-up cannot print a
+            # traceback. The parent alone reports it: one line, "interrupted".
+            if threading.current_thread() is not threading.main_thread():
+                return pool.submit(_work, item)
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                return pool.submit(_work, item)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
         for item in queue:
-            pending.append(pool.submit(_work, item))
+            pending.append(submit(item))
             if len(pending) >= window:
                 break
         while pending:
             result = pending.popleft().result()
             next_item = next(queue, None)
             if next_item is not None:
-                pending.append(pool.submit(_work, next_item))
+                pending.append(submit(next_item))
             yield result

@@ -27,6 +27,9 @@ import time
 import types
 from typing import Any, Callable, Iterator
 
+from dumper.errors import DumpcmpError
+from dumper.safeio import INDEX_LIMIT, read_text
+
 log = logging.getLogger(__name__)
 
 COLLECTIVES_FILE = "collectives.jsonl"
@@ -308,9 +311,11 @@ def read_collectives(rank_dir: str) -> list[dict[str, Any]]:
     """
     path = os.path.join(rank_dir, COLLECTIVES_FILE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        lines = read_text(path, limit=INDEX_LIMIT, what="collective trace").splitlines()
     except (FileNotFoundError, NotADirectoryError):
+        return []
+    except (DumpcmpError, OSError) as exc:
+        log.warning("dumpcmp: %s; collective trace ignored", exc)
         return []
     records = []
     for line in lines:
@@ -318,7 +323,7 @@ def read_collectives(rank_dir: str) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict) and isinstance(record.get("op"), str) and isinstance(record.get("after_seq"), int):
             records.append(record)

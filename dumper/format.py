@@ -185,6 +185,28 @@ class IndexRecord(RecordHead):
         )
 
 
+MAX_WORLD_SIZE = 1 << 20
+
+
+def _world_size(value: Any) -> int:
+    size = _int(value, "world_size")
+    if not 1 <= size <= MAX_WORLD_SIZE:
+        raise ValueError(f"world_size {size} is outside 1..{MAX_WORLD_SIZE}")
+    return size
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{field} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(choices)}, not {value!r:.40}")
+    return value
+
+
 def _mapping(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{field} must be an object, not {type(value).__name__}")
@@ -248,15 +270,16 @@ class RunInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunInfo":
+        world_size = data.get("world_size")
         return cls(
-            schema_version=int(data["schema_version"]),
+            schema_version=_int(data["schema_version"], "schema_version"),
             tool_version=str(data.get("tool_version", "?")),
-            run_id=str(data.get("run_id", "")),
-            command=list(data.get("command") or []),
-            mode=str(data.get("mode", "tensor")),
-            start_time=float(data.get("start_time", 0.0)),
-            engine=data.get("engine"),
-            world_size=data.get("world_size"),
+            run_id=_str(data.get("run_id", ""), "run_id"),
+            command=[str(part) for part in _list(data.get("command") or [], "command")],
+            mode=_choice(data.get("mode", "tensor"), "mode", ("tensor", "stats")),
+            start_time=_float(data.get("start_time", 0.0), "start_time"),
+            engine=_opt_str(data.get("engine"), "engine"),
+            world_size=None if world_size is None else _world_size(world_size),
         )
 
 
@@ -289,8 +312,38 @@ class RankInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RankInfo":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Validate every field's type and range (raises ValueError naming the field).
+
+        NOTE: a world size of 1e10 used to reach ``range(world_size)`` in the coverage
+        check (hang, then out of memory); every number here is bounded.
+        """
+        world_size = _world_size(data.get("world_size", 1))
+        rank = _int(data.get("rank"), "rank")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        lost = _mapping(data.get("lost") or {}, "lost")
+        last_step = data.get("last_step")
+        checked = dict(
+            rank=rank,
+            world_size=world_size,
+            pid=_int(data.get("pid", 0), "pid"),
+            host=_str(data.get("host", ""), "host"),
+            argv=[str(part) for part in _list(data.get("argv") or [], "argv")],
+            run_id=_str(data.get("run_id", ""), "run_id"),
+            start_time=_float(data.get("start_time", 0.0), "start_time"),
+            parallel=dict(_mapping(data.get("parallel") or {}, "parallel")),
+            status=_choice(data.get("status"), "status", ("running", "closed", "failed")),
+            records=_int(data.get("records", 0), "records"),
+            last_step=None if last_step is None else _int(last_step, "last_step"),
+            error=_opt_str(data.get("error"), "error"),
+            lost={str(reason): _int(count, "lost") for reason, count in lost.items()},
+            online=None if data.get("online") is None else dict(_mapping(data["online"], "online")),
+            escalation=None if data.get("escalation") is None else dict(_mapping(data["escalation"], "escalation")),
+        )
+        for extra in dataclasses.fields(cls):  # sections added later (graphs, ...): objects or null
+            if extra.name not in checked and data.get(extra.name) is not None:
+                checked[extra.name] = dict(_mapping(data[extra.name], extra.name))
+        return cls(**checked)  # type: ignore[arg-type]
 
 
 def write_json_atomic(path: str, data: dict[str, Any], *, pad_to: int = 0) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from dumper.dims import parse_dims
 from dumper.errors import DumpcmpError
 from dumper.format import AxisInfo
+from dumper.safeio import JSON_LIMIT, read_text
 
 if TYPE_CHECKING:
     import torch
@@ -109,8 +110,7 @@ def write_graft_plan(directory: str, plan: GraftPlan, tensors: Mapping[str, "tor
 def read_graft_plan(directory: str) -> GraftPlan:
     path = os.path.join(directory, PLAN_FILE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(read_text(path, limit=JSON_LIMIT, what="graft plan", error=GraftError))
         if data.get("schema") != PLAN_SCHEMA:
             raise GraftError(f"{path}: graft plan schema {data.get('schema')!r}, this dumper reads {PLAN_SCHEMA}")
         return GraftPlan(baseline=str(data["baseline"]), filter=str(data.get("filter", "")),

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from dumper.errors import RunFormatError
 from dumper.format import IndexRecord
-from dumper.safetensors_io import HeaderEntry, read_header
+from dumper.safeio import open_regular
+from dumper.safetensors_io import MAX_DATA_FILE_BYTES, HeaderEntry, read_header
 
 if TYPE_CHECKING:
     import torch
@@ -54,9 +55,14 @@ class TensorLoader:
         if entry.nbytes == 0:
             tensor = torch.empty(entry.shape, dtype=dtype)
         else:
+            if entry.nbytes > loadable_bytes():
+                # NOTE: sizes come from the file's header; a sparse file may claim terabytes
+                # (a MemoryError, or the OOM killer) while holding nothing.
+                raise RunFormatError(f"{path}: {record.name} claims {entry.nbytes} bytes, more than half of this "
+                                     f"machine's memory ({loadable_bytes()} bytes); not loaded")
             buffer = bytearray(entry.nbytes)
             try:
-                with open(path, "rb", buffering=0) as handle:
+                with open_regular(path, limit=MAX_DATA_FILE_BYTES, what="data file") as handle:
                     handle.seek(entry.offset)
                     got = handle.readinto(buffer)
             except OSError as exc:
@@ -111,6 +117,14 @@ class TensorLoader:
         if isinstance(found, RunFormatError):
             raise found
         return found
+
+
+def loadable_bytes() -> int:
+    """Half the machine's physical memory: the most one tensor may claim to be loaded."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
 
 
 def inside(root: str, relative: str) -> str:

@@ -17,6 +17,7 @@ records after the window are stats-only again and no longer compared.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -24,8 +25,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dumper.errors import ConfigError
+from dumper.errors import ConfigError, DumpcmpError
 from dumper.format import INDEX_FILE, RUN_INFO_FILE, TensorStats, rank_dir_name
+from dumper.safeio import INDEX_LIMIT, INDEX_LINE_LIMIT, JSON_LIMIT, open_regular, read_text
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,9 @@ def validate_baseline(path: str) -> str:
     if not os.path.isdir(run_dir):
         raise ConfigError(f"--against {path}: no such directory; give the run directory of a baseline run")
     try:
-        with open(os.path.join(run_dir, RUN_INFO_FILE), encoding="utf-8") as handle:
-            info = json.load(handle)
-    except (OSError, ValueError):
+        info = json.loads(read_text(os.path.join(run_dir, RUN_INFO_FILE), limit=JSON_LIMIT, what="run.json",
+                                    root=run_dir, error=ConfigError))
+    except (OSError, ValueError, RecursionError):
         raise ConfigError(
             f"--against {path} is not a dumpcmp run (no readable {RUN_INFO_FILE}); "
             "record a baseline first, e.g. dumpcmp run --mode stats --dir BASELINE -- CMD"
@@ -152,16 +154,23 @@ class OnlineMonitor:
         baseline: dict[StatsKey, tuple[list[int], str, dict[str, Any]]] = {}
         path = os.path.join(self.config.against, rank_dir_name(self.rank), INDEX_FILE)
         try:
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
+            # NOTE: this runs on the engine's writer thread and at exit: a FIFO or a device
+            # here used to hang the engine; bounded lines keep a crafted index from eating memory.
+            with io.TextIOWrapper(io.BufferedReader(open_regular(path, limit=INDEX_LIMIT, what="baseline index",
+                                                                 root=self.config.against)),
+                                  encoding="utf-8", errors="replace") as handle:
+                while line := handle.readline(INDEX_LINE_LIMIT):
                     try:
                         data = json.loads(line)
                         key = record_key(data["name"], int(data["step"]), data.get("tags") or {})
                         baseline[key] = (list(data["shape"]), str(data.get("dtype", "")), data.get("stats") or {})
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         continue  # a torn last line, or a foreign one: not comparable
         except OSError as exc:
             self.problem = f"baseline index {path} not readable ({exc.strerror}): nothing compared on rank {self.rank}"
+            log.warning("dumpcmp: %s", self.problem)
+        except DumpcmpError as exc:
+            self.problem = f"baseline index not usable ({exc}): nothing compared on rank {self.rank}"
             log.warning("dumpcmp: %s", self.problem)
         self._baseline = baseline
         return baseline

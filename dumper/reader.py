@@ -12,12 +12,13 @@ failing the whole run.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from typing import Any
 
-from dumper.errors import RunFormatError, RunNotFoundError
+from dumper.errors import DumpcmpError, RunFormatError, RunNotFoundError
 from dumper.format import (
     INDEX_FILE,
     PROC_DIR_PREFIX,
@@ -30,6 +31,7 @@ from dumper.format import (
     RunInfo,
 )
 from dumper.run import RankContents, Run
+from dumper.safeio import INDEX_LIMIT, INDEX_LINE_LIMIT, JSON_LIMIT, open_regular, read_text
 from dumper.sglang_reader import open_sglang_run
 
 __all__ = ["RankContents", "Run", "is_dumpcmp_run", "open_run", "read_index"]
@@ -37,13 +39,15 @@ __all__ = ["RankContents", "Run", "is_dumpcmp_run", "open_run", "read_index"]
 log = logging.getLogger(__name__)
 
 
-def _read_json(path: str, problems: list[str]) -> dict[str, Any] | None:
+def _read_json(path: str, problems: list[str], root: str) -> dict[str, Any] | None:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(read_text(path, limit=JSON_LIMIT, what="run file", root=root))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except DumpcmpError as exc:
+        problems.append(f"{exc}; ignored")
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
         problems.append(f"{path}: unreadable ({exc})")
         return None
     if not isinstance(data, dict):
@@ -52,37 +56,45 @@ def _read_json(path: str, problems: list[str]) -> dict[str, Any] | None:
     return data
 
 
-def read_index(path: str, *, source: str) -> tuple[list[IndexRecord], int, list[str]]:
-    """Parse one index.jsonl; returns records, torn trailing lines, and problems."""
+def read_index(path: str, *, source: str, root: str | None = None) -> tuple[list[IndexRecord], int, list[str]]:
+    """Parse one index.jsonl; returns records, torn trailing lines, and problems.
+
+    Read line by line, each line bounded (INDEX_LINE_LIMIT): a crafted 2 GB line costs
+    a problem, not gigabytes of memory.
+    """
     records: list[IndexRecord] = []
     problems: list[str] = []
     torn = 0
-    with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-        last_complete = True
-    else:
-        last_complete = False
-    for number, raw in enumerate(lines, start=1):
-        is_last = number == len(lines)
-        try:
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            record = IndexRecord.from_json(data, source=source)
-        except (ValueError, KeyError, TypeError) as exc:
-            if is_last and not last_complete:
-                torn += 1
-                problems.append(f"{path}: line {number} is torn (the writer stopped mid-line); ignored")
-            else:
-                problems.append(f"{path}: line {number} is not a valid record ({exc}); ignored")
-            continue
-        if record.file is not None and (os.sep in record.file or record.file.startswith(".") or "/" in record.file
-                                        or "\\" in record.file or "\x00" in record.file):
-            problems.append(f"{path}: line {number} points at {record.file!r}, outside its rank directory; ignored")
-            continue
-        records.append(record)
+    with io.BufferedReader(open_regular(path, limit=INDEX_LIMIT, what="index", root=root)) as handle:
+        number = 0
+        while True:
+            raw = handle.readline(INDEX_LINE_LIMIT + 1)
+            if not raw:
+                break
+            number += 1
+            if len(raw) > INDEX_LINE_LIMIT and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line, bounded reads
+                    raw = handle.readline(INDEX_LINE_LIMIT)
+                problems.append(f"{path}: line {number} is longer than {INDEX_LINE_LIMIT} bytes, not a record; ignored")
+                continue
+            complete = raw.endswith(b"\n")
+            try:
+                data = json.loads(raw)
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+                record = IndexRecord.from_json(data, source=source)
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                if not complete:
+                    torn += 1
+                    problems.append(f"{path}: line {number} is torn (the writer stopped mid-line); ignored")
+                else:
+                    problems.append(f"{path}: line {number} is not a valid record ({str(exc)[:200]}); ignored")
+                continue
+            if record.file is not None and (os.sep in record.file or record.file.startswith(".") or "/" in record.file
+                                            or "\\" in record.file or "\x00" in record.file):
+                problems.append(f"{path}: line {number} points at {record.file!r}, outside its rank directory; ignored")
+                continue
+            records.append(record)
     return records, torn, problems
 
 
@@ -115,7 +127,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
             return opened
         raise RunNotFoundError(f"{path}: no run here (no run.json, no rank-* directories, no SGLang .pt dumps)")
     problems: list[str] = []
-    info_data = _read_json(os.path.join(path, RUN_INFO_FILE), problems)
+    info_data = _read_json(os.path.join(path, RUN_INFO_FILE), problems, path)
     info = None
     if info_data is None:
         problems.append(f"{path}: run.json is missing (the run's first process never finished starting?)")
@@ -134,12 +146,12 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         directory = os.path.join(path, entry)
         if not (_is_rank_dir(entry) and os.path.isdir(directory)):
             continue
-        rank_data = _read_json(os.path.join(directory, RANK_INFO_FILE), problems)
+        rank_data = _read_json(os.path.join(directory, RANK_INFO_FILE), problems, path)
         rank_info = None
         if rank_data is not None:
             try:
                 rank_info = RankInfo.from_json(rank_data)
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:
                 problems.append(f"{directory}/{RANK_INFO_FILE}: invalid ({exc})")
         index_path = os.path.join(directory, INDEX_FILE)
         if not os.path.exists(index_path):
@@ -147,7 +159,12 @@ def open_run(path: str | os.PathLike[str]) -> Run:
             records: list[IndexRecord] = []
             torn = 0
         else:
-            records, torn, index_problems = read_index(index_path, source=entry)
+            try:
+                records, torn, index_problems = read_index(index_path, source=entry, root=path)
+            except DumpcmpError as exc:
+                records, torn, index_problems = [], 0, [f"{exc}; ignored"]
+            except OSError as exc:
+                records, torn, index_problems = [], 0, [f"{index_path}: unreadable ({exc.strerror}); ignored"]
             problems.extend(index_problems)
         if info is not None and rank_info is not None and info.run_id and rank_info.run_id != info.run_id:
             problems.append(f"{entry}: left over from an earlier run (run id {rank_info.run_id}); ignored")

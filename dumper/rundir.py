@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from typing import Any
 
 from dumper.config import DumpConfig
-from dumper.errors import ConfigError, RunConflictError
+from dumper.errors import ConfigError, DumpcmpError, RunConflictError
 from dumper.format import (
     PROC_DIR_PREFIX,
     RANK_INFO_FILE,
@@ -27,6 +28,7 @@ from dumper.format import (
     write_json_atomic,
 )
 from dumper.parallel import ParallelInfo
+from dumper.safeio import JSON_LIMIT, read_text
 
 
 def claim_rank_dir(run_dir: str, info: ParallelInfo, config: DumpConfig, run_id: str) -> tuple[str, str]:
@@ -54,11 +56,7 @@ def claim_rank_dir(run_dir: str, info: ParallelInfo, config: DumpConfig, run_id:
         start_time=time.time(),
     )
     if not _create_exclusive_json(run_info_path, run_info.to_json()):
-        try:
-            with open(run_info_path, encoding="utf-8") as handle:
-                existing_id = json.load(handle).get("run_id")
-        except (OSError, ValueError):
-            existing_id = None
+        existing_id = _read_json(run_info_path).get("run_id")
         if config.run_id is not None and existing_id != config.run_id:
             if not config.overwrite:
                 raise RunConflictError(
@@ -74,15 +72,14 @@ def claim_rank_dir(run_dir: str, info: ParallelInfo, config: DumpConfig, run_id:
         return rank_dir, run_id
     except FileExistsError:
         pass
-    try:
-        with open(os.path.join(rank_dir, RANK_INFO_FILE), encoding="utf-8") as handle:
-            owner = json.load(handle)
-    except (OSError, ValueError):
-        owner = {}
-    same_run = config.run_id is not None and owner.get("run_id") == run_id
+    owner = _read_json(os.path.join(rank_dir, RANK_INFO_FILE))
+    # NOTE: a process forked after its parent started writing inherits the parent's rank
+    # and run id, but not an explicit DUMPCMP_RUN_ID; it is the same run all the same.
+    forked_from_owner = owner.get("pid") == os.getppid() and owner.get("host") == socket.gethostname()
+    same_run = owner.get("run_id") == run_id and (config.run_id is not None or forked_from_owner)
     if same_run:
         # A sibling process of this run already holds this rank (e.g. a launcher and
-        # its worker, both rank 0): keep both, keyed by process id.
+        # its worker, both rank 0, or a forked child): keep both, keyed by process id.
         proc_dir = os.path.join(run_dir, f"{PROC_DIR_PREFIX}{os.getpid()}")
         os.makedirs(proc_dir, exist_ok=True)
         return proc_dir, run_id
@@ -91,9 +88,34 @@ def claim_rank_dir(run_dir: str, info: ParallelInfo, config: DumpConfig, run_id:
             f"{rank_dir} already holds an earlier run's files for rank {info.rank}; "
             "choose a new directory or set DUMPCMP_OVERWRITE=1 (dumpcmp run --overwrite)"
         )
+    if owner.get("status") == "running" and owner.get("host") == socket.gethostname() and _alive(owner.get("pid")):
+        raise RunConflictError(
+            f"{rank_dir} belongs to process {owner.get('pid')}, which is still dumping into it; "
+            "DUMPCMP_OVERWRITE never removes a live process's files: choose a new directory")
     shutil.rmtree(rank_dir)
     os.mkdir(rank_dir)
     return rank_dir, run_id
+
+
+def _alive(pid: Any) -> bool:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    """A run file's JSON object, or ``{}``: never blocks on a FIFO, never reads a huge file (engine thread)."""
+    try:
+        data = json.loads(read_text(path, limit=JSON_LIMIT, what="run file"))
+    except (OSError, ValueError, RecursionError, DumpcmpError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _create_exclusive_json(path: str, data: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumper.errors import RunFormatError
+from dumper.safeio import open_regular
 
 # torch dtype name (str(dtype) without "torch.") -> safetensors dtype code, and back.
 SAFETENSORS_CODES = {
@@ -24,6 +25,8 @@ DTYPE_OF_CODE = {code: dtype for dtype, code in SAFETENSORS_CODES.items()}
 
 # A header larger than this is corrupt (ours hold a few hundred bytes per tensor).
 MAX_HEADER_BYTES = 100 << 20
+# A data file larger than this is not ours (the writer rolls files at DUMPCMP_FILE_MB).
+MAX_DATA_FILE_BYTES = 1 << 44
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ def _write_all(fd: int, data: memoryview) -> None:
         position += os.write(fd, data[position : position + step])
 
 
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 62
+
+
 def read_header(path: str) -> dict[str, HeaderEntry | RunFormatError]:
     """The tensors of one data file by key; raises RunFormatError for a corrupt or truncated file.
 
@@ -88,7 +95,7 @@ def read_header(path: str) -> dict[str, HeaderEntry | RunFormatError]:
     tensors stay readable.
     """
     try:
-        with open(path, "rb", buffering=0) as handle:
+        with open_regular(path, limit=MAX_DATA_FILE_BYTES, what="data file") as handle:
             prefix = handle.read(8)
             if len(prefix) != 8:
                 raise RunFormatError(f"{path}: corrupt safetensors file (shorter than its header)")
@@ -105,18 +112,24 @@ def read_header(path: str) -> dict[str, HeaderEntry | RunFormatError]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except ValueError as exc:
-        raise RunFormatError(f"{path}: corrupt safetensors file (header: {exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise RunFormatError(f"{path}: corrupt safetensors file (header: {str(exc)[:200]})") from None
     data_start = 8 + length
     entries: dict[str, HeaderEntry | RunFormatError] = {}
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         try:
-            begin, end = (int(o) for o in entry["data_offsets"])
-            if begin < 0 or end < begin:
+            # NOTE: exact types: int("12") and int(1.5) would accept strings and floats.
+            offsets, shape = entry["data_offsets"], entry["shape"]
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(o) for o in offsets)):
+                raise ValueError(f"data_offsets {offsets!r:.40}")
+            if not (isinstance(shape, list) and len(shape) <= 64 and all(_is_size(n) for n in shape)):
+                raise ValueError(f"shape {shape!r:.40}")
+            begin, end = offsets
+            if end < begin:
                 raise ValueError(f"data offsets {begin}..{end}")
-            entries[key] = HeaderEntry(dtype=DTYPE_OF_CODE[entry["dtype"]], shape=tuple(int(s) for s in entry["shape"]),
+            entries[key] = HeaderEntry(dtype=DTYPE_OF_CODE[entry["dtype"]], shape=tuple(shape),
                                        offset=data_start + begin, nbytes=end - begin)
         except (KeyError, TypeError, ValueError):
             entries[key] = RunFormatError(f"{path}: corrupt header entry for {key!r}")

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from dumper.errors import RunFormatError, RunNotFoundError
+from dumper.safeio import open_regular
 from dumper.format import AxisInfo
 
 SUFFIX = ".pt"
@@ -89,6 +90,7 @@ def load_file(path: str) -> dict[str, Any]:
 
     import torch
 
+    open_regular(path, limit=MAX_PT_FILE_BYTES, what="SGLang dump").close()  # a FIFO would hang torch.load
     try:
         try:
             data = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
@@ -112,7 +114,36 @@ def as_tensor(value: Any, path: str):
 
     if isinstance(value, torch.Tensor):
         return value
+    _check_materialised_size(value, path)
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
         raise RunFormatError(f"{path}: value is a {type(value).__name__}, not a tensor") from None
+
+
+# Numbers one SGLang value may expand to when it is a nested list rather than a tensor.
+MAX_LIST_ELEMENTS = 1 << 22
+MAX_PT_FILE_BYTES = 1 << 40
+
+
+def _check_materialised_size(value: Any, path: str) -> None:
+    """Count what converting ``value`` would create, visiting shared lists every time.
+
+    NOTE: ``weights_only`` allows plain lists, and the pickle memo lets a tiny file
+    hold a list that refers to one inner list a thousand times, three levels deep: a
+    billion floats once converted. The walk stops as soon as the budget is spent.
+    """
+    budget = MAX_LIST_ELEMENTS
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            budget -= len(item) or 1
+            if budget < 0:
+                raise RunFormatError(f"{path}: value is a nested list of more than {MAX_LIST_ELEMENTS} elements; "
+                                     "not converted (SGLang writes tensors)")
+            stack.extend(item)
+        else:
+            budget -= 1
+    if budget < 0:
+        raise RunFormatError(f"{path}: value holds more than {MAX_LIST_ELEMENTS} elements; not converted")

@@ -32,6 +32,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dumper.safeio import read_text
 from patches.errors import PatchFileError
 
 TOP_KEYS = ("patches", "description")
@@ -131,15 +132,12 @@ class PatchFile:
 def load_patch_file(path: str | os.PathLike[str]) -> PatchFile:
     """Read and validate one patch file; raises PatchFileError with file:line:column."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise PatchFileError(f"patch file {path} is a directory; pass the YAML files in it")
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_text(path, what="patch file", error=PatchFileError)
     except FileNotFoundError:
         raise PatchFileError(f"patch file {path} does not exist") from None
-    except IsADirectoryError:
-        raise PatchFileError(f"patch file {path} is a directory; pass the YAML files in it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PatchFileError(f"cannot read patch file {path}: {exc}") from None
     return parse_patch_text(text, path=path)
 
 

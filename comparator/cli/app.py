@@ -55,7 +55,11 @@ EXIT_USAGE = 2
 
 def fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":
     """Print ``dumpcmp: error: message`` on stderr and return the Exit to raise."""
-    typer.echo(f"dumpcmp: error: {message}", err=True)
+    from comparator.report.text import one_line
+
+    # NOTE: messages quote user text (names, paths): escaped, it stays one line and no
+    # escape sequence reaches the terminal.
+    typer.echo(f"dumpcmp: error: {one_line(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -78,7 +82,19 @@ def setup_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(show_time=False, show_path=False, markup=False, console=_stderr_console())
+    handler.addFilter(_printable_record)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], format="%(message)s")
+
+
+def _printable_record(record: logging.LogRecord) -> bool:
+    """Warnings quote names and paths from runs: no raw control characters to the terminal."""
+    from comparator.report.text import printable
+
+    message = record.getMessage()
+    safe = printable(message)
+    if safe != message:
+        record.msg, record.args = safe, None
+    return True
 
 
 def _stderr_console():

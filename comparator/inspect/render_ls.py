@@ -7,6 +7,7 @@ from rich.table import Table
 
 from comparator.inspect.inventory import RunSummary, divergence_lines
 from comparator.report.console import output_console
+from comparator.report.text import markup_safe, printable
 
 
 def _human_bytes(count: int) -> str:
@@ -35,36 +36,39 @@ def _ranges(values: list[int]) -> str:
 
 def render_summary(summary: RunSummary, console: Console | None = None) -> None:
     console = console or output_console()
-    console.print(f"[bold]{summary.path}[/]  format={summary.format} mode={summary.mode} world_size={summary.world_size}")
+    # NOTE: every string from the run is user text: escaped for markup and control characters.
+    console.print(f"[bold]{markup_safe(summary.path)}[/]  format={markup_safe(summary.format)} "
+                  f"mode={markup_safe(summary.mode)} world_size={summary.world_size}")
     if summary.command:
-        console.print(f"command: {' '.join(summary.command)}", highlight=False)
+        console.print(f"command: {markup_safe(' '.join(summary.command))}", highlight=False)
     ranks = Table(title="ranks", title_justify="left")
     for column in ("dir", "rank", "status", "records", "steps", "parallel"):
         ranks.add_column(column, overflow="fold")
     for rank in summary.ranks:
         parallel = " ".join(f"{axis}={info['rank']}/{info['size']}" for axis, info in sorted(rank.parallel.items()))
-        ranks.add_row(rank.directory, str(rank.rank), rank.status, str(rank.records), _ranges(rank.steps), parallel or "-")
+        ranks.add_row(*(markup_safe(cell) for cell in (rank.directory, rank.rank, rank.status, rank.records,
+                                                        _ranges(rank.steps), parallel or "-")))
     console.print(ranks)
     tensors = Table(title="tensors", title_justify="left")
     for column in ("name", "tags", "dtype", "shape", "dims", "steps", "ranks", "bytes"):
         # NOTE: names are what `dumpcmp show` needs: they keep their width, other cells wrap.
-        longest = max((len(t.name) for t in summary.tensors), default=4) if column == "name" else None
+        longest = max((len(printable(t.name)) for t in summary.tensors), default=4) if column == "name" else None
         tensors.add_column(column, overflow="fold", min_width=longest)
     for tensor in summary.tensors:
         tags = " ".join(f"{k}={v}" for k, v in sorted(tensor.tags.items()))
         shapes = " | ".join("[" + ", ".join(map(str, s)) + "]" for s in tensor.shapes[:3])
         if len(tensor.shapes) > 3:
             shapes += f" (+{len(tensor.shapes) - 3})"
-        tensors.add_row(
+        tensors.add_row(*(markup_safe(cell) for cell in (
             tensor.name, tags or "-", tensor.dtype, shapes, tensor.dims or "-",
             _ranges(tensor.steps), _ranges(tensor.ranks), _human_bytes(tensor.bytes),
-        )
+        )))
     console.print(tensors)
     for line in divergence_lines(summary):
-        console.print(line, style="yellow", highlight=False, markup=False)
+        console.print(printable(line), style="yellow", highlight=False, markup=False)
     if summary.problems:
         console.print(f"[bold yellow]incomplete run: {len(summary.problems)} problem(s)[/]")
         for problem in summary.problems:
-            console.print(f"  - {problem}", highlight=False, markup=False)
+            console.print(f"  - {printable(problem)}", highlight=False, markup=False)
     else:
         console.print("[green]complete: every rank closed, no gaps[/]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
+from comparator.report.text import markup_safe as escape
 from rich.table import Table
 
 from comparator.report.table import STATUS_STYLE

@@ -212,6 +212,11 @@ def plot_format(path: str | os.PathLike[str]) -> str:
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in (".png", ".svg"):
         raise OptionError(f"--plot {os.fspath(path)}: pictures are written as PNG or SVG; name the file .png or .svg")
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise OptionError(f"--plot {os.fspath(path)}: the folder {folder} does not exist; create it or write elsewhere")
+    if os.path.isdir(os.fspath(path)):
+        raise OptionError(f"--plot {os.fspath(path)} is a directory; give a file name ending in .png or .svg")
     return suffix[1:]
 
 
@@ -229,10 +234,13 @@ def write_plot(path: str | os.PathLike[str], pic: Picture, *, title: str) -> str
               + f"; log colour from 1e{scale.low_exp} (dark blue) to 1e{scale.high_exp} (yellow). "
               f"Below: histogram of {pic.histogram_of}, {len(pic.values)} values, from {fmt(min(pic.values, default=0))} "
               f"to {fmt(max(pic.values, default=0))}.")
-    if os.fspath(path).endswith(".svg"):
-        _write_svg(path, pic, title=title)
-    else:
-        _write_png(path, pic, scale=scale, title=title, legend=legend)
+    try:
+        if os.fspath(path).endswith(".svg"):
+            _write_svg(path, pic, title=title)
+        else:
+            _write_png(path, pic, scale=scale, title=title, legend=legend)
+    except OSError as exc:
+        raise OptionError(f"--plot {os.fspath(path)}: cannot write the picture ({exc.strerror})") from None
     return legend
 
 

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from comparator.errors import ThresholdsError, UnshardError
 from comparator.judge.thresholds import Limit, Rule, judged_dtype
 from comparator.unshard import UnshardPlan
+from dumper.patterns import compile_user_regex
 
 STATS_METRICS = ("norm_ratio", "mean_diff", "abs_mean_diff", "replica_stats_diff")
 # NOTE: pooled shard stats (sqrt of a sum of squares) differ from a whole tensor's stats
@@ -361,10 +361,13 @@ def load_stats_thresholds(path: str | os.PathLike[str] | None) -> StatsThreshold
     import yaml
 
     path = os.fspath(path)
+    from dumper import yamlsafe
+    from dumper.errors import DumpcmpError
+    from dumper.safeio import read_text
+
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError):
+        data = yamlsafe.safe_load(read_text(path, what="thresholds file"))
+    except (OSError, yaml.YAMLError, DumpcmpError):
         return StatsThresholds()  # the tensor thresholds loader reports these, first
     section = data.get("stats") if isinstance(data, dict) else None
     if section is None:
@@ -373,7 +376,11 @@ def load_stats_thresholds(path: str | os.PathLike[str] | None) -> StatsThreshold
     if not isinstance(section, dict) or any(k not in ("rules", "defaults") for k in section):
         raise ThresholdsError(f"{where}: expected a mapping with 'rules' and/or 'defaults'")
     defaults = {klass: dict(limits) for klass, limits in STATS_DEFAULTS.items()}
-    for klass, limits in (section.get("defaults") or {}).items():
+    defaults_data = section.get("defaults") or {}
+    if not isinstance(defaults_data, dict):
+        raise ThresholdsError(f"{where}.defaults: must map dtype classes to limits, e.g. "
+                              f"{{float: {{rel_l2: 0.01}}}}; valid classes: {', '.join(STATS_DEFAULTS)}")
+    for klass, limits in defaults_data.items():
         if str(klass) not in defaults or not isinstance(limits, dict):
             raise ThresholdsError(f"{where}.defaults.{klass}: unknown dtype class or not a mapping of limits; "
                                   f"valid classes: {', '.join(STATS_DEFAULTS)}")
@@ -391,10 +398,7 @@ def load_stats_thresholds(path: str | os.PathLike[str] | None) -> StatsThreshold
         here = f"{where}.rules[{index}]"
         if not isinstance(rule, dict):
             raise ThresholdsError(f"{here}: a rule must be a mapping, e.g. {{name: 'logits', checksum: true}}")
-        try:
-            pattern = re.compile(str(rule["name"])) if "name" in rule else None
-        except re.error as exc:
-            raise ThresholdsError(f"{here}: invalid name regex {rule['name']!r} ({exc})") from None
+        pattern = compile_user_regex(str(rule["name"]), f"{here}: name", ThresholdsError) if "name" in rule else None
         checksum = rule.get("checksum", False)
         if not isinstance(checksum, bool):
             raise ThresholdsError(f"{here}: checksum must be true or false")

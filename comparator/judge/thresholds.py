@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from comparator.errors import ThresholdsError
+from dumper.patterns import UserRegex, compile_user_regex
+from dumper.safeio import read_text
 
 UPPER = ("rel_diff", "rel_l2", "max_abs", "mean_abs", "max_token_rel_l2", "replica_rel_diff")
 LOWER = ("cosine",)
@@ -80,7 +81,7 @@ class Limit:
 class Rule:
     source: str  # "thresholds.yaml:12" or "default (bfloat16)"
     limits: dict[str, Limit | None]  # None removes a default limit
-    name: re.Pattern[str] | None = None
+    name: UserRegex | None = None
     tags: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     calibrated: dict[str, float] = field(default_factory=dict)  # metric -> measured noise (dumpcmp calibrate)
@@ -184,8 +185,7 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
 
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_text(path, what="thresholds file", error=ThresholdsError)
     except OSError as exc:
         raise ThresholdsError(f"{path}: cannot read thresholds file ({exc.strerror})") from None
     from dumper import yamlsafe
@@ -261,9 +261,9 @@ def _parse(path: str, data: Any, root: Any) -> Thresholds:
         pattern = None
         if "name" in rule_data:
             try:
-                pattern = re.compile(str(rule_data["name"]))
-            except re.error as exc:
-                raise fail(f"invalid name regex {rule_data['name']!r} ({exc})", *keys, "name") from None
+                pattern = compile_user_regex(str(rule_data["name"]), "invalid name regex", ThresholdsError)
+            except ThresholdsError as exc:
+                raise fail(str(exc), *keys, "name") from None
         tags = rule_data.get("tags") or {}
         if not isinstance(tags, dict):
             raise fail("tags must be a mapping, e.g. {layer: 0}", *keys, "tags")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from comparator.report.text import one_line, printable
 from comparator.results import Report, TensorResult
 
 
@@ -63,5 +64,9 @@ def render_junit(report: Report) -> str:
         out = _details(result)
         if out:
             ET.SubElement(case, "system-out").text = out
+    for element in suites.iter():  # names and messages are user text: legal XML 1.0, one line per attribute
+        element.attrib = {key: one_line(value) for key, value in element.attrib.items()}
+        if element.text:
+            element.text = printable(element.text)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -18,13 +18,15 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from comparator.report.text import printable
+
 STATUS_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "skip": "#f9a825", "error": "#8e24aa"}
 # Stops of a viridis-like ramp (dark blue -> green -> yellow), interpolated linearly.
 _RAMP = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 
 
 def esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(printable(text), quote=True)
 
 
 def colormap(fraction: float) -> tuple[int, int, int]:

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comparator.report.console import output_console
+from comparator.report.text import markup_safe, printable
 
 from comparator.results import Report, TensorResult
 
@@ -48,13 +49,13 @@ def _first_divergence_panel(report: Report) -> Panel | None:
         return None
     result = report.results[first.index]
     lines = Text()
-    lines.append(f"{result.label}", style="bold")
-    lines.append(f"  ({first.origin}: {first.origin_detail})\n" if first.origin_detail else f"  ({first.origin})\n")
+    lines.append(printable(result.label), style="bold")
+    lines.append(printable(f"  ({first.origin}: {first.origin_detail})\n" if first.origin_detail else f"  ({first.origin})\n"))
     if first.reason:
-        lines.append(f"why:  {first.reason}\n")
+        lines.append(printable(f"why:  {first.reason}\n"))
     if first.hint:
         lines.append("hint: ", style="bold")
-        lines.append(f"{first.hint}\n", style="cyan")
+        lines.append(printable(f"{first.hint}\n"), style="cyan")
     metrics = result.metrics
     if metrics is not None and metrics.max_abs_index:
         lines.append(
@@ -66,7 +67,7 @@ def _first_divergence_panel(report: Report) -> Panel | None:
             lines.append(f"worst token: {worst[0]} (rel_l2 {_fmt(worst[1])})\n")
     if result.judgement is not None:
         required = ", ".join(limit.describe() for m, limit in result.judgement.required.items() if m in result.judgement.failed)
-        lines.append(f"judged by {result.judgement.rule}")
+        lines.append(printable(f"judged by {result.judgement.rule}"))
         if required:
             lines.append(f"; would pass with {required}")
         if result.floor_ratio is not None:
@@ -78,7 +79,7 @@ def _first_divergence_panel(report: Report) -> Panel | None:
             lines.append(f"{label}: {side.shape and list(side.shape)} {side.dtype} ranks {list(side.ranks)} "
                          f"dims {side.dims!r} ({side.plan})\n", style="dim")
     for note in result.notes:
-        lines.append(f"note: {note}\n", style="dim")
+        lines.append(printable(f"note: {note}\n"), style="dim")
     _collective_lines(report, lines)
     lines.rstrip()
     return Panel(lines, title="first divergence", title_align="left", border_style="red")
@@ -90,14 +91,15 @@ def _collective_lines(report: Report, lines: Text) -> None:
         return
     lines.append("collectives since the last passing tensor:\n", style="bold")
     for line in trace.lines():
-        lines.append(f"  {line}\n")
+        lines.append(printable(f"  {line}\n"))
     for line in trace.differences:
-        lines.append(f"  {line}\n", style="yellow")
+        lines.append(printable(f"  {line}\n"), style="yellow")
 
 
 def render_table(report: Report, console: Console | None = None) -> None:
     console = console or output_console()
-    console.print(f"[bold]baseline[/] {report.baseline}   [bold]target[/] {report.target}   aligner={report.aligner}", highlight=False)
+    console.print(f"[bold]baseline[/] {markup_safe(report.baseline)}   [bold]target[/] {markup_safe(report.target)}   "
+                  f"aligner={markup_safe(report.aligner)}", highlight=False)
     panel = _first_divergence_panel(report)
     if panel is not None:
         console.print(panel)
@@ -115,7 +117,7 @@ def render_table(report: Report, console: Console | None = None) -> None:
             continue
         metrics = result.metrics
         cells = {
-            "#": str(index), "step": str(result.step), "name": result.name, "tags": _tags(result),
+            "#": str(index), "step": str(result.step), "name": printable(result.name), "tags": printable(_tags(result)),
             "status": result.status + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
             + (" (stats)" if result.stats_only else ""),
         }
@@ -125,7 +127,7 @@ def render_table(report: Report, console: Console | None = None) -> None:
             cells["norm_ratio"] = _fmt(result.stats.norm_ratio)
         cells["floor"] = _fmt(result.floor_ratio)  # metric / calibrated noise (dumpcmp calibrate)
         alignment = result.alignment.describe() if result.alignment is not None and result.alignment.changed_anything else ""
-        rows.append((cells, STATUS_STYLE[result.status], result.hint or _short_reason(result) or alignment,
+        rows.append((cells, STATUS_STYLE[result.status], printable(result.hint or _short_reason(result) or alignment),
                      "dim" if result.origin == "propagated" else ""))
     order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "floor", "max_abs"]
     widths = {c: max([len(c)] + [len(r[0][c]) for r in rows if r is not None]) for c in order}
@@ -152,7 +154,8 @@ def render_table(report: Report, console: Console | None = None) -> None:
             table.add_row(*(Text(cells[c], style="dim") for c in columns), "")
             continue
         cells, style, hint, hint_style = row
-        table.add_row(*(Text(cells[c], style=style) if c == "status" else cells[c] for c in columns), Text(hint, style=hint_style))
+        # Text cells: rich does not parse markup in them (names may hold "[/]").
+        table.add_row(*(Text(cells[c], style=style if c == "status" else "") for c in columns), Text(hint, style=hint_style))
     console.print(table)
     summary = report.summary
     style = "green" if report.exit_code == 0 else "red" if report.exit_code == 1 else "yellow"
@@ -170,7 +173,7 @@ def render_table(report: Report, console: Console | None = None) -> None:
     if any(report.problems.values()):
         for side, problems in report.problems.items():
             for problem in problems:
-                console.print(f"[yellow]{side} run: {problem}[/]", highlight=False)
-    console.print(f"[{style}]exit {report.exit_code}: {report.exit_reason}[/]", highlight=False)
+                console.print(f"[yellow]{side} run: {markup_safe(problem)}[/]", highlight=False)
+    console.print(f"[{style}]exit {report.exit_code}: {markup_safe(report.exit_reason)}[/]", highlight=False)
     if any(r.origin == "propagated" for r in report.results):
         console.print("[dim]^ propagated: a tensor it consumes did not pass[/]")
