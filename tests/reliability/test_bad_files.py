@@ -48,8 +48,9 @@ def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProce
 def assert_one_line(proc, contains: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("dumpcmp: error:"), proc.stderr
-    assert contains in lines[0], lines[0]
+    errors = [line for line in lines if line.startswith("dumpcmp: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert contains in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")
