@@ -28,6 +28,7 @@ from comparator.collectives import trace_first_divergence
 from comparator.errors import NothingUsableError
 from comparator.execute import make_executor
 from comparator.fingerprint import read_fingerprint
+from comparator.judge.graft import graft_verdict, grafted_keys, mark_grafted
 from comparator.judge.hints import graph_replay_hint, replayed_steps
 from comparator.judge.routing import annotate_downstream
 from comparator.judge.stats_only import load_stats_thresholds
@@ -78,9 +79,15 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         if options.routing.enabled:
             results = annotate_downstream(results)
         results = _graph_replay_hints(results, runs.map(replayed_steps))
+        grafted = grafted_keys(target_run.records)
+        results = mark_grafted(results, grafted)
         final, summary, first, code, reason = finalize(results, options)
         if not final:
             reason = f"nothing was compared: {nothing_matched(runs, options)}"
+        graft = graft_verdict(final, grafted)
+        if graft is not None:  # grafted tensors agree by construction: no evidence, not passes
+            passes = sum(r.grafted and r.status == "pass" for r in final)
+            summary = dataclasses.replace(summary, passed=summary.passed - passes, grafted=graft.grafted)
         if summary.compared == 0 and summary.errored and all(r.load_error for r in final if r.status == "error"):
             first_error = next(r for r in final if r.status == "error")
             raise NothingUsableError(
@@ -91,7 +98,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         baseline=os.fspath(baseline), target=os.fspath(target), aligner=options.aligner, summary=summary,
         first_divergence=first, results=final, exit_code=code, exit_reason=reason, problems=problems,
         thresholds=options.thresholds, collectives=collectives,
-        fingerprints=Pair(read_fingerprint(baseline), read_fingerprint(target)),
+        fingerprints=Pair(read_fingerprint(baseline), read_fingerprint(target)), graft=graft,
     )
 
 

@@ -19,6 +19,7 @@ from comparator.matching import TensorKey
 if TYPE_CHECKING:
     from comparator.collectives import CollectiveTrace
     from comparator.fingerprint import RunFingerprint
+    from comparator.judge.graft import GraftVerdict
     from comparator.judge.routing import RoutingCheck
 
 Status = Literal["pass", "fail", "skip", "error"]
@@ -150,6 +151,9 @@ class TensorResult:
     keys: tuple[TensorKey, ...] = ()  # the target tensors it covers
     alignment: AlignmentNote | None = None  # what the token aligner did (steps merged, rows trimmed, ...)
     routing: "RoutingCheck | None" = None  # of a top-k ids or MoE output tensor (comparator/judge/routing.py)
+    # The target engine went on with the baseline's value here (dumpcmp run --graft): it agrees
+    # by construction, so it is shown as grafted and not counted as a pass (comparator/judge/graft.py).
+    grafted: bool = False
 
     def __bool__(self) -> bool:
         return self.status == "pass"
@@ -209,6 +213,7 @@ class Summary:
     errored: int
     allowed_failures: int = 0
     allowed_skips: int = 0
+    grafted: int = 0  # results the target took from a baseline (dumpcmp run --graft); not in passed
 
     @property
     def compared(self) -> int:
@@ -244,6 +249,7 @@ class Report:
     # The collectives each rank ran around the first divergence (None: none traced, or no divergence).
     collectives: "CollectiveTrace | None" = None
     fingerprints: "Pair[RunFingerprint] | None" = None  # where each run came from (run.json, rank.json)
+    graft: "GraftVerdict | None" = None  # what a graft in the target did downstream (None: nothing grafted)
 
     def __bool__(self) -> bool:
         return self.exit_code == 0

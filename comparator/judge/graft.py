@@ -57,6 +57,13 @@ def grafted_keys(records: Sequence[Any]) -> frozenset[TensorKey]:
     return frozenset((r.name, r.step, tags_key(r.tags)) for r in records if getattr(r, "graft", None) is not None)
 
 
+def mark_grafted(results: Sequence[TensorResult], keys: frozenset[TensorKey]) -> list[TensorResult]:
+    """The results with ``grafted`` set where the target took the baseline's value."""
+    import dataclasses
+
+    return [dataclasses.replace(r, grafted=True) if is_grafted(r, keys) else r for r in results]
+
+
 def is_grafted(result: TensorResult, keys: frozenset[TensorKey]) -> bool:
     return bool(keys) and any(key in keys for key in result.keys)
 
@@ -101,4 +108,4 @@ def _tags_text(tags: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(tags.items()))
 
 
-__all__ = ["GraftVerdict", "NextDivergence", "graft_verdict", "grafted_keys", "is_grafted"]
+__all__ = ["GraftVerdict", "NextDivergence", "graft_verdict", "grafted_keys", "is_grafted", "mark_grafted"]

@@ -43,6 +43,7 @@ def result_to_json(result: TensorResult) -> dict[str, Any]:
         "origin": result.origin,
         "origin_detail": result.origin_detail,
         "allowed": result.allowed,
+        "grafted": result.grafted,  # the target took the baseline's value here (dumpcmp run --graft)
         "notes": list(result.notes),
         "alignment": result.alignment.to_json() if result.alignment is not None else None,
         "rule": result.judgement.rule if result.judgement is not None else None,
@@ -108,6 +109,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
             "collectives": report.collectives.to_json() if report.collectives is not None else None,
         },
         "results": [result_to_json(r) for r in report.results],
+        # null, or what a graft did after its first grafted tensor: gone, moved (next_divergence), unchanged
+        "graft": report.graft.to_json() if report.graft is not None else None,
         "problems": {side: list(found) for side, found in report.problems.items()},
     }
 

@@ -109,7 +109,7 @@ def render_table(report: Report, console: Console | None = None) -> None:
     rows: list[tuple[dict[str, str], str, str, str] | None] = []  # None: a fold of passing tensors
     folded: list[int] = []
     for index, result in enumerate(report.results):
-        if fold and result.status == "pass":
+        if fold and result.status == "pass" and not result.grafted:
             if not rows or rows[-1] is not None:
                 rows.append(None)
                 folded.append(0)
@@ -118,7 +118,9 @@ def render_table(report: Report, console: Console | None = None) -> None:
         metrics = result.metrics
         cells = {
             "#": str(index), "step": str(result.step), "name": printable(result.name), "tags": printable(_tags(result)),
-            "status": result.status + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
+            "status": ("grafted" if result.grafted and result.status == "pass" else result.status)
+            + (" (grafted)" if result.grafted and result.status != "pass" else "")
+            + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
             + (" (stats)" if result.stats_only else ""),
         }
         for column in ("rel_diff", "rel_l2", "cosine", "norm_ratio", "max_abs"):
@@ -127,7 +129,8 @@ def render_table(report: Report, console: Console | None = None) -> None:
             cells["norm_ratio"] = _fmt(result.stats.norm_ratio)
         cells["floor"] = _fmt(result.floor_ratio)  # metric / calibrated noise (dumpcmp calibrate)
         alignment = result.alignment.describe() if result.alignment is not None and result.alignment.changed_anything else ""
-        rows.append((cells, STATUS_STYLE[result.status], printable(result.hint or _short_reason(result) or alignment),
+        rows.append((cells, "cyan" if result.grafted else STATUS_STYLE[result.status],
+                     printable(result.hint or _short_reason(result) or alignment),
                      "dim" if result.origin == "propagated" else ""))
     order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "floor", "max_abs"]
     widths = {c: max([len(c)] + [len(r[0][c]) for r in rows if r is not None]) for c in order}
@@ -162,6 +165,7 @@ def render_table(report: Report, console: Console | None = None) -> None:
     console.print(
         f"[bold]{summary.total}[/] tensors: [green]{summary.passed} passed[/], [red]{summary.failed} failed[/], "
         f"[yellow]{summary.skipped} skipped[/], [magenta]{summary.errored} errors[/]"
+        + (f", [cyan]{summary.grafted} grafted[/]" if summary.grafted else "")
         + (f" ({summary.allowed_failures} failures and {summary.allowed_skips} skips allowed)"
            if summary.allowed_failures or summary.allowed_skips else ""),
         highlight=False,
@@ -174,6 +178,8 @@ def render_table(report: Report, console: Console | None = None) -> None:
         for side, problems in report.problems.items():
             for problem in problems:
                 console.print(f"[yellow]{side} run: {markup_safe(problem)}[/]", highlight=False)
+    if report.graft is not None:
+        console.print(f"[bold cyan]graft: {report.graft.outcome}[/]: {markup_safe(report.graft.detail)}", highlight=False)
     console.print(f"[{style}]exit {report.exit_code}: {markup_safe(report.exit_reason)}[/]", highlight=False)
     if any(r.origin == "propagated" for r in report.results):
         console.print("[dim]^ propagated: a tensor it consumes did not pass[/]")

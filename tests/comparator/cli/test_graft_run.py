@@ -55,6 +55,13 @@ def test_grafting_seed1_first_divergence_makes_the_rest_of_the_run_agree(graft_r
     assert failed == [], failed
     downstream = [r for r in report["results"] if r["name"] == "logits"]
     assert len(downstream) == 4 and all(r["status"] == "pass" for r in downstream)
+    # the grafted tensors are shown as such, not counted as passes; the divergence is gone
+    grafted = [r for r in report["results"] if r["grafted"]]
+    assert [(r["name"], r["step"]) for r in grafted] == [("moe_output", step) for step in range(4)]
+    assert report["summary"]["passed"] == len(report["results"]) - 4
+    assert report["graft"]["outcome"] == "gone" and report["graft"]["graft_point"] == "moe_output[layer=1]@step0"
+    table = dumpcmp("compare", str(graft_runs["base"]), str(graft_runs["seed1_grafted"])).stdout
+    assert "4 grafted" in table and "graft: gone" in table
 
 
 def test_grafted_records_are_flagged_and_run_json_says_from_where(graft_runs):
@@ -78,6 +85,7 @@ def test_grafting_healthy_tensors_changes_nothing(graft_runs):
     assert names == {"attn_output", "routed_expert_output", "shared_expert_output"}
     code, report = compare_json(graft_runs["healthy"], graft_runs["healthy_grafted"])
     assert code == 0, [r for r in report["results"] if r["status"] != "pass"]
+    assert report["graft"]["outcome"] == "gone" and report["graft"]["grafted"] == 4 * 3
     logits = [r for r in report["results"] if r["name"] == "logits"]
     assert logits and all(r["metrics"]["rel_diff"] < 1e-12 for r in logits)
     code, _ = compare_json(graft_runs["base"], graft_runs["healthy_grafted"])

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from comparator.judge.graft import graft_verdict
+import dataclasses
+import io
+import json
+
+from rich.console import Console
+
+from comparator.judge.graft import graft_verdict, mark_grafted
 from comparator.matching import tags_key
-from comparator.results import TensorResult
+from comparator.report.json import render_json
+from comparator.report.table import render_table
+from comparator.results import NotMeasured, Report, Summary, TensorResult
 
 
 def result(name: str, step: int, status: str, layer: int = 0, hint: str | None = None) -> TensorResult:
     tags = {"layer": layer}
     return TensorResult(name=name, step=step, tags=tags, status=status, hint=hint,  # type: ignore[arg-type]
-                        keys=((name, step, tags_key(tags)),))
+                        measurement=NotMeasured(why="error"), keys=((name, step, tags_key(tags)),))
 
 
 def key(name: str, step: int, layer: int = 0):
@@ -44,3 +52,25 @@ def test_gone_moved_and_unchanged():
     # the same divergence as without the graft: the graft point was not the cause
     healthy = [result("moe", 0, "pass", 1), result("mlp", 0, "fail", 2)]
     assert graft_verdict(healthy, grafted, previous="mlp[layer=2]@step0").outcome == "unchanged"
+
+
+def test_renderers_show_grafted_tensors_and_the_verdict():
+    grafted = frozenset({key("moe", 0, 1)})
+    results = tuple(mark_grafted([result("attn", 0, "pass", 1), result("moe", 0, "pass", 1),
+                                  result("mlp", 0, "fail", 2, hint="target = 2 x baseline")], grafted))
+    assert [r.grafted for r in results] == [False, True, False]
+    verdict = graft_verdict(results, grafted)
+    report = Report(baseline="/b", target="/t", aligner="none", exit_code=1, exit_reason="1 failed",
+                    summary=Summary(total=3, passed=1, failed=1, skipped=0, errored=0, grafted=1),
+                    first_divergence=None, results=results, graft=verdict)
+    data = json.loads(render_json(report))
+    assert [r["grafted"] for r in data["results"]] == [False, True, False]
+    assert data["graft"]["outcome"] == "moved" and data["graft"]["next_divergence"]["name"] == "mlp"
+    out = io.StringIO()
+    render_table(report, Console(file=out, width=200, force_terminal=False))
+    text = out.getvalue()
+    assert "grafted" in text.splitlines()[[i for i, line in enumerate(text.splitlines()) if " moe " in line][0]]
+    assert "1 grafted" in text and "graft: moved: the graft at moe[layer=1]@step0" in text
+    nothing = dataclasses.replace(report, graft=None, results=tuple(dataclasses.replace(r, grafted=False)
+                                                                     for r in results))
+    assert json.loads(render_json(nothing))["graft"] is None
