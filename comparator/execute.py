@@ -17,6 +17,8 @@ from aligners import Aligner, AlignmentNote
 from comparator.errors import UnshardError
 from comparator.judge.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
+from aligners.axes import dim_index
+from comparator.judge.downstream import DownstreamMask, FlipTracker, drop_rows
 from comparator.judge.routing import RoutingCheck, RoutingJudge, keep_agreeing_tokens, topk_verdict
 from comparator.judge.stats_only import (StatsThresholds, compare_stats, describe_stats_failure, judge_stats,
                                          load_stats_thresholds, stats_hint)
@@ -66,6 +68,7 @@ class Executor:
         self.stats_thresholds = stats_thresholds
         self.loaders = loaders
         self.routing = RoutingJudge(options.routing, self._load_aligned, self._passes_thresholds)
+        self.flips = FlipTracker(self.routing.check)
 
     def run(self, item: WorkItem) -> TensorResult:
         place = item.place
@@ -131,6 +134,7 @@ class Executor:
         replicas: dict[str, float] = {}
         alignment: AlignmentNote | None = None
         routing: RoutingCheck | None = None
+        downstream: DownstreamMask | None = None
         baseline_tensor: "torch.Tensor | None" = None
         if metrics is None:
             outcomes = Pair([execute_unshard(p, self.loaders.baseline.load) for p in item.plans.baseline],
@@ -149,12 +153,19 @@ class Executor:
             token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
                 return self._shape_mismatch(item, notes, alignment, baseline_tensor, target_tensor, token_dim, judged)
+            if item.downstream is not None and (item.routing is not None or baseline_tensor.is_floating_point()):
+                # NOTE: integer tensors (token ids) stay whole: a flip that changes a token still fails.
+                baseline_tensor, target_tensor, left_out = self._leave_out_downstream(
+                    item, baseline_tensor, target_tensor, token_dim)
+                if left_out is not None:
+                    notes.append(left_out if isinstance(left_out, str) else left_out.note())
+                    downstream = left_out if isinstance(left_out, DownstreamMask) else None
             if item.routing is not None:
                 # NOTE: routing flips at near-ties: comparator/judge/routing.py.
                 routing = self.routing.check(item.routing)
                 if item.routing.role == "topk_ids":
                     metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
-                    return self._judge_topk(item, notes, alignment, routing, metrics, judged, replicas)
+                    return self._judge_topk(item, notes, alignment, routing, metrics, judged, replicas, downstream)
                 baseline_tensor, target_tensor, note = keep_agreeing_tokens(routing, baseline_tensor, target_tensor,
                                                                             token_dim)
                 if note or routing.flips or routing.problem:
@@ -164,17 +175,18 @@ class Executor:
         measurement = TensorMeasurement(metrics=metrics, replica_disagreement=replicas)
         if not judgement.failed:
             return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
-                                     alignment=alignment, routing=routing)
+                                     alignment=alignment, routing=routing, downstream=downstream)
         hint = None
         if "replica_rel_diff" in judgement.failed:
             hint = self._replica_hint(item, replicas, baseline_tensor, judged)
         hint = hint or nonfinite_hint(metrics) or scale_hint(metrics, self.axis_sizes)
         return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
-                                 alignment=alignment, routing=routing, hint=hint,
+                                 alignment=alignment, routing=routing, hint=hint, downstream=downstream,
                                  reason=describe_failure(judgement, metrics, replicas))
 
     def _judge_topk(self, item: TensorWork, notes: list[str], alignment: AlignmentNote | None, routing: RoutingCheck,
-                    metrics: Metrics, judged: _Judged, replicas: dict[str, float]) -> TensorResult:
+                    metrics: Metrics, judged: _Judged, replicas: dict[str, float],
+                    downstream: DownstreamMask | None = None) -> TensorResult:
         """Top-k ids pass when every flip is benign (a near-tie the router logits' error explains)."""
         passed, reason, hint = topk_verdict(routing)
         judgement = judge(metrics, judged.rule, judged.limits, {})
@@ -183,7 +195,7 @@ class Executor:
             status="pass" if passed else "fail", reason=reason, hint=hint,
             measurement=TensorMeasurement(metrics=metrics, replica_disagreement=replicas),
             judgement=dataclasses.replace(judgement, failed=failed), notes=[*notes, routing.describe()],
-            alignment=alignment, routing=routing,
+            alignment=alignment, routing=routing, downstream=downstream,
         )
 
     def _load_aligned(self, item: TensorWork) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -191,7 +203,25 @@ class Executor:
         tensors = Pair(self._unshard_all(item.plans.baseline, self.loaders.baseline),
                        self._unshard_all(item.plans.target, self.loaders.target))
         aligned = self.aligner.align(item.unit, tensors.baseline, tensors.target, item.context)
-        return aligned.baseline, aligned.target
+        token_dim = aligned.token_dim if aligned.token_dim is not None else item.token_dim
+        baseline, target, _ = self._leave_out_downstream(item, aligned.baseline, aligned.target, token_dim)
+        return baseline, target
+
+    def _leave_out_downstream(self, item: TensorWork, baseline: "torch.Tensor", target: "torch.Tensor",
+                              token_dim: int | None) -> "tuple[torch.Tensor, torch.Tensor, DownstreamMask | str | None]":
+        """Both tensors without the rows benign routing flips before the item reach (judge/downstream.py)."""
+        if item.downstream is None or tuple(baseline.shape) != tuple(target.shape):
+            return baseline, target, None
+        row_dim, per_request = token_dim, False
+        if row_dim is None:
+            # Per-request rows (dims 'r', e.g. each request's logits): the request's last token.
+            row_dim, per_request = dim_index(item.context.dims("baseline"), "r"), True
+        if row_dim is None:
+            return baseline, target, None
+        mask = self.flips.mask(item, baseline.shape[row_dim], per_request=per_request)
+        if not isinstance(mask, DownstreamMask):
+            return baseline, target, mask
+        return drop_rows(baseline, row_dim, mask.rows), drop_rows(target, row_dim, mask.rows), mask
 
     @staticmethod
     def _unshard_all(plans: Sequence[UnshardPlan], loader: TensorLoader) -> "list[torch.Tensor]":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from aligners import AlignContext, Aligner, AlignmentNote, AlignUnit, AuxLoader
 from comparator.errors import UnshardError
+from comparator.judge.downstream import DownstreamMask, DownstreamSources, RowKey, step_row_keys
 from comparator.judge.routing import RoutingOptions, RoutingSources, layer_step
 from dumper.loader import TensorLoader
 from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
@@ -46,11 +47,13 @@ class Placement:
 
     def result(self, *, status: Status, measurement: Measurement, reason: str | None = None,
                judgement: Judgement | None = None, hint: str | None = None, notes: Sequence[str] = (),
-               alignment: AlignmentNote | None = None, routing: "RoutingCheck | None" = None) -> TensorResult:
+               alignment: AlignmentNote | None = None, routing: "RoutingCheck | None" = None,
+               downstream: "DownstreamMask | None" = None) -> TensorResult:
         return TensorResult(
             name=self.name, step=self.step, tags=self.tags, order=self.order, keys=self.keys,
             predecessors=self.predecessors, sides=self.sides, status=status, measurement=measurement, reason=reason,
             judgement=judgement, hint=hint, notes=tuple(notes), alignment=alignment, routing=routing,
+            downstream=downstream,
         )
 
     def unmeasured(self, status: Status, why: Unmeasured, reason: str, *, hint: str | None = None,
@@ -84,6 +87,8 @@ class TensorWork:
     plans: Pair[tuple[UnshardPlan, ...]]  # one plan per step of the unit, per side
     context: AlignContext  # what the aligner's executor needs (built once, here)
     routing: "RoutingSources | None" = None  # top-k ids / MoE output: judged with the layer's routing
+    # The benign routing flips before it, and which token each row is: rows they reach are left out.
+    downstream: "DownstreamSources | None" = None
 
     @property
     def name(self) -> str:
@@ -147,7 +152,8 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner) 
         for unit in aligner.plan(series.step_pairs, context):
             items.append(_plan_unit(series, unit, options))
     items.sort(key=lambda item: item.place.order)
-    return ComparisonPlan(items=tuple(attach_routing(items, options.routing)), axis_sizes=axis_sizes)
+    items = attach_downstream(attach_routing(items, options.routing), aux.baseline, options)
+    return ComparisonPlan(items=tuple(items), axis_sizes=axis_sizes)
 
 
 def attach_routing(items: Sequence[WorkItem], options: RoutingOptions) -> list[WorkItem]:
@@ -176,6 +182,45 @@ def attach_routing(items: Sequence[WorkItem], options: RoutingOptions) -> list[W
             continue
         attached.append(dataclasses.replace(item, routing=RoutingSources(
             topk_ids=found, router_logits=logits.get(layer_step(item)), role=role)))
+    return attached
+
+
+def attach_downstream(items: Sequence[WorkItem], aux: AuxLoader, options: CompareOptions) -> list[WorkItem]:
+    """Tensor work after a top-k ids tensor gets the routing sources before it and its row keys
+    (comparator/judge/downstream.py): the executor leaves out the rows benign flips reach."""
+    if not options.routing.enabled:
+        return list(items)
+    from aligners import MetadataNames
+
+    names = options.aligner_metadata or MetadataNames()
+    cache: dict[tuple[int, ...], tuple[tuple[RowKey, ...] | None, tuple[RowKey, ...] | None, str | None]] = {}
+    upstream: list[RoutingSources] = []
+    planned: dict[tuple[float, ...], TensorWork] = {}  # by order: the items as attached here
+    attached: list[WorkItem] = []
+    for item in items:
+        if not isinstance(item, TensorWork):
+            attached.append(item)
+            continue
+        is_topk = item.routing is not None and item.routing.role == "topk_ids"
+        if (upstream or is_topk) and item.unit.baseline_steps:
+            steps = item.unit.baseline_steps
+            if steps not in cache:
+                cache[steps] = step_row_keys(aux, steps, names)
+            keys, request_keys, why_not = cache[steps]
+            item = dataclasses.replace(item, downstream=DownstreamSources(
+                upstream=tuple(upstream), keys=keys, request_keys=request_keys, why_not=why_not))
+        planned[item.place.order] = item
+        if item.routing is not None:
+            # NOTE: every routing source points at the items as attached here, so that the
+            # routing a MoE output is judged with left out the same rows as the output.
+            logits = item.routing.router_logits
+            sources = dataclasses.replace(
+                item.routing, topk_ids=planned.get(item.routing.topk_ids.place.order, item.routing.topk_ids),
+                router_logits=planned.get(logits.place.order, logits) if logits is not None else None)
+            item = dataclasses.replace(item, routing=sources)
+            if sources.role == "topk_ids":
+                upstream.append(sources)
+        attached.append(item)
     return attached
 
 

@@ -17,6 +17,7 @@ from comparator.judge.thresholds import Limit
 from comparator.matching import TensorKey
 
 if TYPE_CHECKING:
+    from comparator.judge.downstream import DownstreamMask
     from comparator.collectives import CollectiveTrace
     from comparator.fingerprint import RunFingerprint
     from comparator.judge.graft import GraftVerdict
@@ -154,6 +155,8 @@ class TensorResult:
     # The target engine went on with the baseline's value here (dumpcmp run --graft): it agrees
     # by construction, so it is shown as grafted and not counted as a pass (comparator/judge/graft.py).
     grafted: bool = False
+    # The rows benign routing flips before it reach, left out of its judgement (comparator/judge/downstream.py).
+    downstream: "DownstreamMask | None" = None
 
     def __bool__(self) -> bool:
         return self.status == "pass"

@@ -272,9 +272,9 @@ def annotate_downstream(results: Sequence[Any]) -> list[Any]:
 
     NOTE: a benign flip changes its token's MoE output for real; the next layers carry
     that change (to the token's request through attention, and to later steps through
-    the KV cache), so tensors after it may fail though nothing is wrong. They still
-    fail (this module does not know which rows belong to which request); the hint
-    tells the user where to look instead of sending them hunting for a bug.
+    the KV cache). Where the token metadata says which rows those are, the executor
+    leaves them out (comparator/judge/downstream.py); a failure it could not mask
+    (no metadata, rows that do not match it) gets a hint naming the flip instead.
     """
     first: Any = None
     annotated = []
@@ -282,7 +282,10 @@ def annotate_downstream(results: Sequence[Any]) -> list[Any]:
         routing = result.routing
         if first is None and routing is not None and routing.benign and not routing.suspicious:
             first = result
-        elif first is not None and result.status == "fail" and result.hint is None and routing is None:
+        elif (first is not None and result.status == "fail" and result.hint is None and routing is None
+              and getattr(result, "downstream", None) is None):
+            # NOTE: a result judged without the rows the flips reach (judge/downstream.py) failed
+            # on the others: the flip does not explain it.
             flip = first.routing.benign[0]
             result = dataclasses.replace(result, hint=(
                 f"downstream of {len(first.routing.benign)} benign routing flip(s) at {first.label} (token {flip.token}, "

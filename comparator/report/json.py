@@ -53,6 +53,7 @@ def result_to_json(result: TensorResult) -> dict[str, Any]:
         "target": result.target.to_json() if result.target is not None else None,
         "replica_disagreement": {a: _number(v) for a, v in result.replica_disagreement.items()},
         "routing": result.routing.to_json() if result.routing is not None else None,
+        "downstream": result.downstream.to_json() if result.downstream is not None else None,
     }
     if metrics is not None:
         worst = metrics.worst_token

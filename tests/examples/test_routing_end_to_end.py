@@ -33,6 +33,12 @@ JOBS = {
     # Weights of seed 7 with 4 layers: a benign flip in layer 1, felt by the layers after it.
     "deep_baseline": "--dtype bfloat16 --seed 7 --layers 4",
     "deep_tp2_ep2": "--dtype bfloat16 --seed 7 --layers 4 --tp 2 --ep 2",
+    # --nondeterministic: split-K sums in a run-seeded order; seeds 5, 7 and 8 flip at near-ties.
+    **{f"nd{seed}_{side}": f"--dtype bfloat16 --seed {seed} --layers 4 --nondeterministic{args}"
+       for seed in (5, 7, 8) for side, args in (("baseline", ""), ("tp2_ep2", " --tp 2 --ep 2"))},
+    "nd7_seed1": "--dtype bfloat16 --seed 7 --layers 4 --nondeterministic --tp 2 --ep 2 --fusion "
+                 "--bug ep_reduce_skipped_under_fusion",
+    "nd7_seed2": "--dtype bfloat16 --seed 7 --layers 4 --nondeterministic --ep 2 --bug double_reduce",
 }
 
 
@@ -62,13 +68,41 @@ def test_without_routing_awareness_the_flip_fails_moe_outputs(runs):
     assert {("topk_ids", 2), ("routed_expert_output", 2)} <= failed
 
 
-def test_failures_downstream_of_a_benign_flip_name_the_flip(runs):
+def test_tensors_downstream_of_a_benign_flip_are_judged_without_its_request(runs):
     report = compare(runs["deep_baseline"], runs["deep_tp2_ep2"], thresholds=THRESHOLDS)
+    assert report.exit_code == 0, failing(report)
     topk = result_for(report, "topk_ids", 1)
-    assert topk.status == "pass" and len(topk.routing.benign) == 1
+    (flip,) = topk.routing.benign
+    # Prompts of 5, 3, 7 and 2 tokens: row 8 is request 2's first token; from layer 2 on,
+    # request 2's 7 prefill tokens are left out, then its one token of every later step.
+    layer2 = result_for(report, "layer_input", 2)
+    assert flip.token == 8 and layer2.downstream is not None
+    assert layer2.downstream.rows == tuple(range(8, 15)) and layer2.downstream.kept == 10
+    (origin,) = layer2.downstream.origins
+    assert (origin.label, origin.request, origin.position) == ("topk_ids[layer=1]@step0", 2, 0)
+    assert any(n.startswith("downstream of 1 benign routing flip(s) at topk_ids[layer=1]@step0") for n in layer2.notes)
+    later = [r for r in report.results if r.step > 0 and r.downstream is not None]
+    assert later and all(r.downstream.rows == (2,) and r.downstream.tokens == 4 for r in later)
+    assert all(r.tags.get("layer", 99) > 1 for r in later)  # layers up to the flip's are untouched
+    json_result = report_to_json(report)["results"][report.results.index(layer2)]
+    assert json_result["downstream"]["excluded_rows"] == list(range(8, 15))
+
+
+@pytest.mark.parametrize("seed", [5, 7, 8])
+def test_healthy_nondeterministic_bf16_runs_pass_with_default_limits_of_the_recipe(runs, seed):
+    report = compare(runs[f"nd{seed}_baseline"], runs[f"nd{seed}_tp2_ep2"], thresholds=THRESHOLDS)
+    assert report.exit_code == 0, failing(report)
+    assert any(r.downstream is not None for r in report.results)  # each of these seeds flips somewhere
+
+
+def test_seed_bugs_still_fail_where_they_did_in_nondeterministic_bf16(runs):
+    report = compare(runs["nd7_baseline"], runs["nd7_seed1"], thresholds=THRESHOLDS)
     first = report.first_divergence
-    assert first is not None and first.tags["layer"] > 1  # after the flip, not at it
-    assert first.hint.startswith("downstream of 1 benign routing flip(s) at topk_ids[layer=1]@step0")
+    assert (first.name, first.step, first.tags) == ("moe_output", 0, {"layer": 1})
+    report = compare(runs["nd7_baseline"], runs["nd7_seed2"], thresholds=THRESHOLDS)
+    first = report.first_divergence
+    assert (first.name, first.step, first.tags) == ("moe_output", 0, {"layer": 1})
+    assert first.hint.startswith("target = 2 x baseline")
 
 
 def test_perturbed_router_is_a_suspicious_flip_with_the_upstream_hint(runs):
