@@ -77,7 +77,7 @@ def test_leftovers_missing_ranks_and_unclosed_ranks_are_named(run_dir):
     stale = run_dir / "rank-00003"
     shutil.copytree(run_dir / "rank-00000", stale)
     info = json.loads(_rank_json(run_dir, "rank-00003").read_text())
-    _rank_json(run_dir, "rank-00003").write_text(json.dumps({**info, "run_id": "an-older-run", "rank": 3}))
+    _rank_json(run_dir, "rank-00003").write_text(json.dumps({**info, "run_id": "an-older-run", "rank": 3, "world_size": 4}))
     info = json.loads(_rank_json(run_dir).read_text())
     _rank_json(run_dir).write_text(json.dumps({**info, "world_size": 2, "status": "running"}))
     with open_run(run_dir) as run:
