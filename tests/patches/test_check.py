@@ -98,4 +98,8 @@ def test_every_engine_folder_has_the_same_files():
     shapes = {}
     for engine in ("vllm", "sglang", "transformers"):
         shapes[engine] = sorted(f for f in os.listdir(os.path.join(PRESET_DIR, engine)) if f.endswith(".yaml"))
-    assert shapes["vllm"] == shapes["sglang"] == shapes["transformers"] == ["deepseek_v2.yaml", "qwen3_moe.yaml"]
+    # One preset per model in every engine; engines that run CUDA graphs also have the
+    # cuda_graphs add-on (combined with a model preset; transformers has no graphs).
+    models = ["deepseek_v2.yaml", "qwen3_moe.yaml"]
+    with_graphs = sorted(models + ["cuda_graphs.yaml"])
+    assert shapes == {"vllm": with_graphs, "sglang": with_graphs, "transformers": models}
