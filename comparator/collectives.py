@@ -176,7 +176,8 @@ def _differences(target: list[RankCollectives], baseline: list[RankCollectives])
         for key in list(here) + [k for k in there if k not in here]:
             if here[key] != there[key]:
                 op, group = key
-                shape = list(shapes[key]) if shapes[key] is not None else "?"
+                known = shapes[key]
+                shape = list(known) if known is not None else "?"
                 word = "extra" if here[key] > there[key] else "missing"
                 lines.append(f"target rank {mine.rank}: {op}({group}, {shape}) x{here[key]} here; "
                              f"baseline rank {theirs.rank}: x{there[key]} ({word} in the target)")

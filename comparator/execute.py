@@ -10,25 +10,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from aligners import Aligner, AlignmentNote
 from comparator.errors import UnshardError
-from comparator.judge.hints import nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint
+from comparator.judge.hints import (nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint,
+                                    stats_replica_hint)
+from comparator.judge.limits import MeasurementKind
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
 from aligners.axes import dim_index
 from comparator.judge.downstream import DownstreamMask, FlipTracker, drop_rows
 from comparator.judge.routing import RoutingCheck, RoutingJudge, keep_agreeing_tokens, topk_verdict
-from comparator.judge.stats_only import (StatsThresholds, compare_stats, describe_stats_failure, judge_stats,
-                                         load_stats_thresholds, stats_hint)
-from comparator.judge.thresholds import Limit, Thresholds, load_thresholds
+from comparator.judge.stats_only import compare_stats
+from comparator.judge.thresholds import Criteria
 from comparator.judge.verdicts import describe_failure, judge
 from dumper.loader import TensorLoader
 from comparator.options import CompareOptions
 from comparator.plan import OneSided, StatsWork, TensorWork, Unplannable, WorkItem
 from comparator.results import Judgement, Pair, StatsMeasurement, TensorMeasurement, TensorResult
-from comparator.unshard import UnshardPlan, execute_unshard, reduction_groups
+from comparator.replicas import reduction_groups
+from comparator.unshard import UnshardPlan, execute_unshard
 from dumper.errors import DumpcmpError, RunFormatError
 from dumper.run import Run
 
@@ -42,30 +43,19 @@ def make_executor(runs: Pair[Run], options: CompareOptions, axis_sizes: dict[str
     """The executor of a comparison: the serial path and each worker process build theirs here."""
     return Executor(
         options=options, axis_sizes=axis_sizes, aligner=options.make_aligner(),
-        thresholds=load_thresholds(options.thresholds), stats_thresholds=load_stats_thresholds(options.thresholds),
         loaders=runs.map(lambda run: TensorLoader(run, verify_checksums=options.verify_checksums)),
     )
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Judged:
-    """The limits a tensor is judged by."""
-
-    rule: str
-    limits: dict[str, Limit]
-    calibrated: dict[str, float]
 
 
 class Executor:
     """Executes work items against open runs (in this process or a worker); see make_executor."""
 
     def __init__(self, *, options: CompareOptions, axis_sizes: dict[str, int], aligner: Aligner,
-                 thresholds: Thresholds, stats_thresholds: StatsThresholds, loaders: Pair[TensorLoader]) -> None:
+                 loaders: Pair[TensorLoader]) -> None:
         self.options = options
+        self.thresholds = options.thresholds
         self.axis_sizes = axis_sizes
         self.aligner = aligner
-        self.thresholds = thresholds
-        self.stats_thresholds = stats_thresholds
         self.loaders = loaders
         self.routing = RoutingJudge(options.routing, self._load_aligned, self._passes_thresholds)
         self.flips = FlipTracker(self.routing.check)
@@ -86,6 +76,27 @@ class Executor:
         except DumpcmpError as exc:
             return place.unmeasured("error", "error", str(exc))
 
+    # ------------------------------------------------------------- one verdict
+    def _criteria(self, item: TensorWork | StatsWork, kind: MeasurementKind) -> Criteria:
+        dtypes = item.dtypes
+        return self.thresholds.criteria_for(kind, item.place.name, item.place.tags, dtypes.baseline, dtypes.target)
+
+    def _verdict(self, item: TensorWork | StatsWork, measurement: TensorMeasurement | StatsMeasurement,
+                 criteria: Criteria, notes: Sequence[str], *, alignment: AlignmentNote | None = None,
+                 routing: RoutingCheck | None = None, downstream: DownstreamMask | None = None,
+                 specific_hint: Callable[[Judgement], str | None] = lambda judgement: None) -> TensorResult:
+        """Judge a measurement of either kind; a failure gets its reason and the first hint that fits."""
+        judgement = judge(measurement, criteria)
+        if not judgement.failed:
+            return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
+                                     alignment=alignment, routing=routing, downstream=downstream)
+        evidence = measurement.metrics if isinstance(measurement, TensorMeasurement) else measurement.stats
+        hint = (specific_hint(judgement) or (nonfinite_hint(evidence) if isinstance(evidence, Metrics) else None)
+                or scale_hint(evidence, self.axis_sizes))
+        return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
+                                 alignment=alignment, routing=routing, hint=hint, downstream=downstream,
+                                 reason=describe_failure(judgement, measurement))
+
     # -------------------------------------------------------------------- stats
     def _compare_stats(self, item: StatsWork) -> TensorResult:
         place = item.place
@@ -100,42 +111,26 @@ class Executor:
             return place.result(status="fail", measurement=measurement,
                                 reason=f"shape mismatch: baseline vs target {text} (stats only: rows cannot be "
                                        "aligned or trimmed without tensor data)")
-        dtypes = item.dtypes
-        rule, limits, require_checksum = self.stats_thresholds.limits_for(place.name, place.tags, dtypes.baseline,
-                                                                          dtypes.target)
-        failed = judge_stats(comparison, limits, require_checksum)
-        values = comparison.values()
-        required = {m: limit.widened_to(values[m]) for m, limit in limits.items() if not math.isnan(values[m])}
-        judgement = Judgement(rule=rule, limits=limits, failed=failed, required=required)
         notes = ["compared from index stats and checksums only (a side was dumped in stats mode)"]
         if comparison.checksum_match:
             notes.append("checksums match: bitwise identical")
-        if not failed:
-            return place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes)
-        return place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
-                            reason=describe_stats_failure(comparison, limits, failed),
-                            hint=stats_hint(comparison, self.axis_sizes))
+        return self._verdict(item, measurement, self._criteria(item, "stats"), notes,
+                             specific_hint=lambda judgement: stats_replica_hint(comparison))
 
     # ------------------------------------------------------------------ tensors
-    def _limits(self, item: TensorWork) -> _Judged:
-        dtypes = item.dtypes
-        rule, limits = self.thresholds.limits_for(item.name, item.tags, dtypes.baseline, dtypes.target)
-        calibrated = self.thresholds.calibration_for(item.name, item.tags, dtypes.baseline, dtypes.target)
-        return _Judged(rule=rule, limits=limits, calibrated=calibrated)
-
     def _compare(self, item: TensorWork) -> TensorResult:
         notes: list[str] = [n for _, plans in item.plans.items() for plan in plans for n in plan.notes]
         dtypes = item.dtypes
         if dtypes.baseline != dtypes.target:
             notes.append(f"dtypes differ ({dtypes.baseline} vs {dtypes.target}): compared in float64 after upcasting")
-        judged = self._limits(item)
+        criteria = self._criteria(item, "tensor")
         token_dim = item.token_dim
         metrics = self._identical(item, token_dim)
         replicas: dict[str, float] = {}
         alignment: AlignmentNote | None = None
         routing: RoutingCheck | None = None
-        downstream: DownstreamMask | None = None
         baseline_tensor: "torch.Tensor | None" = None
+        downstream: DownstreamMask | None = None
         if metrics is None:
             outcomes = Pair([execute_unshard(p, self.loaders.baseline.load) for p in item.plans.baseline],
                             [execute_unshard(p, self.loaders.target.load) for p in item.plans.target])
@@ -152,7 +147,7 @@ class Executor:
             baseline_tensor, target_tensor, alignment = aligned.baseline, aligned.target, aligned.note
             token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
-                return self._shape_mismatch(item, notes, alignment, baseline_tensor, target_tensor, token_dim, judged)
+                return self._shape_mismatch(item, notes, alignment, baseline_tensor, target_tensor, token_dim, criteria)
             if item.downstream is not None and (item.routing is not None or baseline_tensor.is_floating_point()):
                 # NOTE: integer tensors (token ids) stay whole: a flip that changes a token still fails.
                 baseline_tensor, target_tensor, left_out = self._leave_out_downstream(
@@ -165,31 +160,28 @@ class Executor:
                 routing = self.routing.check(item.routing)
                 if item.routing.role == "topk_ids":
                     metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
-                    return self._judge_topk(item, notes, alignment, routing, metrics, judged, replicas, downstream)
+                    return self._judge_topk(item, notes, alignment, routing, metrics, criteria, replicas, downstream)
                 baseline_tensor, target_tensor, note = keep_agreeing_tokens(routing, baseline_tensor, target_tensor,
                                                                             token_dim)
                 if note or routing.flips or routing.problem:
                     notes.append(note or routing.describe())
             metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
-        judgement = judge(metrics, judged.rule, judged.limits, replicas, calibrated=judged.calibrated)
-        measurement = TensorMeasurement(metrics=metrics, replica_disagreement=replicas)
-        if not judgement.failed:
-            return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
-                                     alignment=alignment, routing=routing, downstream=downstream)
-        hint = None
-        if "replica_rel_diff" in judgement.failed:
-            hint = self._replica_hint(item, replicas, baseline_tensor, judged)
-        hint = hint or nonfinite_hint(metrics) or scale_hint(metrics, self.axis_sizes)
-        return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
-                                 alignment=alignment, routing=routing, hint=hint, downstream=downstream,
-                                 reason=describe_failure(judgement, metrics, replicas))
+        replicated = baseline_tensor
+
+        def replica_evidence(judgement: Judgement) -> str | None:
+            if "replica_rel_diff" not in judgement.failed:
+                return None
+            return self._replica_hint(item, replicas, replicated, criteria)
+
+        return self._verdict(item, TensorMeasurement(metrics=metrics, replica_disagreement=replicas), criteria, notes,
+                             alignment=alignment, routing=routing, downstream=downstream, specific_hint=replica_evidence)
 
     def _judge_topk(self, item: TensorWork, notes: list[str], alignment: AlignmentNote | None, routing: RoutingCheck,
-                    metrics: Metrics, judged: _Judged, replicas: dict[str, float],
+                    metrics: Metrics, criteria: Criteria, replicas: dict[str, float],
                     downstream: DownstreamMask | None = None) -> TensorResult:
         """Top-k ids pass when every flip is benign (a near-tie the router logits' error explains)."""
         passed, reason, hint = topk_verdict(routing)
-        judgement = judge(metrics, judged.rule, judged.limits, {})
+        judgement = judge(TensorMeasurement(metrics=metrics), criteria)
         failed = () if passed else (*judgement.failed, "routing")
         return item.place.result(
             status="pass" if passed else "fail", reason=reason, hint=hint,
@@ -228,8 +220,7 @@ class Executor:
         return [execute_unshard(plan, loader.load, verify_replicas=False).tensor for plan in plans]
 
     def _passes_thresholds(self, item: TensorWork, baseline: "torch.Tensor", target: "torch.Tensor") -> bool:
-        judged = self._limits(item)
-        return not judge(compute_metrics(baseline, target), judged.rule, judged.limits, {}).failed
+        return _passes(TensorMeasurement(metrics=compute_metrics(baseline, target)), self._criteria(item, "tensor"))
 
     def _identical(self, item: TensorWork, token_dim: int | None) -> Metrics | None:
         """Metrics without reading data, when both sides hold bitwise-identical shards."""
@@ -259,7 +250,7 @@ class Executor:
         )
 
     def _replica_hint(self, item: TensorWork, replicas: dict[str, float], baseline_tensor: "torch.Tensor | None",
-                      judged: _Judged) -> str | None:
+                      criteria: Criteria) -> str | None:
         """Which replicated axis, summed over its all-reduce groups, gives the baseline back.
 
         Every axis whose copies disagree is a candidate, smallest first: with ep x moe_tp
@@ -270,7 +261,7 @@ class Executor:
         if baseline_tensor is None or len(item.plans.target) != 1:
             return None
         plan = item.plans.target[0]
-        limit = judged.limits.get("replica_rel_diff")
+        limit = criteria.limits.get("replica_rel_diff")
         disagreeing = [a for a, v in replicas.items() if math.isnan(v) or (v > 0 and (limit is None or not limit.allows(v)))]
         if not disagreeing:
             return None
@@ -286,7 +277,7 @@ class Executor:
             if tuple(summed.shape) != tuple(baseline_tensor.shape):
                 continue
             sum_metrics = compute_metrics(baseline_tensor, summed)
-            if not judge(sum_metrics, judged.rule, judged.limits, {}).failed:
+            if _passes(TensorMeasurement(metrics=sum_metrics), criteria):
                 groups = reduction_groups(plan.records, axis)
                 same_ranks = tuple(other for other in sorted(disagreeing)
                                    if other != axis and reduction_groups(plan.records, other) == groups)
@@ -297,14 +288,18 @@ class Executor:
 
     def _shape_mismatch(self, item: TensorWork, notes: list[str], alignment: AlignmentNote | None,
                         baseline_tensor: "torch.Tensor", target_tensor: "torch.Tensor", token_dim: int | None,
-                        judged: _Judged) -> TensorResult:
+                        criteria: Criteria) -> TensorResult:
         b_shape, t_shape = tuple(baseline_tensor.shape), tuple(target_tensor.shape)
 
         def passes(metrics: Metrics) -> bool:
-            return not judge(metrics, judged.rule, judged.limits, {}).failed
+            return _passes(TensorMeasurement(metrics=metrics), criteria)
 
         hint = padding_hint(baseline_tensor, target_tensor, token_dim=token_dim, passes=passes)
         hint = hint or shape_hint(b_shape, t_shape, axis_sizes=self.axis_sizes)
         return item.place.unmeasured("fail", "shape_mismatch",
                                      f"shape mismatch: baseline {list(b_shape)} vs target {list(t_shape)}",
                                      hint=hint, notes=notes, alignment=alignment)
+
+
+def _passes(measurement: TensorMeasurement, criteria: Criteria) -> bool:
+    return not judge(measurement, criteria).failed

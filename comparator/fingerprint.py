@@ -76,12 +76,20 @@ def read_fingerprint(path: str | os.PathLike[str]) -> RunFingerprint:
             if isinstance(value, dict) and isinstance(value.get("size"), int):
                 parallel[axis] = max(parallel.get(axis, 1), value["size"])
     info = info or {}
-    start = info.get("start_time")
-    started = (datetime.datetime.fromtimestamp(float(start), tz=datetime.timezone.utc).isoformat(timespec="seconds")
-               if isinstance(start, (int, float)) else None)
+    started = _iso_time(info.get("start_time"))
     return RunFingerprint(
         path=path, format="dumpcmp", mode=info.get("mode"), command=tuple(str(c) for c in info.get("command") or ()),
         tool_version=info.get("tool_version"), run_id=info.get("run_id"), start_time=started,
         engine=info.get("engine"), world_size=info.get("world_size"), ranks=len(rank_dirs), rank_status=statuses,
         parallel=dict(sorted(parallel.items())), hosts=tuple(sorted(hosts)),
     )
+
+
+def _iso_time(start: Any) -> str | None:
+    """``run.json``'s start time (seconds since the epoch) as ISO 8601; None when it is not a time."""
+    if not isinstance(start, (int, float)) or isinstance(start, bool):
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(float(start), tz=datetime.timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # beyond the platform's time_t, or before year 1
+        return None

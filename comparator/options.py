@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from comparator.errors import NameMapError, OptionError
 from comparator.judge.routing import RoutingOptions
+from comparator.judge.thresholds import Thresholds, load_thresholds
 from dumper.patterns import UserRegex, check_replacement, compile_user_regex
 from dumper.safeio import read_text
 
@@ -188,7 +189,7 @@ class CompareOptions:
 
     aligner: AlignerName = "none"  # the token aligner (aligners/)
     aligner_metadata: "MetadataNames | None" = None  # token metadata dump names (--aligner-meta); None: the defaults
-    thresholds: str | None = None  # YAML file
+    thresholds: Thresholds = Thresholds()  # parsed rules and defaults (--thresholds FILE; comparator/judge/thresholds.py)
     allow_fail: UserRegex | None = None  # names whose failures and errors do not fail the gate
     allow_skip: UserRegex | None = None  # names that may be missing on one side
     steps: StepRange = StepRange()  # target steps compared
@@ -206,6 +207,9 @@ class CompareOptions:
             raise OptionError(f"unknown aligner {self.aligner!r}; valid aligners: {', '.join(ALIGNER_NAMES)}")
         if self.jobs < 1:
             raise OptionError(f"--jobs {self.jobs}: must be at least 1")
+        if not isinstance(self.thresholds, Thresholds):
+            raise TypeError("CompareOptions.thresholds takes load_thresholds(path); "
+                            "CompareOptions.from_values(thresholds=path) reads the file")
 
     def make_aligner(self) -> "Aligner":
         """A fresh aligner as configured (planning and every executor each make their own)."""
@@ -242,7 +246,7 @@ class CompareOptions:
         return cls(
             aligner=aligner,  # type: ignore[arg-type]  # checked in __post_init__
             aligner_metadata=MetadataNames.parse(aligner_metadata) if aligner_metadata else None,
-            thresholds=os.fspath(thresholds) if thresholds is not None else None,
+            thresholds=load_thresholds(thresholds),
             allow_fail=compile_regex(allow_fail, "--allow-fail"),
             allow_skip=compile_regex(allow_skip, "--allow-skip"),
             steps=parse_steps(steps),
@@ -253,6 +257,6 @@ class CompareOptions:
             override_dims=tuple(parse_override_dims(o) for o in override_dims),
             jobs=jobs,
             verify_checksums=verify_checksums,
-            routing=RoutingOptions(enabled=routing, **(
-                {"moe_outputs": compile_regex(moe_outputs, "--moe-outputs")} if moe_outputs is not None else {})),
+            routing=RoutingOptions(enabled=routing) if moe_outputs is None else RoutingOptions(
+                enabled=routing, moe_outputs=compile_pattern(moe_outputs, "--moe-outputs")),
         )

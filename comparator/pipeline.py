@@ -31,8 +31,6 @@ from comparator.fingerprint import read_fingerprint
 from comparator.judge.graft import graft_verdict, grafted_keys, mark_grafted
 from comparator.judge.hints import graph_replay_hint, replayed_steps
 from comparator.judge.routing import annotate_downstream
-from comparator.judge.stats_only import load_stats_thresholds
-from comparator.judge.thresholds import load_thresholds
 from comparator.judge.verdicts import finalize
 from comparator.options import CompareOptions
 from comparator.parallel import run_parallel
@@ -54,9 +52,6 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         options = CompareOptions.from_values(**option_values)
     elif option_values:
         raise TypeError("pass either options= or option keywords, not both")
-    # Bad thresholds fail before any run is opened.
-    load_thresholds(options.thresholds)
-    load_stats_thresholds(options.thresholds)
     with _single_threaded_torch(), open_run(baseline) as baseline_run, open_run(target) as target_run:
         runs = Pair(baseline_run, target_run)
         for _, run in runs.items():
@@ -75,7 +70,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             results.append(result)
             if progress is not None:
                 progress(done, len(plan.items), result.label)
-        problems = {side: tuple(run.problems) for side, run in runs.items()}
+        problems: dict[str, tuple[str, ...]] = {side: tuple(run.problems) for side, run in runs.items()}
         if options.routing.enabled:
             results = annotate_downstream(results)
         results = _graph_replay_hints(results, runs.map(replayed_steps))
@@ -97,7 +92,7 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
     return Report(
         baseline=os.fspath(baseline), target=os.fspath(target), aligner=options.aligner, summary=summary,
         first_divergence=first, results=final, exit_code=code, exit_reason=reason, problems=problems,
-        thresholds=options.thresholds, collectives=collectives,
+        thresholds=options.thresholds.source, collectives=collectives,
         fingerprints=Pair(read_fingerprint(baseline), read_fingerprint(target)), graft=graft,
     )
 

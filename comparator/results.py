@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, Typ
 from aligners import AlignmentNote
 from comparator.judge.metrics import Metrics
 from comparator.judge.stats_only import StatsComparison
-from comparator.judge.thresholds import Limit
+from comparator.judge.limits import Limit
 from comparator.matching import TensorKey
 
 if TYPE_CHECKING:

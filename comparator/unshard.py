@@ -17,7 +17,7 @@ Two parallel views of one world often overlap: in a TP=2 run ``attn_tp`` and
 The replicated axes are therefore not a grid: the ranks that share coordinates on
 every sum and concat axis are *copies*; one is kept and the others are verified
 against it. A disagreement is charged to a replicated axis when the two ranks differ
-along it inside one of its all-reduce groups (:func:`reduction_group_axes`), so a
+along it inside one of its all-reduce groups (comparator/replicas.py), so a
 missing all-reduce over ``ep`` is charged to ``ep`` and not to ``moe_tp``.
 """
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from dumper.dims import DimsSpec, parse_dims
 from comparator.errors import DimsSyntaxError, UnshardError
+from comparator.replicas import copy_pairs
 from dumper.format import IndexRecord
 
 if TYPE_CHECKING:
@@ -162,8 +163,9 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
     for dim in squeeze:
         if shape[dim] != 1:
             raise UnshardError(
-                f"{label}: dims {spec.text!r} name dim {dim} '1' (a dim of size 1, dropped before comparing) "
-                f"but it holds {shape[dim]} entries (shape {list(shape)}); name it, or use --override-dims"
+                f"{label}: dims {spec.text if spec is not None else None!r} name dim {dim} '1' (a dim of size 1, "
+                f"dropped before comparing) but it holds {shape[dim]} entries (shape {list(shape)}); name it, or use "
+                "--override-dims"
             )
     return UnshardPlan(
         label=label, ops=ops, shards=plan.shards, dims=spec.squeezed() if spec is not None else None,
@@ -310,44 +312,6 @@ def _summing(plan: UnshardPlan, sum_axes: frozenset[str]) -> UnshardPlan:
     return summing
 
 
-def reduction_group_axes(records: Sequence[IndexRecord], axis: str) -> tuple[str, ...]:
-    """The axes whose coordinates an all-reduce over ``axis`` keeps fixed.
-
-    Those are the other active axes independent of ``axis``: an axis that ``axis``
-    determines, or that determines it (a coarser or finer view of the same ranks,
-    ``attn_tp`` over the whole world against ``ep``), plays no part. With ``ep`` x
-    ``moe_tp`` and a world-sized ``attn_tp``, the ``ep`` groups are the ranks that share
-    their ``moe_tp`` rank, and the ``attn_tp`` group is the whole world.
-    """
-    sizes = {a: info.size for record in records for a, info in record.parallel.items() if info.size > 1}
-    return tuple(other for other in sorted(sizes) if other != axis
-                 and not _determines(records, other, axis) and not _determines(records, axis, other))
-
-
-def reduction_groups(records: Sequence[IndexRecord], axis: str) -> tuple[tuple[int, ...], ...]:
-    """The ranks of each all-reduce group of ``axis`` among ``records`` (sorted)."""
-    fixed = reduction_group_axes(records, axis)
-    groups: dict[tuple[int, ...], set[int]] = {}
-    for record in records:
-        groups.setdefault(_coords_on(record, fixed), set()).add(record.rank)
-    return tuple(sorted(tuple(sorted(ranks)) for ranks in groups.values()))
-
-
-def _determines(records: Sequence[IndexRecord], axis: str, other: str) -> bool:
-    """Whether a rank's coordinate on ``axis`` fixes its coordinate on ``other``."""
-    seen: dict[int, int] = {}
-    for record in records:
-        if axis not in record.parallel or other not in record.parallel:
-            return False
-        if seen.setdefault(record.parallel[axis].rank, record.parallel[other].rank) != record.parallel[other].rank:
-            return False
-    return True
-
-
-def _coords_on(record: IndexRecord, axes: Sequence[str]) -> tuple[int, ...]:
-    return tuple(record.parallel[a].rank if a in record.parallel else 0 for a in axes)
-
-
 def _build(plan: UnshardPlan, by_coords: dict[Coords, IndexRecord], load: Callable[[IndexRecord], "torch.Tensor"],
            level: int, prefix: Coords, verify: bool, outcome: UnshardOutcome) -> "torch.Tensor":
     import torch
@@ -369,13 +333,16 @@ def _build(plan: UnshardPlan, by_coords: dict[Coords, IndexRecord], load: Callab
         for rank in present[1:]:
             total += sub(rank).to(torch.float64)
         return total
+    dim = op.dim
+    if dim is None:
+        raise RuntimeError(f"{plan.label}: a concat over {op.axis} without a dim (the planner sets one)")
     parts = [sub(rank) for rank in range(op.size)]
     if len({p.dtype for p in parts}) > 1:
         parts = [p.to(torch.float64) for p in parts]
     if op.zigzag:
-        halves = [part.chunk(2, dim=op.dim) for part in parts]
+        halves = [part.chunk(2, dim=dim) for part in parts]
         parts = [first for first, _ in halves] + [second for _, second in reversed(halves)]
-    return torch.cat(parts, dim=op.dim)
+    return torch.cat(parts, dim=dim)
 
 
 def _pick_copy(plan: UnshardPlan, copies: list[IndexRecord], load: Callable[[IndexRecord], "torch.Tensor"],
@@ -392,7 +359,7 @@ def _pick_copy(plan: UnshardPlan, copies: list[IndexRecord], load: Callable[[Ind
     # groups of one axis partition the copies, so this holds at most one tensor per group.
     loaded: dict[int, "torch.Tensor"] = {0: picked}
     current: tuple[int, "torch.Tensor"] | None = None
-    for axis, leader, index in _copy_pairs(plan, copies):
+    for axis, leader, index in copy_pairs(plan, copies):
         if leader not in loaded:
             loaded[leader] = load(copies[leader])
         if index in loaded:
@@ -409,54 +376,8 @@ def _pick_copy(plan: UnshardPlan, copies: list[IndexRecord], load: Callable[[Ind
     return picked
 
 
-def _copy_pairs(plan: UnshardPlan, copies: Sequence[IndexRecord]) -> list[tuple[str, int, int]]:
-    """(axis, leader, other) positions in ``copies``: each copy against the first copy of its
-    all-reduce group on each replicated axis, where the two sit at different places on it."""
-    axes = plan.replicated_axes()
-    fixed = {axis: reduction_group_axes(plan.records, axis) for axis in axes}
-    leaders: dict[tuple[str, tuple[int, ...]], int] = {}
-    pairs: list[tuple[str, int, int]] = []
-    for index, record in enumerate(copies):
-        for axis in axes:
-            leader = leaders.setdefault((axis, _coords_on(record, fixed[axis])), index)
-            if leader == index or copies[leader].parallel[axis].rank == record.parallel[axis].rank:
-                continue  # a leader, or the same place on this axis: the other axes judge them
-            pairs.append((axis, leader, index))
-    return pairs
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReplicaPair:
-    """Two records that a replicated axis says must hold the same values."""
-
-    axis: str
-    kept: IndexRecord  # the first copy of its all-reduce group on ``axis``
-    other: IndexRecord
-
-
-def replica_pairs(plan: UnshardPlan) -> tuple[ReplicaPair, ...]:
-    """Every comparison that verifying the plan's replicated axes makes (metadata only).
-
-    The same pairs ``execute_unshard`` compares when it verifies replicas, so a check
-    that needs no baseline (comparator/check/) judges exactly what ``compare`` would.
-    """
-    picks = sum(1 for op in plan.ops if op.kind == "pick")
-    if not picks:
-        return ()
-    # NOTE: picks are innermost: the copies of one shard share every coordinate before them.
-    outer = len(plan.ops) - picks
-    by_shard: dict[Coords, list[IndexRecord]] = {}
-    for coords, record in plan.shards:
-        by_shard.setdefault(coords[:outer], []).append(record)
-    return tuple(ReplicaPair(axis=axis, kept=copies[leader], other=copies[index])
-                 for copies in by_shard.values() for axis, leader, index in _copy_pairs(plan, copies))
-
-
 def coords_text(plan: UnshardPlan, coords: Coords) -> str:
     return ", ".join(f"{op.axis}={c}" for op, c in zip(plan.ops, coords))
 
 
-__all__ = [
-    "AxisOp", "ReplicaPair", "UnshardOutcome", "UnshardPlan", "execute_unshard", "plan_unshard",
-    "reduction_group_axes", "reduction_groups", "replica_pairs",
-]
+__all__ = ["AxisOp", "UnshardOutcome", "UnshardPlan", "coords_text", "execute_unshard", "plan_unshard"]

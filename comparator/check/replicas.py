@@ -5,7 +5,7 @@ all-reduce group hold the same values: after an all-reduce they do, bit for bit.
 they do not, the reduction is missing (seed 1: the EP all-reduce skipped under fusion
 leaves each EP rank with its own experts' partial sum) or a rank computed something
 else. The pairs compared are exactly those ``compare`` verifies when it unshards
-(:func:`comparator.unshard.replica_pairs`), judged by the same ``replica_rel_diff``
+(:func:`comparator.replicas.replica_pairs`), judged by the same ``replica_rel_diff``
 limit (thresholds file, or the dtype's default).
 
 Stats-mode runs: equal checksums mean equal bytes; otherwise the records' stats are
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from comparator.check.context import CheckContext, PlannedTensor
 from comparator.check.findings import CheckCoverage, Finding
-from comparator.judge.stats_only import STATS_DEFAULTS, record_stats_distance
-from comparator.judge.thresholds import dtype_class
-from comparator.unshard import ReplicaPair, reduction_groups, replica_pairs
+from comparator.judge.limits import STATS_DEFAULTS, dtype_class
+from comparator.judge.stats_only import record_stats_distance
+from comparator.replicas import ReplicaPair, reduction_groups, replica_pairs
 
 if TYPE_CHECKING:
     import torch

@@ -100,9 +100,7 @@ def compare_command(
         if check_target:
             from comparator.check import CheckOptions, check_run
 
-            from comparator.judge.thresholds import load_thresholds
-
-            checks = check_run(target, options=CheckOptions(thresholds=load_thresholds(options.thresholds)))
+            checks = check_run(target, options=CheckOptions(thresholds=options.thresholds))
         _emit(report, format, output, checks)
     exit_code = report.exit_code
     if checks is not None and checks.findings and exit_code == 0:

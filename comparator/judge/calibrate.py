@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from comparator.errors import CalibrateError
 from comparator.options import CompareOptions
-from comparator.judge.thresholds import BUILTIN_DEFAULTS, Limit, judged_dtype
+from comparator.judge.limits import BUILTIN_DEFAULTS, Limit, judged_dtype
 
 logger = logging.getLogger(__name__)
 

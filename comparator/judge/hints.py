@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from comparator.judge.metrics import Metrics, compute_metrics
+from comparator.judge.stats_only import StatsComparison
 
 if TYPE_CHECKING:
     import torch
@@ -19,27 +20,61 @@ SCALE_MATCH = 0.02
 # The target is a pure multiple of the baseline when |t - k b| / |t| is below this.
 SCALE_RESIDUAL = 1e-2
 BASE_SCALES = (2, 3, 4, 8, 16)
+# Stats only: the abs-mean must have moved by the norm's k within this relative distance.
+STATS_ABS_MEAN_MATCH = 0.01
 
 
-def scale_hint(metrics: Metrics, axis_sizes: Mapping[str, int]) -> str | None:
-    """"target = k x baseline" with k fitted by least squares and matched to a group size."""
-    k = metrics.scale
-    if k is None or not math.isfinite(k) or metrics.scale_residual > SCALE_RESIDUAL or abs(k - 1.0) < SCALE_MATCH:
+def scale_hint(evidence: Metrics | StatsComparison, axis_sizes: Mapping[str, int]) -> str | None:
+    """"target = k x baseline", k matched to a group size: a duplicated or missing reduction.
+
+    One hint for both kinds of measurement; only the evidence for k differs: tensors fit
+    k by least squares (and the target must be a pure multiple), stats-only comparisons
+    take the norm ratio (and the abs-mean must have moved by the same k).
+    """
+    fit = _tensor_scale(evidence) if isinstance(evidence, Metrics) else _stats_scale(evidence)
+    if fit is None:
         return None
-    fit = f"least-squares k = {k:.4g}, residual {metrics.scale_residual:.1e}"
+    k, how = fit
     if abs(k + 1.0) < SCALE_MATCH:
-        return f"target = -1 x baseline ({fit}): the sign is flipped"
+        return f"target = -1 x baseline ({how}): the sign is flipped"
     sizes = sorted({*BASE_SCALES, *(s for s in axis_sizes.values() if s > 1)})
     for size in sizes:
         axes = sorted(a for a, s in axis_sizes.items() if s == size)
         which = f" (the size of {', '.join(axes)})" if axes else ""
         if abs(k / size - 1.0) < SCALE_MATCH:
-            return (f"target = {size} x baseline ({fit}): looks like a duplicated reduction over a group of "
+            return (f"target = {size} x baseline ({how}): looks like a duplicated reduction over a group of "
                     f"size {size}{which}")
         if abs(k * size - 1.0) < SCALE_MATCH:
-            return (f"target = 1/{size} x baseline ({fit}): looks like a missing reduction over a group of "
+            return (f"target = 1/{size} x baseline ({how}): looks like a missing reduction over a group of "
                     f"size {size}{which}, or a mean where a sum belongs")
-    return f"target = {k:.4g} x baseline ({fit}): a pure scale; check scaling factors (routed scaling, softmax scale, norm weights)"
+    return f"target = {k:.4g} x baseline ({how}): a pure scale; check scaling factors (routed scaling, softmax scale, norm weights)"
+
+
+def _tensor_scale(metrics: Metrics) -> tuple[float, str] | None:
+    k = metrics.scale
+    if k is None or not math.isfinite(k) or metrics.scale_residual > SCALE_RESIDUAL or abs(k - 1.0) < SCALE_MATCH:
+        return None
+    return k, f"least-squares k = {k:.4g}, residual {metrics.scale_residual:.1e}"
+
+
+def _stats_scale(stats: StatsComparison) -> tuple[float, str] | None:
+    b, t = stats.baseline, stats.target
+    k = stats.norm_ratio
+    if not math.isfinite(k) or abs(k - 1.0) < SCALE_MATCH or not b.abs_mean or t.abs_mean is None:
+        return None
+    if abs(t.abs_mean / b.abs_mean / k - 1.0) > STATS_ABS_MEAN_MATCH:
+        return None  # the norm moved, the abs-mean did not follow: not a pure scale
+    return k, f"in norm and abs-mean, stats only: norm_ratio {k:.4g}"
+
+
+def stats_replica_hint(stats: StatsComparison) -> str | None:
+    """Copies of a replicated tensor whose stats differ: the stats-only side of :func:`replica_hint`."""
+    if not stats.replica_checksum_mismatch or stats.replica_stats_diff <= 0:
+        return None
+    axes = ", ".join(stats.replica_checksum_mismatch)
+    return (f"ranks disagree on a tensor declared replicated over {axes} (their stats differ by up to "
+            f"{stats.replica_stats_diff:.3g}): a missing all-reduce over {axes}? "
+            "(stats only: dump in tensor mode to check that their sum matches the baseline)")
 
 
 def nonfinite_hint(metrics: Metrics) -> str | None:

@@ -31,12 +31,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
+from dumper.patterns import UserRegex
+
 if TYPE_CHECKING:
     import torch
 
     from comparator.plan import TensorWork
 
 UPSTREAM_HINT = "router logits diverged: look upstream"
+Regex = re.Pattern[str] | UserRegex
 
 # NOTE: names are searched (re.search) in the dump name; the defaults cover the example
 # engine's and the vLLM/SGLang presets' names. Override with RoutingOptions.
@@ -50,9 +53,9 @@ class RoutingOptions:
     """Which dumps carry routing, which are downstream of it, and how lenient a flip may be."""
 
     enabled: bool = True
-    router_logits: re.Pattern[str] = re.compile(DEFAULT_ROUTER_LOGITS)
-    topk_ids: re.Pattern[str] = re.compile(DEFAULT_TOPK_IDS)
-    moe_outputs: re.Pattern[str] = re.compile(DEFAULT_MOE_OUTPUTS)
+    router_logits: Regex = re.compile(DEFAULT_ROUTER_LOGITS)
+    topk_ids: Regex = re.compile(DEFAULT_TOPK_IDS)
+    moe_outputs: Regex = re.compile(DEFAULT_MOE_OUTPUTS)  # --moe-outputs (a checked user regex)
     margin_factor: float = 2.0  # a flip is benign when margin <= margin_factor * max per-token |Δ logits|
 
     def __post_init__(self) -> None:

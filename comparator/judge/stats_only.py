@@ -1,4 +1,4 @@
-"""Stats-only comparisons: judge a tensor from the index's statistics and checksums alone.
+"""Stats-only measurements: compare a tensor from the index's statistics and checksums alone.
 
 A run dumped in ``stats`` mode writes no tensor data, only each record's stats (numel,
 min, max, mean, abs-mean, std, L2 norm, NaN/Inf counts, in float64) and a crc32 of its
@@ -12,59 +12,26 @@ bytes. That is enough for a cheap nightly gate:
 - NaN/Inf counts must agree.
 
 What stats cannot see: a permutation of the values, or errors that keep norms and
-means. Stats-only results say so in every report (``stats_only``), and are judged by
-limits of their own (the ``stats:`` section of a thresholds file, below).
+means. Stats-only results say so in every report (``stats_only``). A stats comparison
+is a measurement like tensor metrics (comparator/results.py ``StatsMeasurement``):
+judged by the same verdicts (comparator/judge/verdicts.py), against the ``stats:``
+section of the same thresholds file (comparator/judge/thresholds.py), with the same hints.
 
 Shards are combined from their stats without data (plan from metadata only): a split
 (``concat``) pools the shards' moments; a replicated axis picks one replica and checks
 the others agree (their checksums, or else their stats); a partial sum cannot be rebuilt
 from stats, so such tensors are skipped with the reason. Pooled stats do not depend on
 row order, so a reordering token aligner changes nothing; padding rows do change them.
-
-Thresholds file section (same grammar as the tensor rules; first match wins)::
-
-    stats:
-      defaults:
-        float32: {norm_ratio: 1e-3}
-      rules:
-        - name: 'logits$'
-          checksum: true          # require bitwise-identical data (determinism gate)
-        - name: 'router'
-          mean_diff: 1e-2
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-from comparator.errors import ThresholdsError, UnshardError
-from comparator.judge.thresholds import Limit, Rule, judged_dtype
+from comparator.errors import UnshardError
 from comparator.unshard import UnshardPlan
-from dumper.patterns import compile_user_regex
-
-STATS_METRICS = ("norm_ratio", "mean_diff", "abs_mean_diff", "replica_stats_diff")
-# NOTE: pooled shard stats (sqrt of a sum of squares) differ from a whole tensor's stats
-# by float64 rounding only, so the limits are set by the dtype's own noise, as for
-# tensors; a doubled reduction moves norm_ratio and abs_mean_diff by 100%.
-_DEFAULT_LEVEL = {
-    "float64": 1e-6, "float32": 2e-3, "float16": 1e-2, "bfloat16": 2e-2, "float8": 5e-2, "integer": 1e-9,
-}
-
-
-def _default_limits(level: float) -> dict[str, Limit | None]:
-    return {
-        "norm_ratio": Limit(metric="norm_ratio", low=1.0 - level, high=1.0 + level),
-        "mean_diff": Limit(metric="mean_diff", high=level),
-        "abs_mean_diff": Limit(metric="abs_mean_diff", high=level),
-        "replica_stats_diff": Limit(metric="replica_stats_diff", high=level),
-    }
-
-
-STATS_DEFAULTS: dict[str, dict[str, Limit | None]] = {k: _default_limits(v) for k, v in _DEFAULT_LEVEL.items()}
-
 
 @dataclass(frozen=True, kw_only=True)
 class PooledStats:
@@ -329,158 +296,3 @@ def _pool_steps(parts: list[PooledStats]) -> PooledStats:
             sub.low, sub.high = part.min or 0.0, part.max or 0.0
         pool.add_pool(sub)
     return pool.finish("|".join(p.layout for p in parts))
-
-
-# --------------------------------------------------------------------- thresholds
-@dataclass(frozen=True, kw_only=True)
-class StatsThresholds:
-    rules: tuple[Rule, ...] = ()
-    checksum_rules: tuple[bool, ...] = ()  # per rule: does it require equal checksums
-    defaults: dict[str, dict[str, Limit | None]] = field(default_factory=lambda: dict(STATS_DEFAULTS))
-
-    def limits_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str,
-                   target_dtype: str) -> tuple[str, dict[str, Limit], bool]:
-        """(rule description, active limits, whether checksums must match) for one tensor."""
-        klass = judged_dtype(baseline_dtype, target_dtype)
-        merged = dict(self.defaults.get(klass, {}))
-        source = f"stats default ({klass})"
-        checksum = False
-        for rule, needs_checksum in zip(self.rules, self.checksum_rules):
-            if rule.matches(name, tags, (baseline_dtype, target_dtype)):
-                merged.update(rule.limits)
-                checksum = needs_checksum
-                source = f"{rule.source} (stats) over stats default ({klass})"
-                break
-        return source, {m: limit for m, limit in merged.items() if limit is not None}, checksum
-
-
-def load_stats_thresholds(path: str | os.PathLike[str] | None) -> StatsThresholds:
-    """The ``stats:`` section of a thresholds file (built-in defaults without one)."""
-    if path is None:
-        return StatsThresholds()
-    import yaml
-
-    path = os.fspath(path)
-    from dumper import yamlsafe
-    from dumper.errors import DumpcmpError
-    from dumper.safeio import read_text
-
-    try:
-        data = yamlsafe.safe_load(read_text(path, what="thresholds file"))
-    except (OSError, yaml.YAMLError, DumpcmpError):
-        return StatsThresholds()  # the tensor thresholds loader reports these, first
-    section = data.get("stats") if isinstance(data, dict) else None
-    if section is None:
-        return StatsThresholds()
-    where = f"{path}: stats"
-    if not isinstance(section, dict) or any(k not in ("rules", "defaults") for k in section):
-        raise ThresholdsError(f"{where}: expected a mapping with 'rules' and/or 'defaults'")
-    defaults = {klass: dict(limits) for klass, limits in STATS_DEFAULTS.items()}
-    defaults_data = section.get("defaults") or {}
-    if not isinstance(defaults_data, dict):
-        raise ThresholdsError(f"{where}.defaults: must map dtype classes to limits, e.g. "
-                              f"{{float: {{rel_l2: 0.01}}}}; valid classes: {', '.join(STATS_DEFAULTS)}")
-    for klass, limits in defaults_data.items():
-        if str(klass) not in defaults or not isinstance(limits, dict):
-            raise ThresholdsError(f"{where}.defaults.{klass}: unknown dtype class or not a mapping of limits; "
-                                  f"valid classes: {', '.join(STATS_DEFAULTS)}")
-        checksum = limits.pop("checksum", None)
-        if checksum is not None:
-            raise ThresholdsError(f"{where}.defaults.{klass}: 'checksum' belongs in a rule, e.g. "
-                                  "{name: '.', checksum: true}")
-        defaults[str(klass)].update(_stats_limits(limits, f"{where}.defaults.{klass}"))
-    rules: list[Rule] = []
-    checksum_rules: list[bool] = []
-    rules_data = section.get("rules") or []
-    if not isinstance(rules_data, list):
-        raise ThresholdsError(f"{where}.rules: must be a list of rules")
-    for index, rule in enumerate(rules_data):
-        here = f"{where}.rules[{index}]"
-        if not isinstance(rule, dict):
-            raise ThresholdsError(f"{here}: a rule must be a mapping, e.g. {{name: 'logits', checksum: true}}")
-        pattern = compile_user_regex(str(rule["name"]), f"{here}: name", ThresholdsError) if "name" in rule else None
-        checksum = rule.get("checksum", False)
-        if not isinstance(checksum, bool):
-            raise ThresholdsError(f"{here}: checksum must be true or false")
-        limits = {k: v for k, v in rule.items() if k not in ("name", "tags", "dtype", "checksum")}
-        rules.append(Rule(source=f"{os.path.basename(path)} stats.rules[{index}]", limits=_stats_limits(limits, here),
-                          name=pattern, tags=dict(rule.get("tags") or {}),
-                          dtype=str(rule["dtype"]) if rule.get("dtype") is not None else None))
-        checksum_rules.append(checksum)
-    return StatsThresholds(rules=tuple(rules), checksum_rules=tuple(checksum_rules), defaults=defaults)
-
-
-def _stats_limits(data: Mapping[str, Any], where: str) -> dict[str, Limit | None]:
-    limits: dict[str, Limit | None] = {}
-    for metric, value in data.items():
-        if metric not in STATS_METRICS:
-            raise ThresholdsError(f"{where}: unknown stats metric {metric!r}; valid: {', '.join(STATS_METRICS)}, "
-                                  "checksum (and name, tags, dtype)")
-        if value is None:
-            limits[metric] = None
-            continue
-        try:
-            if metric == "norm_ratio":
-                low, high = (float(value[0]), float(value[1])) if isinstance(value, (list, tuple)) else \
-                    (1.0 - float(value), 1.0 + float(value))
-                limits[metric] = Limit(metric=metric, low=low, high=high)
-            else:
-                limits[metric] = Limit(metric=metric, high=float(value))
-        except (TypeError, ValueError, IndexError):
-            expected = "[low, high] or a number x for [1-x, 1+x]" if metric == "norm_ratio" else "a number"
-            raise ThresholdsError(f"{where}: invalid limit for {metric}: {value!r}; expected {expected}") from None
-    return limits
-
-
-# ------------------------------------------------------------------------ verdicts
-def judge_stats(comparison: StatsComparison, limits: dict[str, Limit], require_checksum: bool) -> tuple[str, ...]:
-    """The failed checks: metric names, ``nonfinite`` and ``checksum``."""
-    values = comparison.values()
-    failed = [metric for metric, limit in limits.items() if metric in values and not limit.allows(values[metric])]
-    b, t = comparison.baseline, comparison.target
-    if (b.nan, b.inf) != (t.nan, t.inf):
-        failed.append("nonfinite")
-    if require_checksum and comparison.checksum_match is not True:
-        failed.append("checksum")
-    return tuple(failed)
-
-
-def describe_stats_failure(comparison: StatsComparison, limits: dict[str, Limit], failed: Sequence[str]) -> str:
-    values = comparison.values()
-    parts = []
-    for metric in failed:
-        if metric == "nonfinite":
-            b, t = comparison.baseline, comparison.target
-            parts.append(f"NaN/Inf counts differ (baseline {b.nan} NaN {b.inf} Inf, target {t.nan} NaN {t.inf} Inf)")
-        elif metric == "checksum":
-            parts.append("checksums differ (bitwise identical data required)" if comparison.checksum_match is False
-                         else "checksums not comparable (different layouts or dtypes) but bitwise identity is required")
-        else:
-            parts.append(f"{metric} = {values[metric]:.6g} (limit: {limits[metric].describe()})")
-    return "stats only: " + "; ".join(parts)
-
-
-def stats_hint(comparison: StatsComparison, axis_sizes: Mapping[str, int]) -> str | None:
-    """A scale seen in the stats: norm, mean and abs-mean all multiplied by one k."""
-    if comparison.replica_checksum_mismatch and comparison.replica_stats_diff > 0:
-        axes = ", ".join(comparison.replica_checksum_mismatch)
-        return (f"ranks disagree on a tensor declared replicated over {axes} (their stats differ by up to "
-                f"{comparison.replica_stats_diff:.3g}): a missing all-reduce over {axes}? "
-                "(stats only: dump in tensor mode to check that their sum matches the baseline)")
-    b, t = comparison.baseline, comparison.target
-    k = comparison.norm_ratio
-    if not math.isfinite(k) or abs(k - 1.0) < 0.02 or not b.abs_mean or t.abs_mean is None:
-        return None
-    abs_ratio = t.abs_mean / b.abs_mean
-    if abs(abs_ratio / k - 1.0) > 0.01:
-        return None
-    for size in sorted({2, 3, 4, 8, 16, *(s for s in axis_sizes.values() if s > 1)}):
-        axes = sorted(a for a, s in axis_sizes.items() if s == size)
-        which = f" (the size of {', '.join(axes)})" if axes else ""
-        if abs(k / size - 1.0) < 0.02:
-            return (f"target = {size} x baseline in norm and abs-mean (stats only: norm_ratio {k:.4g}): "
-                    f"looks like a duplicated reduction over a group of size {size}{which}")
-        if abs(k * size - 1.0) < 0.02:
-            return (f"target = 1/{size} x baseline in norm and abs-mean (stats only: norm_ratio {k:.4g}): "
-                    f"looks like a missing reduction over a group of size {size}{which}")
-    return f"norm and abs-mean both scaled by {k:.4g} (stats only): a pure scale?"

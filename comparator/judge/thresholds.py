@@ -13,12 +13,21 @@ File format (``--thresholds FILE``)::
         norm_ratio: [0.98, 1.02]  # range; a number x means [1-x, 1+x]
         max_abs: null           # null removes a default limit
         calibrated: {rel_diff: 4e-14, norm_ratio: 7e-8}  # optional: the noise it was calibrated on
+    stats:                      # optional: the same shape, for stats-only comparisons
+      defaults:
+        float32: {norm_ratio: 1e-3}
+      rules:
+        - name: 'logits$'
+          checksum: true        # require bitwise-identical data (determinism gate)
+        - name: 'router'
+          mean_diff: 1e-2
 
 A rule's limits are merged over the default limits of the tensor's dtype (the less
-precise of the two sides). Metrics: rel_diff, rel_l2, cosine, norm_ratio, max_abs,
-mean_abs, max_token_rel_l2 (worst token), replica_rel_diff (disagreement between
-ranks of a replicated tensor). Loaded with ``yaml.safe_load``; nothing is evaluated.
-A ``stats:`` section (same shape) judges stats-only comparisons: see comparator/judge/stats_only.py.
+precise of the two sides). Tensor metrics: rel_diff, rel_l2, cosine, norm_ratio,
+max_abs, mean_abs, max_token_rel_l2 (worst token), replica_rel_diff (disagreement
+between ranks of a replicated tensor). Stats metrics (comparator/judge/stats_only.py):
+norm_ratio, mean_diff, abs_mean_diff, replica_stats_diff. Loaded with the guarded YAML
+loader (dumper/yamlsafe.py), in one pass; nothing is evaluated; every error says file:line.
 
 ``calibrated:`` (written by ``dumpcmp calibrate``, comparator/judge/calibrate.py) records the noise
 measured between runs that should agree: an upper metric's largest value, or norm_ratio's
@@ -31,60 +40,33 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from comparator.errors import ThresholdsError
+from comparator.judge.limits import (BUILTIN_DEFAULTS, DEFAULTS, LOWER, METRICS, RANGE, STATS_DEFAULTS,
+                                     TENSOR_DEFAULTS, Limit, MeasurementKind, dtype_class, judged_dtype, make_limit)
 from dumper.patterns import UserRegex, compile_user_regex
 from dumper.safeio import read_text
 
-UPPER = ("rel_diff", "rel_l2", "max_abs", "mean_abs", "max_token_rel_l2", "replica_rel_diff")
-LOWER = ("cosine",)
-RANGE = ("norm_ratio",)
-METRICS = UPPER + LOWER + RANGE
-RULE_KEYS = ("name", "tags", "dtype", "calibrated")
-CALIBRATED_METRICS = UPPER + RANGE
+__all__ = ["BUILTIN_DEFAULTS", "STATS_DEFAULTS", "Criteria", "Limit", "Rule", "RuleSet", "Thresholds", "dtype_class",
+           "judged_dtype", "load_thresholds"]
 
-
-@dataclass(frozen=True, kw_only=True)
-class Limit:
-    metric: str
-    low: float | None = None
-    high: float | None = None
-
-    def allows(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
-
-    def widened_to(self, value: float) -> "Limit":
-        """The narrowest limit of this kind that ``value`` passes (the tolerance that would pass)."""
-        if self.metric in RANGE:
-            return Limit(metric=self.metric, low=min(self.low, value), high=max(self.high, value))  # type: ignore[type-var]
-        if self.metric in LOWER:
-            return Limit(metric=self.metric, low=value)
-        return Limit(metric=self.metric, high=value)
-
-    def to_json(self) -> float | list[float] | None:
-        if self.metric in RANGE:
-            return [self.low, self.high]  # type: ignore[list-item]
-        return self.low if self.metric in LOWER else self.high
-
-    def describe(self) -> str:
-        if self.metric in RANGE:
-            return f"{self.metric} in [{self.low:.6g}, {self.high:.6g}]"
-        if self.metric in LOWER:
-            return f"{self.metric} >= {self.low:.6g}"
-        return f"{self.metric} <= {self.high:.6g}"
+CALIBRATED_METRICS = tuple(m for m in METRICS["tensor"] if m not in LOWER)
+# Keys of a rule besides its limits, per kind of measurement.
+RULE_KEYS: dict[MeasurementKind, tuple[str, ...]] = {"tensor": ("name", "tags", "dtype", "calibrated"),
+                                                     "stats": ("name", "tags", "dtype", "checksum")}
+TOP_KEYS = ("rules", "defaults", "stats")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Rule:
-    source: str  # "thresholds.yaml:12" or "default (bfloat16)"
+    source: str  # "thresholds.yaml:12"
     limits: dict[str, Limit | None]  # None removes a default limit
     name: UserRegex | None = None
     tags: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     calibrated: dict[str, float] = field(default_factory=dict)  # metric -> measured noise (dumpcmp calibrate)
+    checksum: bool = False  # stats rules: the checksums must match (bitwise-identical data)
 
     def matches(self, name: str, tags: Mapping[str, Any], dtypes: tuple[str, ...]) -> bool:
         if self.name is not None and self.name.search(name) is None:
@@ -98,83 +80,67 @@ def _same(a: Any, b: Any) -> bool:
     return a == b or str(a) == str(b)
 
 
-def _limits(**values: Any) -> dict[str, Limit | None]:
-    return {metric: _make_limit(metric, value) for metric, value in values.items()}
+@dataclass(frozen=True, kw_only=True)
+class Criteria:
+    """What one tensor is judged by: the rule's description, its limits and what else it demands."""
+
+    rule: str
+    limits: dict[str, Limit]
+    calibrated: dict[str, float] = field(default_factory=dict)
+    checksum: bool = False  # stats: the checksums must match
 
 
-def _make_limit(metric: str, value: Any) -> Limit:
-    if metric in RANGE:
-        if isinstance(value, (list, tuple)):
-            low, high = float(value[0]), float(value[1])
-        else:
-            low, high = 1.0 - float(value), 1.0 + float(value)
-        if low > high:
-            raise ValueError(f"range [{low}, {high}] is empty")
-        return Limit(metric=metric, low=low, high=high)
-    if isinstance(value, (list, tuple)) or isinstance(value, bool):
-        raise ValueError(f"{metric} takes one number")
-    number = float(value)
-    if math.isnan(number):
-        raise ValueError("NaN is not a limit")
-    return Limit(metric=metric, low=number) if metric in LOWER else Limit(metric=metric, high=number)
+@dataclass(frozen=True, kw_only=True)
+class RuleSet:
+    """The rules and per-dtype default limits of one kind of measurement."""
+
+    kind: MeasurementKind
+    rules: tuple[Rule, ...] = ()
+    defaults: dict[str, dict[str, Limit | None]] = field(default_factory=dict)
+
+    def criteria_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str, target_dtype: str) -> Criteria:
+        klass = judged_dtype(baseline_dtype, target_dtype)
+        merged: dict[str, Limit | None] = dict(self.defaults.get(klass, {}))
+        default = f"default ({klass})" if self.kind == "tensor" else f"stats default ({klass})"
+        for rule in self.rules:
+            if rule.matches(name, tags, (baseline_dtype, target_dtype)):
+                merged.update(rule.limits)
+                where = rule.source if self.kind == "tensor" else f"{rule.source} (stats)"
+                return Criteria(rule=f"{where} over {default}", limits=_active(merged),
+                                calibrated=dict(rule.calibrated), checksum=rule.checksum)
+        return Criteria(rule=default, limits=_active(merged))
 
 
-# NOTE: rel_diff ~ rel_l2^2 / 2 for small errors, so 1e-6 on float32 allows a relative
-# L2 error of about 1.4e-3; a doubled tensor has rel_diff 0.2 and norm_ratio 2.
-BUILTIN_DEFAULTS: dict[str, dict[str, Limit | None]] = {
-    "float64": _limits(rel_diff=1e-10, norm_ratio=1e-5, replica_rel_diff=1e-10),
-    "float32": _limits(rel_diff=1e-6, norm_ratio=2e-3, replica_rel_diff=1e-6),
-    "float16": _limits(rel_diff=1e-4, norm_ratio=1e-2, replica_rel_diff=1e-4),
-    "bfloat16": _limits(rel_diff=1e-3, norm_ratio=2e-2, replica_rel_diff=1e-3),
-    "float8": _limits(rel_diff=1e-2, norm_ratio=5e-2, replica_rel_diff=1e-2),
-    "integer": _limits(max_abs=0, replica_rel_diff=0),
-}
-# From most to least precise; a pair is judged by its less precise side.
-_PRECISION_ORDER = ("float64", "float32", "float16", "bfloat16", "float8", "integer")
-
-
-def dtype_class(dtype: str) -> str:
-    if dtype.startswith("float8"):
-        return "float8"
-    if dtype in ("float64", "float32", "float16", "bfloat16"):
-        return dtype
-    return "integer"  # ints and bool are compared exactly
-
-
-def judged_dtype(baseline_dtype: str, target_dtype: str) -> str:
-    """The class whose defaults judge a pair: the less precise side (bf16 vs fp32 -> bf16)."""
-    classes = [dtype_class(baseline_dtype), dtype_class(target_dtype)]
-    # A float compared with an integer tensor (e.g. one side cast) is judged as the float.
-    floats = [c for c in classes if c != "integer"]
-    if floats:
-        return max(floats, key=_PRECISION_ORDER.index)
-    return "integer"
+def _active(limits: dict[str, Limit | None]) -> dict[str, Limit]:
+    return {metric: limit for metric, limit in limits.items() if limit is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Thresholds:
-    rules: tuple[Rule, ...] = ()
-    defaults: dict[str, dict[str, Limit | None]] = field(default_factory=lambda: dict(BUILTIN_DEFAULTS))
+    """A thresholds file, parsed: one rule set per kind of measurement."""
+
+    tensor: RuleSet = RuleSet(kind="tensor", defaults=TENSOR_DEFAULTS)
+    stats: RuleSet = RuleSet(kind="stats", defaults=STATS_DEFAULTS)
     source: str | None = None  # the YAML file, if any
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The tensor rules."""
+        return self.tensor.rules
+
+    def criteria_for(self, kind: MeasurementKind, name: str, tags: Mapping[str, Any], baseline_dtype: str,
+                     target_dtype: str) -> Criteria:
+        rules = self.tensor if kind == "tensor" else self.stats
+        return rules.criteria_for(name, tags, baseline_dtype, target_dtype)
+
+    def limits_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str, target_dtype: str) -> tuple[str, dict[str, Limit]]:
+        """(rule description, active limits) of a tensor comparison."""
+        criteria = self.tensor.criteria_for(name, tags, baseline_dtype, target_dtype)
+        return criteria.rule, criteria.limits
 
     def calibration_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str, target_dtype: str) -> dict[str, float]:
         """The calibrated noise of the rule that judges this tensor (empty when it was not calibrated)."""
-        for rule in self.rules:
-            if rule.matches(name, tags, (baseline_dtype, target_dtype)):
-                return dict(rule.calibrated)
-        return {}
-
-    def limits_for(self, name: str, tags: Mapping[str, Any], baseline_dtype: str, target_dtype: str) -> tuple[str, dict[str, Limit]]:
-        """(rule description, active limits) for one tensor."""
-        klass = judged_dtype(baseline_dtype, target_dtype)
-        merged: dict[str, Limit | None] = dict(self.defaults.get(klass, {}))
-        source = f"default ({klass})"
-        for rule in self.rules:
-            if rule.matches(name, tags, (baseline_dtype, target_dtype)):
-                merged.update(rule.limits)
-                source = f"{rule.source} over default ({klass})"
-                break
-        return source, {metric: limit for metric, limit in merged.items() if limit is not None}
+        return self.tensor.criteria_for(name, tags, baseline_dtype, target_dtype).calibrated
 
 
 def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
@@ -200,7 +166,125 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
         where = f"{path}:{mark.line + 1}" if mark is not None else path
         problem = getattr(exc, "problem", None) or str(exc)
         raise ThresholdsError(f"{where}: invalid YAML ({problem})") from None
-    return _parse(path, data, root)
+    return _Parser(path, root).thresholds(data)
+
+
+Fail = Callable[..., ThresholdsError]  # (message, *keys of the YAML node it is about) -> the error
+
+
+class _Parser:
+    """One pass over a thresholds file: top-level rules and defaults, then the stats section."""
+
+    def __init__(self, path: str, root: Any) -> None:
+        self.path = path
+        self.root = root
+
+    def fail(self, message: str, *keys: Any) -> ThresholdsError:
+        return ThresholdsError(f"{self.path}:{_line(self.root, *keys)}: {message}")
+
+    def thresholds(self, data: Any) -> Thresholds:
+        if data is None:
+            return Thresholds(source=self.path)
+        if isinstance(data, list):
+            return Thresholds(tensor=self.rule_set("tensor", {"rules": data}, (), bare_list=True), source=self.path)
+        if not isinstance(data, dict):
+            raise self.fail("expected a list of rules, or a mapping with 'rules' (and optional 'defaults', 'stats')")
+        unknown = [k for k in data if k not in TOP_KEYS]
+        if unknown:
+            raise self.fail(f"unknown key {unknown[0]!r}; valid top-level keys: {', '.join(TOP_KEYS)}", unknown[0])
+        tensor = self.rule_set("tensor", {k: v for k, v in data.items() if k != "stats"}, ())
+        stats_data = data.get("stats")
+        if stats_data is None:
+            return Thresholds(tensor=tensor, source=self.path)
+        if not isinstance(stats_data, dict) or any(k not in ("rules", "defaults") for k in stats_data):
+            raise self.fail("stats: expected a mapping with 'rules' and/or 'defaults', like the top level", "stats")
+        return Thresholds(tensor=tensor, stats=self.rule_set("stats", stats_data, ("stats",)), source=self.path)
+
+    def rule_set(self, kind: MeasurementKind, data: dict[str, Any], prefix: tuple[Any, ...], *,
+                 bare_list: bool = False) -> RuleSet:
+        section = "stats." if kind == "stats" else ""
+        defaults = {klass: dict(limits) for klass, limits in DEFAULTS[kind].items()}
+        defaults_data = data.get("defaults") or {}
+        if not isinstance(defaults_data, dict):
+            raise self.fail(f"'{section}defaults' must map dtype classes to limits, e.g. "
+                            f"{{bfloat16: {{{METRICS[kind][0]}: 1e-3}}}}", *prefix, "defaults")
+        for klass, limits in defaults_data.items():
+            klass = str(klass)
+            keys = (*prefix, "defaults", klass)
+            if klass not in defaults:
+                raise self.fail(f"unknown dtype class {klass!r} in {section}defaults; valid: {', '.join(defaults)}", *keys)
+            if not isinstance(limits, dict):
+                raise self.fail(f"{section}defaults.{klass} must map metrics to limits", *keys)
+            if "checksum" in limits and kind == "stats":
+                raise self.fail(f"{section}defaults.{klass}: 'checksum' belongs in a rule, e.g. "
+                                "{name: '.', checksum: true}", *keys, "checksum")
+            defaults[klass].update(self.limits(kind, limits, keys))
+        rules_data = data.get("rules") or []
+        if not isinstance(rules_data, list):
+            raise self.fail(f"'{section}rules' must be a list of rules", *prefix, "rules")
+        rules_prefix = prefix if bare_list else (*prefix, "rules")
+        rules = tuple(self.rule(kind, rule, (*rules_prefix, index)) for index, rule in enumerate(rules_data))
+        return RuleSet(kind=kind, rules=rules, defaults=defaults)
+
+    def rule(self, kind: MeasurementKind, data: Any, keys: tuple[Any, ...]) -> Rule:
+        if not isinstance(data, dict):
+            example = "{name: 'mlp', rel_diff: 1e-3}" if kind == "tensor" else "{name: 'logits', checksum: true}"
+            raise self.fail(f"a rule must be a mapping, e.g. {example}", *keys)
+        pattern = None
+        if "name" in data:
+            pattern = compile_user_regex(str(data["name"]), f"{self.path}:{_line(self.root, *keys, 'name')}: name",
+                                         ThresholdsError)
+        tags = data.get("tags") or {}
+        if not isinstance(tags, dict):
+            raise self.fail(f"tags must be a mapping, e.g. {{layer: 0}}, not {tags!r}", *keys, "tags")
+        checksum = data.get("checksum", False)
+        if not isinstance(checksum, bool):
+            raise self.fail(f"checksum must be true or false, not {checksum!r}", *keys, "checksum")
+        limits = self.limits(kind, {k: v for k, v in data.items() if k not in RULE_KEYS[kind]}, keys)
+        calibrated = self.calibrated(data.get("calibrated"), (*keys, "calibrated")) if kind == "tensor" else {}
+        return Rule(source=f"{os.path.basename(self.path)}:{_line(self.root, *keys)}", limits=limits, name=pattern,
+                    tags=dict(tags), dtype=str(data["dtype"]) if data.get("dtype") is not None else None,
+                    calibrated=calibrated, checksum=checksum)
+
+    def limits(self, kind: MeasurementKind, data: dict[str, Any], keys: tuple[Any, ...]) -> dict[str, Limit | None]:
+        valid = METRICS[kind]
+        limits: dict[str, Limit | None] = {}
+        for metric, value in data.items():
+            if metric not in valid:
+                what = "metric" if kind == "tensor" else "stats metric"
+                other = (" (checksum belongs in the stats: section)" if metric == "checksum" and kind == "tensor"
+                         else "")
+                raise self.fail(f"unknown {what} {metric!r}; valid metrics: {', '.join(valid)} "
+                                f"(and {', '.join(RULE_KEYS[kind])}){other}", *keys, metric)
+            if value is None:
+                limits[metric] = None
+                continue
+            try:
+                limits[metric] = make_limit(metric, value)
+            except (TypeError, ValueError) as exc:
+                expected = "[low, high] or a number x for [1-x, 1+x]" if metric in RANGE else "a number"
+                raise self.fail(f"invalid limit for {metric}: {value!r} ({exc}); expected {expected}",
+                                *keys, metric) from None
+        return limits
+
+    def calibrated(self, data: Any, keys: tuple[Any, ...]) -> dict[str, float]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise self.fail("calibrated must map metrics to measured noise, e.g. {rel_diff: 4e-14}", *keys)
+        calibrated: dict[str, float] = {}
+        for metric, value in data.items():
+            if metric not in CALIBRATED_METRICS:
+                raise self.fail(f"unknown calibrated metric {metric!r}; valid: {', '.join(CALIBRATED_METRICS)}",
+                                *keys, metric)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(value, bool) or not number >= 0 or math.isinf(number):
+                raise self.fail(f"invalid calibrated noise for {metric}: {value!r}; expected a number >= 0", *keys, metric)
+            calibrated[metric] = number
+        return calibrated
 
 
 def _line(node: Any, *keys: Any) -> int:
@@ -219,95 +303,3 @@ def _line(node: Any, *keys: Any) -> int:
         else:
             break
     return node.start_mark.line + 1 if node is not None else 1
-
-
-def _parse(path: str, data: Any, root: Any) -> Thresholds:
-    def fail(message: str, *keys: Any) -> ThresholdsError:
-        return ThresholdsError(f"{path}:{_line(root, *keys)}: {message}")
-
-    if data is None:
-        return Thresholds(source=path)
-    prefix: tuple[Any, ...] = ()
-    defaults = {klass: dict(limits) for klass, limits in BUILTIN_DEFAULTS.items()}
-    if isinstance(data, list):
-        rules_data = data
-    elif isinstance(data, dict):
-        # NOTE: "stats" holds the limits of stats-only comparisons (comparator/judge/stats_only.py).
-        unknown = [k for k in data if k not in ("rules", "defaults", "stats")]
-        if unknown:
-            raise fail(f"unknown key {unknown[0]!r}; valid top-level keys: rules, defaults, stats", unknown[0])
-        rules_data = data.get("rules") or []
-        prefix = ("rules",)
-        if not isinstance(rules_data, list):
-            raise fail("'rules' must be a list of rules", "rules")
-        defaults_data = data.get("defaults") or {}
-        if not isinstance(defaults_data, dict):
-            raise fail("'defaults' must map dtype classes to limits, e.g. {bfloat16: {rel_diff: 1e-3}}", "defaults")
-        for klass, limits in defaults_data.items():
-            klass = str(klass)
-            if klass not in BUILTIN_DEFAULTS:
-                raise fail(f"unknown dtype class {klass!r} in defaults; valid: {', '.join(BUILTIN_DEFAULTS)}", "defaults", klass)
-            if not isinstance(limits, dict):
-                raise fail(f"defaults.{klass} must map metrics to limits", "defaults", klass)
-            defaults[klass].update(_parse_limits(limits, lambda m, *k: fail(m, "defaults", klass, *k)))  # noqa: B023 - called at once
-    else:
-        raise fail("expected a list of rules, or a mapping with 'rules' (and optional 'defaults')")
-    rules = []
-    for index, rule_data in enumerate(rules_data):
-        keys = prefix + (index,)
-        line = _line(root, *keys)
-        if not isinstance(rule_data, dict):
-            raise fail("a rule must be a mapping, e.g. {name: 'mlp', rel_diff: 1e-3}", *keys)
-        pattern = None
-        if "name" in rule_data:
-            try:
-                pattern = compile_user_regex(str(rule_data["name"]), "invalid name regex", ThresholdsError)
-            except ThresholdsError as exc:
-                raise fail(str(exc), *keys, "name") from None
-        tags = rule_data.get("tags") or {}
-        if not isinstance(tags, dict):
-            raise fail("tags must be a mapping, e.g. {layer: 0}", *keys, "tags")
-        limits = _parse_limits({k: v for k, v in rule_data.items() if k not in RULE_KEYS},
-                               lambda m, *k: fail(m, *keys, *k))  # noqa: B023 - called at once
-        calibrated = _parse_calibrated(rule_data.get("calibrated"),
-                                       lambda m, *k: fail(m, *keys, "calibrated", *k))  # noqa: B023 - called at once
-        rules.append(Rule(
-            source=f"{os.path.basename(path)}:{line}", limits=limits, name=pattern, tags=dict(tags),
-            dtype=str(rule_data["dtype"]) if rule_data.get("dtype") is not None else None, calibrated=calibrated,
-        ))
-    return Thresholds(rules=tuple(rules), defaults=defaults, source=path)
-
-
-def _parse_limits(data: dict[str, Any], fail: Any) -> dict[str, Limit | None]:
-    limits: dict[str, Limit | None] = {}
-    for metric, value in data.items():
-        if metric not in METRICS:
-            raise fail(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)} (and name, tags, dtype)", metric)
-        if value is None:
-            limits[metric] = None
-            continue
-        try:
-            limits[metric] = _make_limit(metric, value)
-        except (TypeError, ValueError, IndexError) as exc:
-            hint = "[low, high] or a number x for [1-x, 1+x]" if metric in RANGE else "a number"
-            raise fail(f"invalid limit for {metric}: {value!r} ({exc}); expected {hint}", metric) from None
-    return limits
-
-
-def _parse_calibrated(data: Any, fail: Any) -> dict[str, float]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise fail("calibrated must map metrics to measured noise, e.g. {rel_diff: 4e-14}")
-    calibrated: dict[str, float] = {}
-    for metric, value in data.items():
-        if metric not in CALIBRATED_METRICS:
-            raise fail(f"unknown calibrated metric {metric!r}; valid: {', '.join(CALIBRATED_METRICS)}", metric)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, bool) or not number >= 0 or math.isinf(number):
-            raise fail(f"invalid calibrated noise for {metric}: {value!r}; expected a number >= 0", metric)
-        calibrated[metric] = number
-    return calibrated

@@ -1,4 +1,8 @@
-"""Judge metrics against limits; then, over all results: origins, first divergence, exit code.
+"""Judge a measurement against limits; then, over all results: origins, first divergence, exit code.
+
+One judge for every kind of measurement: tensor metrics and stats-only comparisons
+(comparator/results.py) are judged by the same function against the same kind of
+limits (comparator/judge/thresholds.py ``Criteria``).
 
 Exit codes (DESIGN.md): 0 every tensor passed (or its failure/skip was allowed);
 1 a failure, error or skip that was not allowed; 3 nothing was compared. (2, bad
@@ -11,10 +15,13 @@ import dataclasses
 import math
 from typing import Iterable, Sequence
 
+from comparator.judge.limits import Limit
 from comparator.judge.metrics import Metrics
+from comparator.judge.thresholds import Criteria
 from comparator.options import CompareOptions
-from comparator.results import FirstDivergence, Judgement, Summary, TensorResult
-from comparator.judge.thresholds import Limit
+from comparator.results import FirstDivergence, Judgement, StatsMeasurement, Summary, TensorMeasurement, TensorResult
+
+Measured = TensorMeasurement | StatsMeasurement  # what can be judged against limits
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -30,12 +37,30 @@ def metric_values(metrics: Metrics, replica_disagreement: dict[str, float]) -> d
     }
 
 
-def judge(metrics: Metrics, rule: str, limits: dict[str, Limit], replica_disagreement: dict[str, float], *,
-          calibrated: dict[str, float] | None = None) -> Judgement:
-    values = metric_values(metrics, replica_disagreement)
+def measured_values(measurement: Measured) -> dict[str, float | None]:
+    """Every metric a measurement gives, by name (the names limits use)."""
+    if isinstance(measurement, StatsMeasurement):
+        return dict(measurement.stats.values())
+    return metric_values(measurement.metrics, measurement.replica_disagreement)
+
+
+def _nonfinite_differs(measurement: Measured) -> bool:
+    if isinstance(measurement, StatsMeasurement):
+        b, t = measurement.stats.baseline, measurement.stats.target
+        return (b.nan, b.inf) != (t.nan, t.inf)
+    return measurement.metrics.nonfinite_mismatch > 0
+
+
+def judge(measurement: Measured, criteria: Criteria) -> Judgement:
+    """The verdict of one measurement (tensor metrics or stats) against the limits of its rule.
+
+    Failed checks are limit names, ``nonfinite`` (NaN/Inf differ) and ``checksum`` (a
+    rule demands bitwise-identical data and the checksums differ or cannot be compared).
+    """
+    values = measured_values(measurement)
     failed: list[str] = []
     required: dict[str, Limit] = {}
-    for metric, limit in limits.items():
+    for metric, limit in criteria.limits.items():
         value = values.get(metric)
         if value is None:
             continue
@@ -43,10 +68,12 @@ def judge(metrics: Metrics, rule: str, limits: dict[str, Limit], replica_disagre
             failed.append(metric)
         if not math.isnan(value):
             required[metric] = limit.widened_to(value)
-    if metrics.nonfinite_mismatch:
+    if _nonfinite_differs(measurement):
         failed.append("nonfinite")
-    calibrated = dict(calibrated or {})
-    return Judgement(rule=rule, limits=dict(limits), failed=tuple(failed), required=required,
+    if criteria.checksum and not (isinstance(measurement, StatsMeasurement) and measurement.stats.checksum_match):
+        failed.append("checksum")
+    calibrated = dict(criteria.calibrated)
+    return Judgement(rule=criteria.rule, limits=dict(criteria.limits), failed=tuple(failed), required=required,
                      calibrated=calibrated, floor_ratio=floor_ratio(values, calibrated))
 
 
@@ -62,16 +89,27 @@ def floor_ratio(values: dict[str, float | None], calibrated: dict[str, float]) -
     return max(ratios, default=None)
 
 
-def describe_failure(judgement: Judgement, metrics: Metrics, replica_disagreement: dict[str, float]) -> str:
-    values = metric_values(metrics, replica_disagreement)
+def describe_failure(judgement: Judgement, measurement: Measured) -> str:
+    """One line: each failed check with its value and limit."""
+    values = measured_values(measurement)
     parts = []
     for metric in judgement.failed:
         if metric == "nonfinite":
-            parts.append(f"NaN/Inf differ at {metrics.nonfinite_mismatch} positions")
-            continue
-        limit = judgement.limits[metric]
-        parts.append(f"{metric} = {values[metric]:.6g} (limit: {limit.describe()})")
-    return "; ".join(parts)
+            parts.append(_describe_nonfinite(measurement))
+        elif metric == "checksum" and isinstance(measurement, StatsMeasurement):
+            parts.append("checksums differ (bitwise identical data required)" if measurement.stats.checksum_match is False
+                         else "checksums not comparable (different layouts or dtypes) but bitwise identity is required")
+        elif metric in judgement.limits:
+            parts.append(f"{metric} = {values[metric]:.6g} (limit: {judgement.limits[metric].describe()})")
+    text = "; ".join(parts)
+    return f"stats only: {text}" if isinstance(measurement, StatsMeasurement) else text
+
+
+def _describe_nonfinite(measurement: Measured) -> str:
+    if isinstance(measurement, StatsMeasurement):
+        b, t = measurement.stats.baseline, measurement.stats.target
+        return f"NaN/Inf counts differ (baseline {b.nan} NaN {b.inf} Inf, target {t.nan} NaN {t.inf} Inf)"
+    return f"NaN/Inf differ at {measurement.metrics.nonfinite_mismatch} positions"
 
 
 def finalize(results: Sequence[TensorResult], options: CompareOptions) -> tuple[tuple[TensorResult, ...], Summary, FirstDivergence | None, int, str]:

@@ -187,7 +187,8 @@ def _plot_value(result: TensorResult, metric: str) -> tuple[float | None, float 
     if result.stats is None:
         return None, None
     limit = judgement.limits.get("norm_ratio") if judgement is not None else None
-    bound = max(abs(limit.low - 1.0), abs(limit.high - 1.0)) if limit is not None and limit.low is not None else None
+    bound = (max(abs(limit.low - 1.0), abs(limit.high - 1.0))
+             if limit is not None and limit.low is not None and limit.high is not None else None)
     return abs(result.stats.norm_ratio - 1.0), bound
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from comparator.errors import UnshardError
-from comparator.unshard import execute_unshard, plan_unshard, reduction_group_axes, reduction_groups
+from comparator.replicas import reduction_group_axes, reduction_groups
+from comparator.unshard import execute_unshard, plan_unshard
 from dumper.format import AxisInfo, IndexRecord, TensorStats
 
 

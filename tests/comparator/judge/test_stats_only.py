@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from comparator import compare
-from comparator.errors import ThresholdsError
-from comparator.judge.stats_only import compare_stats, load_stats_thresholds, pool_stats
+from comparator.errors import ThresholdsError, UnshardError
+from comparator.judge.stats_only import compare_stats, pool_stats
+from comparator.judge.thresholds import load_thresholds
 from comparator.unshard import plan_unshard
 from dumper.format import AxisInfo, IndexRecord
 from dumper.stats import checksum, tensor_stats
@@ -56,7 +57,7 @@ def test_replicas_that_disagree_are_measured_from_their_stats():
 def test_partial_sums_need_the_same_layout_on_both_sides():
     value = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     partial = [_record(value / 2, rank=r, size=2, dims="t h[tp:partial]") for r in range(2)]
-    with pytest.raises(Exception, match="partial sums over tp cannot be added up from stats"):
+    with pytest.raises(UnshardError, match="partial sums over tp cannot be added up from stats"):
         compare_stats([plan_unshard("x", [_record(value)])], [plan_unshard("x", partial)])
     same = compare_stats([plan_unshard("x", partial)], [plan_unshard("x", partial)])
     assert same.checksum_match is True and same.norm_ratio == 1.0
@@ -67,14 +68,41 @@ def test_stats_thresholds_section(tmp_path):
     path.write_text("rules: [{name: 'logits', rel_diff: 1e-4}]\n"
                     "stats:\n  defaults: {float32: {norm_ratio: 0.1}}\n"
                     "  rules:\n    - {name: '^logits$', checksum: true}\n    - {name: 'router', mean_diff: 0.5}\n")
-    thresholds = load_stats_thresholds(path)
-    rule, limits, checksum_required = thresholds.limits_for("logits", {}, "float32", "float32")
-    assert checksum_required and limits["norm_ratio"].high == pytest.approx(1.1) and "stats.rules[0]" in rule
-    _, limits, checksum_required = thresholds.limits_for("router_logits", {}, "float32", "float32")
-    assert not checksum_required and limits["mean_diff"].high == 0.5
-    path.write_text("stats:\n  rules:\n    - {name: x, rel_diff: 1}\n")
-    with pytest.raises(ThresholdsError, match="unknown stats metric 'rel_diff'; valid: norm_ratio, mean_diff"):
-        load_stats_thresholds(path)
+    thresholds = load_thresholds(path)
+    logits = thresholds.criteria_for("stats", "logits", {}, "float32", "float32")
+    assert logits.checksum and logits.limits["norm_ratio"].high == pytest.approx(1.1)
+    assert logits.rule == "gate.yaml:5 (stats) over stats default (float32)"
+    router = thresholds.criteria_for("stats", "router_logits", {}, "float32", "float32")
+    assert not router.checksum and router.limits["mean_diff"].high == 0.5
+    # The tensor rules are the top level's, read in the same pass.
+    assert thresholds.criteria_for("tensor", "logits", {}, "float32", "float32").limits["rel_diff"].high == 1e-4
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ("{name: x, rel_diff: 1}", ":3: unknown stats metric 'rel_diff'; valid metrics: norm_ratio, mean_diff, "
+                               "abs_mean_diff, replica_stats_diff (and name, tags, dtype, checksum)"),
+    ("{name: x, tags: layer}", ":3: tags must be a mapping, e.g. {layer: 0}, not 'layer'"),
+    ("{name: x, norm_ratio: [2, 1]}", ":3: invalid limit for norm_ratio: [2, 1] (range [2.0, 1.0] is empty)"),
+    ("{name: x, mean_diff: .nan}", ":3: invalid limit for mean_diff: nan (NaN is not a limit); expected a number"),
+    ("{name: x, mean_diff: true}", ":3: invalid limit for mean_diff: True (mean_diff takes one number)"),
+    ("{name: x, checksum: 1}", ":3: checksum must be true or false, not 1"),
+    ("{name: '(x'}", ":3: name '(x' is not a valid regular expression"),
+])
+def test_stats_rules_are_checked_like_tensor_rules(tmp_path, rule, message):
+    """One parser: a stats rule's errors name file:line, as a tensor rule's do (these used to pass or crash)."""
+    path = tmp_path / "gate.yaml"
+    path.write_text(f"stats:\n  rules:\n    - {rule}\n")
+    with pytest.raises(ThresholdsError) as caught:
+        load_thresholds(path)
+    assert str(caught.value).startswith(f"{path}{message}")
+
+
+def test_a_bad_stats_rule_is_one_line_at_the_cli(tmp_path):
+    path = tmp_path / "gate.yaml"
+    path.write_text("stats:\n  rules:\n    - {name: moe, tags: layer}\n")
+    proc = dumpcmp("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--thresholds", str(path))
+    assert proc.returncode == 2
+    assert proc.stderr == f"dumpcmp: error: {path}:3: tags must be a mapping, e.g. {{layer: 0}}, not 'layer'\n"
 
 
 # --------------------------------------------------------------- the example engine
@@ -104,7 +132,7 @@ def test_stats_only_finds_the_doubled_reduction(runs, tmp_path):
     report = compare(runs["base"], runs["bug_stats"])
     first = report.first_divergence
     assert (first.name, first.step, first.tags, first.origin) == ("moe_output", 0, {"layer": 1}, "source")
-    assert "target = 2 x baseline in norm and abs-mean" in first.hint and "stats only" in first.hint
+    assert first.hint.startswith("target = 2 x baseline (in norm and abs-mean, stats only: norm_ratio 2)")
     result = report.results[first.index]
     assert result.stats_only and result.stats.norm_ratio == pytest.approx(2.0, rel=1e-6)
     # Every report says which comparisons were stats-only.

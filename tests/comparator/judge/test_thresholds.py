@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from comparator.errors import ThresholdsError
 from comparator.judge.metrics import compute_metrics
 from comparator.judge.thresholds import judged_dtype, load_thresholds
 from comparator.judge.verdicts import judge
+from comparator.results import TensorMeasurement
 
 
 def test_defaults_depend_on_the_less_precise_dtype():
@@ -34,10 +37,11 @@ def test_first_matching_rule_wins_over_defaults(tmp_path):
 
 
 def test_judgement_reports_the_tolerance_that_would_pass():
-    x = __import__("torch").randn(32)
+    torch = __import__("torch")
+    x = torch.randn(32, generator=torch.Generator().manual_seed(0))
     metrics = compute_metrics(x, 2 * x)
-    _, limits = load_thresholds(None).limits_for("x", {}, "float32", "float32")
-    judgement = judge(metrics, "default", limits, {})
+    criteria = load_thresholds(None).criteria_for("tensor", "x", {}, "float32", "float32")
+    judgement = judge(TensorMeasurement(metrics=metrics), criteria)
     assert set(judgement.failed) == {"rel_diff", "norm_ratio"}
     assert judgement.required["rel_diff"].high == pytest.approx(0.2)
     assert judgement.required["norm_ratio"].high == pytest.approx(2.0)
@@ -48,7 +52,11 @@ def test_judgement_reports_the_tolerance_that_would_pass():
     [
         ("rules:\n  - name: x\n    rel_dif: 1\n", ":3: unknown metric 'rel_dif'"),
         ("rules:\n  - name: x\n    norm_ratio: [2, 1]\n", ":3: invalid limit for norm_ratio"),
-        ("rules:\n  - name: '(x'\n", ":2: invalid name regex"),
+        ("rules:\n  - name: '(x'\n", ":2: name '(x' is not a valid regular expression"),
+        ("rules:\n  - name: x\n    tags: layer\n", ":3: tags must be a mapping, e.g. {layer: 0}, not 'layer'"),
+        ("rules:\n  - name: x\n    rel_diff: .nan\n", ":3: invalid limit for rel_diff: nan (NaN is not a limit)"),
+        ("rules:\n  - name: x\n    norm_ratio: true\n", ":3: invalid limit for norm_ratio: True (norm_ratio takes one number)"),
+        ("rules:\n  - name: x\n    checksum: true\n", ":3: unknown metric 'checksum'"),
         ("rules:\n  - [x\n", ":3: invalid YAML"),
         ("rule: []\n", ":1: unknown key 'rule'"),
         ("defaults:\n  float31: {rel_diff: 1}\n", ":2: unknown dtype class 'float31'"),
@@ -59,5 +67,5 @@ def test_judgement_reports_the_tolerance_that_would_pass():
 def test_errors_name_file_and_line(tmp_path, text, message):
     path = tmp_path / "t.yaml"
     path.write_text(text)
-    with pytest.raises(ThresholdsError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ThresholdsError, match=re.escape(message)):
         load_thresholds(path)

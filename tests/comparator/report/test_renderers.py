@@ -20,7 +20,7 @@ from comparator.collectives import CollectiveCount, CollectiveTrace, RankCollect
 from comparator.fingerprint import RunFingerprint
 from comparator.judge.metrics import compute_metrics
 from comparator.judge.stats_only import PooledStats, StatsComparison
-from comparator.judge.thresholds import Limit
+from comparator.judge.thresholds import Criteria, Limit
 from comparator.judge.verdicts import judge
 from comparator.report.html import render_html
 from comparator.report.json import render_json
@@ -41,7 +41,7 @@ def _side(name: str) -> SideInfo:
 def _tensor_result(name: str, layer: int, scale: float) -> TensorResult:
     baseline = torch.randn(5, 8, generator=torch.Generator().manual_seed(layer), dtype=torch.float64)
     metrics = compute_metrics(baseline, baseline * scale, token_dim=0)
-    judgement = judge(metrics, "default (float32)", LIMITS, {})
+    judgement = judge(TensorMeasurement(metrics=metrics), Criteria(rule="default (float32)", limits=LIMITS))
     failed = bool(judgement.failed)
     return TensorResult(
         name=name, step=0, tags={"layer": layer}, status="fail" if failed else "pass",
