@@ -159,14 +159,15 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
         label=label, ops=ops, shards=tuple(shards), dims=spec, shape=(), dtype=records[0].dtype, notes=tuple(notes)
     )
     shape = _walk_shape(plan, 0, ())
-    squeeze = spec.squeeze_dims if spec is not None else ()
-    for dim in squeeze:
-        if shape[dim] != 1:
-            raise UnshardError(
-                f"{label}: dims {spec.text if spec is not None else None!r} name dim {dim} '1' (a dim of size 1, "
-                f"dropped before comparing) but it holds {shape[dim]} entries (shape {list(shape)}); name it, or use "
-                "--override-dims"
-            )
+    squeeze: tuple[int, ...] = ()
+    if spec is not None:
+        squeeze = spec.squeeze_dims
+        for dim in squeeze:
+            if shape[dim] != 1:
+                raise UnshardError(
+                    f"{label}: dims {spec.text!r} name dim {dim} '1' (a dim of size 1, dropped before comparing) "
+                    f"but it holds {shape[dim]} entries (shape {list(shape)}); name it, or use --override-dims"
+                )
     return UnshardPlan(
         label=label, ops=ops, shards=plan.shards, dims=spec.squeezed() if spec is not None else None,
         shape=tuple(size for dim, size in enumerate(shape) if dim not in squeeze), dtype=plan.dtype,
