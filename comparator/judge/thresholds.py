@@ -206,7 +206,7 @@ class _Parser:
         defaults = {klass: dict(limits) for klass, limits in DEFAULTS[kind].items()}
         defaults_data = data.get("defaults") or {}
         if not isinstance(defaults_data, dict):
-            raise self.fail(f"'{section}defaults' must map dtype classes to limits, e.g. "
+            raise self.fail(f"{section}defaults: must map dtype classes to limits, e.g. "
                             f"{{bfloat16: {{{METRICS[kind][0]}: 1e-3}}}}", *prefix, "defaults")
         for klass, limits in defaults_data.items():
             klass = str(klass)
@@ -221,7 +221,7 @@ class _Parser:
             defaults[klass].update(self.limits(kind, limits, keys))
         rules_data = data.get("rules") or []
         if not isinstance(rules_data, list):
-            raise self.fail(f"'{section}rules' must be a list of rules", *prefix, "rules")
+            raise self.fail(f"{section}rules: must be a list of rules", *prefix, "rules")
         rules_prefix = prefix if bare_list else (*prefix, "rules")
         rules = tuple(self.rule(kind, rule, (*rules_prefix, index)) for index, rule in enumerate(rules_data))
         return RuleSet(kind=kind, rules=rules, defaults=defaults)
