@@ -111,7 +111,7 @@ def _side(run: Run, side: str, failing: tuple[str, int, dict[str, Any]],
     # A one-process run without a process group makes no collectives: nothing to trace.
     traced = run.world_size == 1
     for rank in run.ranks:
-        rank_dir = os.path.join(run.path, rank.directory)
+        rank_dir = os.path.join(run.root, rank.directory)
         traced = traced or os.path.exists(os.path.join(rank_dir, COLLECTIVES_FILE))
         failing_seqs = [r.seq for r in rank.records if _matches(r, name, step, tags)]
         if not failing_seqs:

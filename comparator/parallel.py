@@ -22,21 +22,22 @@ from dumper.run import Run
 _worker: Executor | None = None
 
 
-def _worker_run(path: str, run_format: str) -> Run:
+def _worker_run(path: str, root: str, run_format: str) -> Run:
     # NOTE: workers only load data; the parent already read and planned the indexes.
     # Other formats (SGLang .pt dumps) load through their own reader.
-    return Run(path=path, info=None, ranks=[]) if run_format == "dumpcmp" else open_run(path)
+    return Run(path=path, info=None, ranks=[], root=root) if run_format == "dumpcmp" else open_run(path)
 
 
-def _init_worker(paths: Pair[str], formats: Pair[str], options: CompareOptions, axis_sizes: dict[str, int]) -> None:
+def _init_worker(paths: Pair[str], roots: Pair[str], formats: Pair[str], options: CompareOptions,
+                 axis_sizes: dict[str, int]) -> None:
     global _worker
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent alone reports it
 
     torch.set_num_threads(1)
-    _worker = make_executor(Pair(_worker_run(paths.baseline, formats.baseline),
-                                 _worker_run(paths.target, formats.target)), options, axis_sizes)
+    _worker = make_executor(Pair(_worker_run(paths.baseline, roots.baseline, formats.baseline),
+                                 _worker_run(paths.target, roots.target, formats.target)), options, axis_sizes)
 
 
 def _work(item: WorkItem) -> TensorResult:
@@ -54,7 +55,8 @@ def run_parallel(items: Sequence[WorkItem], runs: Pair[Run], options: CompareOpt
 
     window = 2 * options.jobs
     context = multiprocessing.get_context("spawn")
-    initargs = (runs.map(lambda run: run.path), runs.map(lambda run: run.format), options, axis_sizes)
+    initargs = (runs.map(lambda run: run.path), runs.map(lambda run: run.root), runs.map(lambda run: run.format),
+                options, axis_sizes)
     with ProcessPoolExecutor(max_workers=options.jobs, mp_context=context, initializer=_init_worker,
                              initargs=initargs) as pool:
         pending: deque[Future[TensorResult]] = deque()

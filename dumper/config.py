@@ -165,7 +165,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         file_bytes=_parse_mb("DUMPCMP_FILE_MB", env["DUMPCMP_FILE_MB"]) if "DUMPCMP_FILE_MB" in env else 256 << 20,
         graph_bytes=_parse_mb("DUMPCMP_GRAPH_MB", env["DUMPCMP_GRAPH_MB"]) if "DUMPCMP_GRAPH_MB" in env else 1024 << 20,
         overwrite=_parse_bool("DUMPCMP_OVERWRITE", env.get("DUMPCMP_OVERWRITE", "0")),
-        run_id=env.get("DUMPCMP_RUN_ID") or None,
+        run_id=env.get("DUMPCMP_RUN_ID") or launcher_run_id(env),
         enable=_parse_bool("DUMPCMP_ENABLE", env.get("DUMPCMP_ENABLE", "1")),
         command=command,
         collectives=_parse_bool("DUMPCMP_COLLECTIVES", env.get("DUMPCMP_COLLECTIVES", "1")),
@@ -187,3 +187,25 @@ def check_user_settings(environ: Mapping[str, str]) -> None:
         raise ConfigError(f"unknown setting {unknown[0]} in the environment; {suggestion}"
                           f"valid DUMPCMP_* variables: {', '.join(KNOWN_ENV)}")
     config_from_env({k: v for k, v in environ.items() if k.startswith("DUMPCMP_")})
+
+
+def launcher_run_id(environ: Mapping[str, str]) -> str | None:
+    """A run id every rank of one launch shares, from the launcher's environment (None if there is none).
+
+    NOTE: the ranks of a multi-node run write to their own node's disk, so they cannot
+    agree on a run id through a shared run.json; the launcher already gave them one:
+    torchrun's rendezvous id (TORCHELASTIC_RUN_ID, the same on every node) or Slurm's
+    job and step ids. ``dumpcmp run --run-id ID`` (DUMPCMP_RUN_ID) always wins.
+    """
+    elastic = environ.get("TORCHELASTIC_RUN_ID", "").strip()
+    if elastic and elastic.lower() != "none":
+        return _safe_id(f"torchelastic-{elastic}")
+    job = environ.get("SLURM_JOB_ID", "").strip()
+    if job:
+        step = environ.get("SLURM_STEP_ID", "").strip()
+        return _safe_id(f"slurm-{job}" + (f".{step}" if step else ""))
+    return None
+
+
+def _safe_id(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:64]

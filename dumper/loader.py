@@ -81,7 +81,7 @@ class TensorLoader:
     def _path(self, record: IndexRecord) -> str:
         if record.file is None or record.key is None:
             raise RunFormatError(f"{record.name} (step {record.step}, rank {record.rank}) has no data: run dumped in stats mode")
-        return inside(self.run.path, os.path.join(record.source, record.file))
+        return inside(self.run.root, os.path.join(record.source, record.file))
 
     def _entry(self, record: IndexRecord) -> HeaderEntry:
         path = self._path(record)

@@ -12,6 +12,7 @@ failing the whole run.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -112,8 +113,20 @@ def _is_rank_dir(name: str) -> bool:
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:
-    """Open a run directory written by dumpcmp (or, where supported, another dumper)."""
+    """Open a run directory written by dumpcmp (or, where supported, another dumper).
+
+    ``path`` may also be a glob (``'runs/tp8-node*'``) naming the directories that the
+    nodes of one run wrote (each its own ranks): they are opened as one run
+    (``open_spread_run``).
+    """
     path = os.fspath(path)
+    if not os.path.exists(path) and is_glob(path):
+        return open_spread_run(path)
+    return open_run_directory(path)
+
+
+def open_run_directory(path: str, *, root: str | None = None) -> Run:
+    """One run directory; with ``root``, its rank directories are named relative to it (multi-node runs)."""
     if not os.path.exists(path):
         raise RunNotFoundError(f"{path}: no such directory")
     if not os.path.isdir(path):
@@ -121,7 +134,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     if not is_dumpcmp_run(path):
         opened = open_sglang_run(path)
         if opened is not None:
-            _check_coverage(opened)
+            check_coverage(opened)
             for problem in opened.problems:
                 log.warning("%s", problem)
             return opened
@@ -142,10 +155,12 @@ def open_run(path: str | os.PathLike[str]) -> Run:
                 f"{SCHEMA_VERSION}; upgrade dumpcmp"
             )
     ranks: list[RankContents] = []
+    prefix = os.path.relpath(path, root) if root is not None else ""
     for entry in sorted(os.listdir(path)):
         directory = os.path.join(path, entry)
         if not (_is_rank_dir(entry) and os.path.isdir(directory)):
             continue
+        entry = os.path.join(prefix, entry) if prefix else entry
         rank_data = _read_json(os.path.join(directory, RANK_INFO_FILE), problems, path)
         rank_info = None
         if rank_data is not None:
@@ -188,8 +203,10 @@ def open_run(path: str | os.PathLike[str]) -> Run:
             problems.append(f"{entry}: dumping stopped after an error: {rank_info.error}; last step {_fmt_step(ranks[-1].last_step)}")
     if not ranks:
         raise RunNotFoundError(f"{path}: the run holds no rank directories (nothing was dumped)")
-    run = Run(path=path, info=info, ranks=ranks, problems=problems)
-    _check_coverage(run)
+    run = Run(path=path, info=info, ranks=ranks, problems=problems, root=root or path)
+    if root is not None:
+        return run  # the caller merges the node directories, then checks coverage
+    check_coverage(run)
     for problem in run.problems:
         log.warning("%s", problem)
     return run
@@ -199,7 +216,7 @@ def _fmt_step(step: int | None) -> str:
     return "none" if step is None else str(step)
 
 
-def _check_coverage(run: Run) -> None:
+def check_coverage(run: Run) -> None:
     present = {r.rank for r in run.ranks if not r.directory.startswith(PROC_DIR_PREFIX)}
     expected = set(range(run.world_size))
     missing = sorted(expected - present)
@@ -211,3 +228,54 @@ def _check_coverage(run: Run) -> None:
         for directory, last in sorted(last_steps.items()):
             if last < final:
                 run.problems.append(f"{directory}: stops at step {last}, other ranks reach step {final}")
+
+
+# ------------------------------------------------------------ a run spread over several directories
+def is_glob(path: str) -> bool:
+    return glob.has_magic(path)
+
+
+def open_spread_run(pattern: str) -> Run:
+    """The directories a glob names, opened as the one run their nodes wrote.
+
+    Each node writes its own ranks under its own directory (node-local disks); every
+    directory must hold ranks of the same run (run id), no rank twice; ranks that no
+    directory holds are reported like the absent ranks of one directory.
+    """
+    directories = sorted(d for d in glob.glob(pattern) if os.path.isdir(d))
+    if not directories:
+        raise RunNotFoundError(f"{pattern}: no directory matches this pattern")
+    if len(directories) == 1:
+        return open_run_directory(directories[0])
+    root = os.path.commonpath([os.path.abspath(d) for d in directories])
+    parts = [open_run_directory(os.path.abspath(d), root=root) for d in directories]
+    for part in parts:
+        if part.format != "dumpcmp":
+            raise RunFormatError(f"{part.path}: only dumpcmp runs can be spread over several directories")
+    run_ids: dict[str, str] = {}
+    for part in parts:
+        ids = [part.info.run_id] if part.info is not None else [r.info.run_id for r in part.ranks if r.info is not None]
+        for run_id in filter(None, ids):
+            run_ids.setdefault(run_id, part.path)
+    if len(run_ids) > 1:
+        shown = "; ".join(f"{run_id} in {where}" for run_id, where in sorted(run_ids.items())[:3])
+        raise RunFormatError(f"{pattern}: the directories hold different runs ({shown}); give the directories of one "
+                             "run (its nodes share one run id: dumpcmp run --run-id ID on every node)")
+    owners: dict[int, str] = {}
+    problems = [problem for part in parts for problem in part.problems]
+    for part in parts:
+        for rank in part.ranks:
+            if rank.directory.split(os.sep)[-1].startswith(PROC_DIR_PREFIX):
+                continue
+            if rank.rank in owners:
+                raise RunFormatError(f"{pattern}: rank {rank.rank} is in both {owners[rank.rank]} and {part.path}; "
+                                     "a node directory may hold each rank once")
+            owners[rank.rank] = part.path
+    info = next((part.info for part in parts if part.info is not None), None)
+    ranks = sorted((rank for part in parts for rank in part.ranks), key=lambda r: (r.rank, r.directory))
+    run = Run(path=pattern, info=info, ranks=ranks, problems=problems, root=root,
+              directories=tuple(part.path for part in parts))
+    check_coverage(run)
+    for problem in run.problems:
+        log.warning("%s", problem)
+    return run

@@ -44,7 +44,16 @@ class Run:
     ranks: list[RankContents]
     problems: list[str] = field(default_factory=list)
     format: Literal["dumpcmp", "sglang"] = "dumpcmp"
+    # Where rank directories (``RankContents.directory``, ``IndexRecord.source``) are
+    # relative to: ``path`` itself, or for a run spread over several directories (one per
+    # node, ``path`` then being the glob that names them) their common parent.
+    root: str = ""
+    directories: tuple[str, ...] = ()  # the node directories of a run spread over several
     _loader: TensorLoader | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            self.root = self.path
 
     @property
     def records(self) -> list[IndexRecord]:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Mapping
 
-from dumper.config import MODES, check_user_settings
+from dumper.config import MODES, check_user_settings, launcher_run_id
 from dumper.errors import ConfigError
 from dumper.filters import parse_filter
 from dumper.online import validate_baseline
@@ -42,6 +42,9 @@ class RunConfig:
     escalate_steps: int = 2
     online_rtol: float | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # The run id every node of a multi-node run shares (each node runs its own
+    # `dumpcmp run`); None: the launcher's (Slurm) or a fresh one.
+    run_id: str | None = None
     output: str | None = None  # a file for the command's stdout and stderr (default: inherited)
 
     def __post_init__(self) -> None:
@@ -51,6 +54,9 @@ class RunConfig:
             raise ConfigError(f"unknown dump mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         if self.against is not None and self.mode != "tensor":
             raise ConfigError("--against needs --mode tensor: the run writes tensor data from the first divergence")
+        if self.run_id is not None and (not self.run_id or len(self.run_id) > 64
+                                        or any(not (c.isalnum() or c in "-_.") for c in self.run_id)):
+            raise ConfigError(f"--run-id {self.run_id!r}: use 1-64 letters, digits, '-', '_' or '.'")
         if self.escalate_steps < 1:
             raise ConfigError(f"--escalate-steps {self.escalate_steps} must be at least 1")
 
@@ -76,7 +82,7 @@ def prepare_run(config: RunConfig, environ: Mapping[str, str] | None = None) -> 
     env.update(
         DUMPCMP_DIR=run_dir,
         DUMPCMP_MODE=config.mode,
-        DUMPCMP_RUN_ID=uuid.uuid4().hex[:12],
+        DUMPCMP_RUN_ID=config.run_id or launcher_run_id(source) or uuid.uuid4().hex[:12],
         DUMPCMP_COMMAND="\x1f".join(config.command),
     )
     if config.filter.strip():

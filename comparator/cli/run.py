@@ -33,6 +33,10 @@ def run_command(
     mode: DumpMode = typer.Option(DumpMode.tensor, "--mode", help="tensor: data and stats; stats: the index only."),
     filter: str = typer.Option("", "--filter", help="Keep only some dumps, e.g. 'name~moe step=0:3 layer=0,1'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --dir."),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", metavar="ID",
+        help="The id every node of a multi-node run shares (give the same ID to each node's dumpcmp run; "
+        "default: the launcher's, e.g. Slurm's job id, or a fresh one). compare merges node directories by it."),
     no_check: bool = typer.Option(
         False, "--no-check", help="Do not check patch targets against this Python's installed engine first."),
     against: Optional[Path] = typer.Option(
@@ -116,6 +120,7 @@ def run_command(
             against=str(against) if against is not None else None,
             escalate_steps=escalate_steps,
             online_rtol=online_rtol,
+            run_id=run_id,
         )
         if (observe is not None or observe_tensor is not None) and not verify_observer:
             raise ConfigError("--observe and --observe-tensor need --verify-observer")
