@@ -29,6 +29,7 @@ from dumper.rundir import claim_rank_dir
 
 if TYPE_CHECKING:  # imported when first needed: importing dumper stays cheap
     from dumper.collectives import CollectiveTracer
+    from dumper.cudagraph import GraphDumps
     from dumper.graft import Grafter
     from dumper.online import OnlineMonitor
     from dumper.snapshot import Snapshotter
@@ -88,7 +89,7 @@ class Dumper:
         self._collectives: CollectiveTracer | None = None  # once a rank directory exists
         self._online: OnlineMonitor | None = None  # when comparing against a baseline (DUMPCMP_AGAINST)
         self._grafter: Grafter | None = None  # when a graft plan is configured (DUMPCMP_GRAFT)
-        self._graphs = None  # dumper.cudagraph.GraphDumps once a CUDA tensor is dumped
+        self._graphs: GraphDumps | None = None  # once a CUDA tensor is dumped
         self._real_tokens: int | None = None
         self._graph_hooked = False  # dumper/graph_hooks.py routes CUDAGraph events here
 
@@ -407,6 +408,8 @@ class Dumper:
             config = self._config
             if self._rank_dir is not None and os.path.isdir(self._rank_dir):
                 return self._reopen_writer(config, self._rank_dir)
+            if config.dir is None:  # dump() runs only while a directory is configured
+                raise RuntimeError("dumpcmp: internal error: the writer started without a dump directory")
             run_dir = os.path.abspath(config.dir)
             run_id = config.run_id or self._generated_run_id or uuid.uuid4().hex[:12]
             rank_dir, run_id = claim_rank_dir(run_dir, info, config, run_id)

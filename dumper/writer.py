@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from dumper.format import (
     INDEX_FILE,
@@ -85,7 +85,7 @@ class RankWriter:
         # A writer restarted after close() (dumping turned off and on) appends.
         self._next_file = sum(1 for n in os.listdir(rank_dir) if n.startswith("data-") and n.endswith(".safetensors"))
         self._busy = False
-        self._digest_workers = None
+        self._digest_workers: Workers | Literal[False] | None = None  # None: not decided yet; False: inline
         self._lost: dict[str, int] = dict(rank_info.lost)
         self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
         write_json_atomic(os.path.join(rank_dir, RANK_INFO_FILE), rank_info.to_json(), pad_to=_RANK_INFO_PAD)
