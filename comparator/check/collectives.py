@@ -26,7 +26,7 @@ def check_collectives(context: CheckContext) -> tuple[CheckCoverage, list[Findin
 
     traced: dict[int, list[Call]] = {}
     for contents in context.run.ranks:
-        rank_dir = os.path.join(context.run.path, contents.directory)
+        rank_dir = os.path.join(context.run.root, contents.directory)
         if os.path.exists(os.path.join(rank_dir, COLLECTIVES_FILE)):
             traced[contents.rank] = read_collectives(rank_dir)
     if not traced:

@@ -50,7 +50,7 @@ class CheckContext:
     def rank_dir(self, rank: int) -> str | None:
         for contents in self.run.ranks:
             if contents.rank == rank:
-                return os.path.join(self.run.path, contents.directory)
+                return os.path.join(self.run.root, contents.directory)
         return None
 
     def position_after(self, rank: int, seq: int) -> int | None:

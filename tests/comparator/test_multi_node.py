@@ -86,6 +86,12 @@ def test_cli_commands_take_the_quoted_glob(two_nodes, baseline):
     compared = subprocess.run([*DUMPCMP, "compare", str(baseline), pattern], env=clean_env(), capture_output=True,
                               text=True, timeout=300)
     assert compared.returncode == 0, compared.stdout[-2000:] + compared.stderr[-2000:]
+    checked = subprocess.run([*DUMPCMP, "check", pattern, "--format", "json"], env=clean_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+    checks = {c["check"]: c for c in json.loads(checked.stdout)["checks"]}
+    # The collective traces are found in the nodes' directories, not under the glob.
+    assert checks["collectives"]["not_run"] is None and checks["collectives"]["checked"] > 0
 
 
 def test_a_missing_node_is_reported_as_its_absent_ranks(two_nodes, baseline):
