@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from dumper.config import DumpConfig, config_from_env
 from dumper.errors import DumpcmpError
 from dumper.filters import parse_filter
 from dumper.format import RankInfo
 from dumper import process as dumper_process
+from dumper.record_check import BadRecord, check_tags, unwritable_tensor
 from dumper.parallel import ParallelState, Provider
 from dumper.rundir import claim_rank_dir
 
@@ -70,6 +71,21 @@ class _StickyTags(contextlib.ContextDecorator):
         self._owner._local.tags = self._saved.pop()
 
 
+class _Suppressed(contextlib.ContextDecorator):
+    """No dump is recorded inside (the tags of a patched function could not be evaluated)."""
+
+    def __init__(self, owner: "Dumper") -> None:
+        self._owner = owner
+
+    def __enter__(self) -> "_Suppressed":
+        local = self._owner._local
+        local.suppressed = getattr(local, "suppressed", 0) + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._local.suppressed -= 1
+
+
 class Dumper:
     def __init__(self) -> None:
         # Hot-path flag: dump() tests only this when off.
@@ -78,6 +94,9 @@ class Dumper:
         self._step = 0
         self._seq = 0
         self._lock = threading.Lock()
+        self._closed_writer = threading.Event()  # clear while close() drains a writer
+        self._closed_writer.set()
+        self._sites_off: set[str] = set()  # patch sites whose expressions failed (dump_site)
         self._local = threading.local()
         self._parallel = ParallelState()
         self._writer: RankWriter | None = None
@@ -169,6 +188,42 @@ class Dumper:
     def tags(self, **tags: Any) -> _StickyTags:
         return _StickyTags(self, tags)
 
+    # ------------------------------------------------------- patched sites
+    # Patch files (patches/) call these with their expressions wrapped in a lambda, so
+    # that nothing is evaluated while dumping is off, and an expression that fails at
+    # one site warns once and turns that site off instead of raising in the engine.
+    def dump_site(self, site: str, thunk: Callable[[], Any]) -> None:
+        if not self.enabled or site in self._sites_off:
+            return
+        try:
+            thunk()
+        except Exception as exc:  # noqa: BLE001 - the engine's object lacks what the preset expects
+            self._site_failed(site, exc)
+
+    def graft_site(self, site: str, thunk: Callable[[], Any], fallback: Any) -> Any:
+        if not self.enabled or site in self._sites_off:
+            return fallback
+        try:
+            return thunk()
+        except Exception as exc:  # noqa: BLE001 - the engine goes on with its own value
+            self._site_failed(site, exc)
+            return fallback
+
+    def site_tags(self, site: str, thunk: Callable[[], dict[str, Any]]) -> contextlib.AbstractContextManager[Any]:
+        if not self.enabled or site in self._sites_off:
+            return contextlib.nullcontext()
+        try:
+            tags = thunk()
+        except Exception as exc:  # noqa: BLE001 - as dump_site
+            self._site_failed(site, exc)
+            return _Suppressed(self)  # records without their tags would be mismatched: none at all
+        return _StickyTags(self, tags)
+
+    def _site_failed(self, site: str, exc: BaseException) -> None:
+        self._sites_off.add(site)
+        self._warn_once(f"site:{site}", f"dumpcmp: patch site {site} turned off: evaluating it raised "
+                        f"{type(exc).__name__}: {exc} (the engine continues; fix the expression in the patch file)")
+
     # --------------------------------------------------------------- parallel
     def set_parallel(self, **axes: tuple[int, int] | None) -> None:
         """``set_parallel(tp=(rank, size), ep=(rank, size))``; ``None`` forgets an axis."""
@@ -250,9 +305,28 @@ class Dumper:
             return value
 
     def _dump(self, name: str, value: Any, dims: str | None, tags: dict[str, Any], *, graft: str | None = None) -> None:
+        if getattr(self._local, "suppressed", 0):
+            return
         sticky = getattr(self._local, "tags", None)
         all_tags = {**sticky, **tags} if sticky else tags
         info = self._parallel.current()
+        # NOTE: what the writer cannot encode is refused here, record by record: in the
+        # writer it cost the whole batch, and a record the reader refuses is lost too.
+        if not isinstance(name, str):
+            self._refuse(repr(name)[:80], f"the name must be a string, not {type(name).__name__}", info)
+            return
+        if dims is not None and not isinstance(dims, str):
+            self._warn_once(f"dims-type:{name}", f"dumpcmp: dims of {name!r} must be a string like 't h', not "
+                            f"{type(dims).__name__}; dumped without dims")
+            dims = None
+        try:
+            checked = check_tags(all_tags)
+        except BadRecord as exc:
+            self._refuse(name, str(exc), info)
+            return
+        for note in checked.notes:
+            self._warn_once(f"tag-note:{name}:{note}", f"dumpcmp: {name!r}: {note}")
+        all_tags = checked.tags
         dump_filter = self._config.filter
         if not dump_filter.keeps(name=name, step=self._step, rank=info.rank, tags=all_tags):
             # Under capture the step is not known yet: each replay is filtered by its own.
@@ -305,6 +379,18 @@ class Dumper:
                 "(dump .real/.imag or .to_dense())",
             )
             return
+        unwritable = unwritable_tensor(tensor)
+        if unwritable is None and tensor.numel() * tensor.element_size() > self._config.queue_bytes:
+            storage = tensor.untyped_storage().nbytes() if not tensor.is_meta else 0
+            if tensor.numel() * tensor.element_size() > storage:
+                # An expanded (stride-0) or overlapping view: copying it would allocate its whole
+                # logical size (gigabytes from a few bytes) on the engine's device.
+                unwritable = (f"an expanded view of {tensor.numel() * tensor.element_size()} bytes over "
+                              f"{storage} bytes of storage, more than the queue ({self._config.queue_bytes} "
+                              "bytes, DUMPCMP_QUEUE_MB); dump the unexpanded tensor")
+        if unwritable is not None:
+            self._refuse(name, unwritable, info)
+            return
         writer = self._writer or self._start_writer(info)
         snapshotter = self._snapshotter
         if writer is None or snapshotter is None:
@@ -333,8 +419,7 @@ class Dumper:
             raise RuntimeError("dumpcmp: internal error: a record reached the writer before its snapshotter existed")
         snapshot = snapshotter.take(tensor)
         event = snapshot.event  # read before the writer thread can take it
-        writer.submit(
-            PendingRecord(
+        record = PendingRecord(
                 seq=seq,
                 step=self._step,
                 name=name,
@@ -348,7 +433,14 @@ class Dumper:
                 nbytes=tensor.numel() * tensor.element_size(),
                 graft=graft,
             )
-        )
+        # NOTE: close() on another thread may have closed this writer since it was read; the
+        # record then goes to the next writer instead of being dropped without a word.
+        for _ in range(3):
+            if writer.submit(record) is not False:
+                break
+            writer = self._writer or self._start_writer(info)
+            if writer is None:
+                break
         return event
 
     # ---------------------------------------------------------------- graphs
@@ -405,6 +497,10 @@ class Dumper:
         with self._lock:
             if self._writer is not None:
                 return self._writer
+            # NOTE: close() on another thread (an atexit while a daemon thread still dumps)
+            # may be draining the previous writer: a second writer on the same rank
+            # directory now would pick the same data file names. Wait for it to finish.
+            self._closed_writer.wait()
             config = self._config
             if self._rank_dir is not None and os.path.isdir(self._rank_dir):
                 return self._reopen_writer(config, self._rank_dir)
@@ -507,9 +603,23 @@ class Dumper:
 
             self._graph_hooked = False
             graph_hooks.uninstall(self)
-        if writer is not None:
+        with self._lock:
+            writer = self._writer
             self._writer = None
-            writer.close()
+            if writer is not None:
+                self._closed_writer.clear()
+        if writer is not None:
+            try:
+                writer.close()
+            finally:
+                self._closed_writer.set()
+
+    def _refuse(self, name: str, reason: str, info) -> None:
+        """Skip one record with one warning per name and reason; counted in rank.json ``lost``."""
+        self._warn_once(f"refused:{name}:{reason}", f"dumpcmp: not dumping {name!r}: {reason}")
+        writer = self._writer or self._start_writer(info)
+        if writer is not None:
+            writer.note_lost(name, reason)
 
     def _fail(self, exc: BaseException) -> None:
         self.enabled = False
@@ -530,6 +640,8 @@ class Dumper:
         self._writer = None
         self._rank_dir = None
         self._lock = threading.Lock()
+        self._closed_writer = threading.Event()
+        self._closed_writer.set()
         self._local = threading.local()
         self._parallel.invalidate()
         self._exit_hook_installed = False

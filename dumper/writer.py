@@ -105,7 +105,8 @@ class RankWriter:
     def failed(self) -> bool:
         return self._failed is not None
 
-    def submit(self, record: PendingRecord) -> None:
+    def submit(self, record: PendingRecord) -> bool:
+        """Queue ``record``; False when this writer was closed meanwhile (the caller starts another)."""
         with self._cond:
             # A record larger than the whole budget still goes through, alone.
             while (
@@ -114,11 +115,14 @@ class RankWriter:
                 and self._failed is None
             ):
                 self._cond.wait()
-            if self._failed is not None or self._closed:
-                return
+            if self._closed and self._failed is None:
+                return False
+            if self._failed is not None:
+                return True  # dropped: the failure is reported once, in rank.json and a warning
             self._queue.append(record)
             self._queued_bytes += record.nbytes
             self._cond.notify_all()
+            return True
 
     def submit_many(self, records: list[PendingRecord]) -> None:
         """``submit`` each, waking the writer once (a graph replay's records come together)."""

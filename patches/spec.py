@@ -347,11 +347,17 @@ class _Parser:
                 if tag.name == "dims":
                     raise PatchFileError(f"{tag.location}: 'dims' is not a tag; put it beside 'dump:'")
                 arguments.append(f"{tag.name}={tag.expr}")
-        text = f"dumper.dump({', '.join(arguments)})"
+        # NOTE: the arguments (expr, tags, dims) are evaluated only while dumping is on,
+        # inside dumper.dump_site: an expression the engine object cannot evaluate (an
+        # attribute it does not have) warns once and turns this site off, instead of
+        # raising in the engine on every call.
+        site = repr(str(self.loc(node)))
+        text = f"dumper.enabled and dumper.dump_site({site}, lambda: dumper.dump({', '.join(arguments)}))"
         if "graft" in keys and self.graft_flag(keys["graft"][1], name, expr):
             # The engine goes on with what graft_point returns: the baseline's value when
             # `dumpcmp run --graft` names this site, else the value itself.
-            text = f"{expr} = dumper.graft_point({', '.join(arguments)})"
+            text = (f"{expr} = dumper.graft_site({site}, lambda: dumper.graft_point({', '.join(arguments)}), {expr}) "
+                    f"if dumper.enabled else {expr}")
         return Snippet(text=text, location=self.loc(node))
 
     def dims(self, node: Any, name: str) -> str:

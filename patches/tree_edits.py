@@ -137,8 +137,10 @@ def _is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 def wrap_tags_and_step(function: ast.FunctionDef | ast.AsyncFunctionDef, layers: Sequence[TargetPatch],
                         source: FunctionSource) -> None:
     tags: dict[str, ast.expr] = {}
+    site = ""
     for layer in layers:
         for tag in layer.tags:
+            site = site or str(tag.location)
             value = ast.parse(tag.expr, mode="eval").body
             for node in ast.walk(value):
                 if isinstance(node, ast.Name) and node.id == "dumper":
@@ -151,8 +153,13 @@ def wrap_tags_and_step(function: ast.FunctionDef | ast.AsyncFunctionDef, layers:
     head = function.body[:1] if _has_docstring(function) else []
     body = function.body[len(head):] or [ast.Pass()]
     if tags:
-        call = ast.Call(func=ast.Attribute(value=ast.Name(id=DUMPER_GLOBAL, ctx=ast.Load()), attr="tags", ctx=ast.Load()),
-                        args=[], keywords=[ast.keyword(arg=name, value=value) for name, value in tags.items()])
+        # `with dumper.site_tags(SITE, lambda: dict(layer=self.layer_id)):` the tag expressions
+        # are evaluated only while dumping is on; one that fails turns the site off (warned once).
+        values = ast.Dict(keys=[ast.Constant(value=name) for name in tags], values=list(tags.values()))
+        thunk = ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
+                           body=values)
+        call = ast.Call(func=ast.Attribute(value=ast.Name(id=DUMPER_GLOBAL, ctx=ast.Load()), attr="site_tags", ctx=ast.Load()),
+                        args=[ast.Constant(value=site), thunk], keywords=[])
         body = [ast.With(items=[ast.withitem(context_expr=call, optional_vars=None)], body=body)]
     if step:
         # The step ends when the call does: dumps made during the first call are step 0.

@@ -20,6 +20,8 @@ def recorded(monkeypatch):
         calls.append((name, value, dims, {**sticky, **tags}))
 
     monkeypatch.setattr(dumper, "dump", record)
+    # Patched sites evaluate their expressions only while dumping is on (dumper.dump_site).
+    monkeypatch.setattr(dumper, "enabled", True)
     return calls
 
 

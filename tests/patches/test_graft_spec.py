@@ -6,6 +6,7 @@ import pytest
 
 from patches.errors import PatchFileError
 from patches.spec import parse_patch_text
+from tests.patches.sites import unguarded
 
 TEXT = """
 patches:
@@ -21,7 +22,7 @@ patches:
 
 
 def code(graft: str, expr: str = "") -> str:
-    return parse_patch_text(TEXT.format(graft=graft, expr=expr)).patches[0].edits[0].code[0].text
+    return unguarded(parse_patch_text(TEXT.format(graft=graft, expr=expr)).patches[0].edits[0].code[0].text)
 
 
 def test_graft_true_assigns_what_graft_point_returns():
