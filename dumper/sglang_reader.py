@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from dumper.errors import RunFormatError
-from dumper.format import IndexRecord, TensorStats
+from dumper.format import MAX_WORLD_SIZE, IndexRecord, TensorStats
 from dumper.run import RankContents, Run
 from dumper.sglang_files import as_tensor, find_experiment_dir, load_file, looks_like_sglang_file, parallel_axes, parse_file_name
 
@@ -35,19 +35,30 @@ def open_sglang_run(path: str) -> Run | None:
             meta = {}
         file_tags = parse_file_name(entry)
         identity = {**file_tags, **{k: v for k, v in meta.items() if k in file_tags}}
-        rank = int(meta.get("world_rank", identity.get("rank", 0)))
+        try:
+            # NOTE: meta comes from the file: a world_size of 1e10 would reach the coverage
+            # check's range(); every number is checked like an index field.
+            rank, world_size, seq, step = (
+                _count(meta.get("world_rank", identity.get("rank", 0)), "rank"),
+                _count(meta.get("world_size", 1), "world_size"), _count(identity.get("dump_index", 0), "dump_index"),
+                _count(identity.get("step", 0), "step"))
+            if not 0 <= rank < world_size <= MAX_WORLD_SIZE:
+                raise ValueError(f"rank {rank} outside world size {world_size} (at most {MAX_WORLD_SIZE})")
+        except ValueError as exc:
+            problems.append(f"{file_path}: {exc}; ignored")
+            continue
         tags = {
             key: value
             for key, value in identity.items()
             if key not in _POSITION_TAGS and not key.endswith("_rank")
         }
         record = IndexRecord(
-            seq=int(identity.get("dump_index", 0)),
-            step=int(identity.get("step", 0)),
+            seq=seq,
+            step=step,
             name=str(identity.get("name", entry)),
             tags=tags,
             rank=rank,
-            world_size=int(meta.get("world_size", 1)),
+            world_size=world_size,
             parallel=parallel_axes(meta),
             dtype=str(tensor.dtype).removeprefix("torch."),
             shape=tuple(tensor.shape),
@@ -70,3 +81,16 @@ def open_sglang_run(path: str) -> Run | None:
         for rank, records in sorted(by_rank.items())
     ]
     return Run(path=path, info=None, ranks=ranks, problems=problems, format="sglang")
+
+
+def _count(value: object, field: str) -> int:
+    """A whole number from SGLang's meta or file name (ints, or text holding one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{field} {value!r:.40} is not a whole number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{field} {value!r:.40} is not a whole number") from None
+    if not 0 <= number < 1 << 62:
+        raise ValueError(f"{field} {number} is out of range")
+    return number

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
 
 from comparator.graft import build_graft_plan
 from dumper.format import RUN_INFO_FILE, write_json_atomic
@@ -79,10 +78,15 @@ def count_grafted(run_dir: str) -> int:
 def record_graft(run_dir: str, plan: GraftPlan, grafted_records: int) -> None:
     """``graft`` in RUN/run.json: what was grafted from where (docs/format.md)."""
     path = os.path.join(run_dir, RUN_INFO_FILE)
-    if not os.path.isfile(path):
+    from dumper.errors import DumpcmpError
+    from dumper.safeio import JSON_LIMIT, read_text
+
+    try:
+        info = json.loads(read_text(path, limit=JSON_LIMIT, what="run.json"))
+    except (OSError, ValueError, RecursionError, DumpcmpError):
+        return  # no run.json, or a broken one: ls names it
+    if not isinstance(info, dict):
         return
-    with open(path, encoding="utf-8") as handle:
-        info: dict[str, Any] = json.load(handle)
     info["graft"] = {**plan.summary(), "grafted_records": grafted_records}
     write_json_atomic(path, info)
 

@@ -216,11 +216,22 @@ def record_check(run_dir: str, check: ObserverCheck) -> None:
     data = check.to_json()
     _write_json(os.path.join(run_dir, OBSERVER_DIR, "check.json"), data)
     info_path = os.path.join(run_dir, RUN_INFO_FILE)
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
+    info = _run_info(info_path)
+    if info is not None:
         info["observer_check"] = data
         _write_json(info_path, info)
+
+
+def _run_info(path: str) -> dict[str, Any] | None:
+    """RUN/run.json as an object, or None when the command left none (or a broken one: ls names it)."""
+    from dumper.errors import DumpcmpError
+    from dumper.safeio import JSON_LIMIT, read_text
+
+    try:
+        info = json.loads(read_text(path, limit=JSON_LIMIT, what="run.json"))
+    except (OSError, ValueError, RecursionError, DumpcmpError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:

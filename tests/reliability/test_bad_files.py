@@ -280,3 +280,15 @@ def test_ctrl_c_during_parallel_compare_prints_one_line(tmp_path):
     assert "Traceback" not in err, err
     assert [line for line in err.splitlines() if line.strip()] == ["dumpcmp: interrupted"], err
     assert proc.returncode == 130
+
+
+@pytest.mark.parametrize("meta", [{"world_size": 10_000_000_000}, {"world_size": 1e10}, {"world_rank": "x"},
+                                  {"world_rank": [0]}, {"world_rank": 5, "world_size": 2}])
+def test_sglang_meta_numbers_are_checked(tmp_path, meta):
+    exp = tmp_path / "sglang" / "exp"
+    exp.mkdir(parents=True)
+    torch.save({"value": torch.ones(3), "meta": meta}, exp / "step=0___rank=0___dump_index=1___name=x.pt")
+    torch.save({"value": torch.ones(3), "meta": {}}, exp / "step=0___rank=0___dump_index=2___name=y.pt")
+    proc = cli("ls", str(tmp_path / "sglang"), timeout=120)
+    assert "Traceback" not in proc.stderr and proc.returncode == 0, proc.stderr
+    assert "ignored" in proc.stdout + proc.stderr
