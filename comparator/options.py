@@ -183,6 +183,9 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
     )
 
 
+MAX_JOBS = 256
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompareOptions:
     """What ``compare`` is told, validated: every field holds a parsed object, never text to re-read."""
@@ -205,8 +208,9 @@ class CompareOptions:
     def __post_init__(self) -> None:
         if self.aligner not in ALIGNER_NAMES:
             raise OptionError(f"unknown aligner {self.aligner!r}; valid aligners: {', '.join(ALIGNER_NAMES)}")
-        if self.jobs < 1:
-            raise OptionError(f"--jobs {self.jobs}: must be at least 1")
+        if not 1 <= self.jobs <= MAX_JOBS:
+            # NOTE: each job is a process; 100000 of them would bring the machine down first.
+            raise OptionError(f"--jobs {self.jobs}: must be between 1 and {MAX_JOBS} (e.g. the number of cores)")
         if not isinstance(self.thresholds, Thresholds):
             raise TypeError("CompareOptions.thresholds takes load_thresholds(path); "
                             "CompareOptions.from_values(thresholds=path) reads the file")

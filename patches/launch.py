@@ -57,8 +57,11 @@ class RunConfig:
         if self.run_id is not None and (not self.run_id or len(self.run_id) > 64
                                         or any(not (c.isalnum() or c in "-_.") for c in self.run_id)):
             raise ConfigError(f"--run-id {self.run_id!r}: use 1-64 letters, digits, '-', '_' or '.'")
-        if self.escalate_steps < 1:
-            raise ConfigError(f"--escalate-steps {self.escalate_steps} must be at least 1")
+        if not 1 <= self.escalate_steps <= 1 << 20:
+            raise ConfigError(f"--escalate-steps {self.escalate_steps} must be between 1 and {1 << 20}")
+        if self.online_rtol is not None and not (0 <= self.online_rtol < float("inf")):
+            raise ConfigError(f"--online-rtol {self.online_rtol} is not a tolerance; use a finite number >= 0, "
+                              "e.g. --online-rtol 1e-3")
 
 
 def default_run_dir() -> str:

@@ -136,3 +136,18 @@ def test_name_map_replacement_naming_a_missing_group_gives_one_line(small_run, t
 def test_user_regex_errors_are_dumpcmp_errors():
     with pytest.raises(DumpcmpError):
         compile_user_regex(123, "--names")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "RUN", "RUN", "--jobs", "100000"], "--jobs 100000: must be between 1 and 256"),
+    (["run", "--against", "RUN", "--online-rtol", "nan", "--dir", "OUT", "--", sys.executable, "-c", "pass"],
+     "--online-rtol nan is not a tolerance"),
+    (["run", "--against", "RUN", "--escalate-steps", "99999999999999999999", "--dir", "OUT", "--", sys.executable,
+      "-c", "pass"], "--escalate-steps 99999999999999999999 must be between 1 and"),
+])
+def test_bad_numbers_in_cli_options_give_one_line(small_run, tmp_path, args, message):
+    args = [str(small_run) if a == "RUN" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    proc = subprocess.run([*DUMPCMP, *args], env=clean_env(), capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("dumpcmp: error:") and message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
