@@ -46,3 +46,18 @@ def test_bisect_bad_input_is_one_line(tmp_path):
 def test_site_filter_names_one_site_every_step():
     assert site_filter("moe_output", {"layer": 1}) == r"name~^moe_output$ layer=1"
     assert site_filter("model.layers.0.mlp", {}) == r"name~^model\.layers\.0\.mlp$"
+
+
+def test_bisect_stops_when_the_budget_is_spent(tmp_path_factory, tmp_path):
+    root = tmp_path_factory.getbasetemp() / "graft_runs"
+    root.mkdir(exist_ok=True)
+    base = cached_example(root, "base", ENGINE)
+    proc = dumpcmp("bisect", str(base), "--patch", "example/moe_engine", "--dir", str(tmp_path / "bisect"),
+                   "--budget", "1", "--", sys.executable, "-m", "examples.moe_engine", *TWO_BUGS, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "2 independent divergence(s), in order:"
+    assert lines[1].startswith("  1. dense_mlp_output[layer=0]@step0") and "hint: ranks disagree" in lines[2]
+    assert lines[3].startswith("  2. moe_output[layer=1]@step0")
+    assert lines[-1] == "the budget of 1 rerun(s) is spent; raise --budget to look further"
+    assert sorted(p.name for p in (tmp_path / "bisect").iterdir()) == ["run-0", "run-0.log", "run-1", "run-1.log"]
