@@ -37,7 +37,9 @@ def _details(result: TensorResult) -> str:
 def render_junit(report: Report) -> str:
     summary = report.summary
     suites = ET.Element("testsuites", name="dumpcmp compare")
-    skipped_count = summary.skipped + summary.allowed_failures
+    # A grafted tensor agrees by construction (dumpcmp run --graft): no evidence, so not a pass.
+    grafted_passes = sum(r.grafted and r.status == "pass" for r in report.results)
+    skipped_count = summary.skipped + summary.allowed_failures + grafted_passes
     failures = summary.failed - sum(r.allowed and r.status == "fail" for r in report.results)
     errors = summary.errored - sum(r.allowed and r.status == "error" for r in report.results)
     suite = ET.SubElement(
@@ -48,6 +50,8 @@ def render_junit(report: Report) -> str:
     for key, value in (("baseline", report.baseline), ("target", report.target), ("aligner", report.aligner),
                        ("exit_code", str(report.exit_code))):
         ET.SubElement(properties, "property", name=key, value=value)
+    if report.graft is not None:
+        ET.SubElement(properties, "property", name="graft", value=f"{report.graft.outcome}: {report.graft.detail}")
     for result in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"dumpcmp.step{result.step}",
                              name=_case_name(result) + (" (stats only)" if result.stats_only else ""), time="0")
@@ -58,6 +62,8 @@ def render_junit(report: Report) -> str:
         elif result.status == "error" and not result.allowed:
             element = ET.SubElement(case, "error", message=message or "error", type="error")
             element.text = _details(result)
+        elif result.grafted and result.status == "pass":
+            ET.SubElement(case, "skipped", message="grafted: the target went on with the baseline's value here")
         elif result.status != "pass":
             prefix = "allowed failure: " if result.status in ("fail", "error") else ""
             ET.SubElement(case, "skipped", message=prefix + (message or result.status))

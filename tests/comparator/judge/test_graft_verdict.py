@@ -11,6 +11,7 @@ from rich.console import Console
 from comparator.judge.graft import graft_verdict, mark_grafted
 from comparator.matching import tags_key
 from comparator.report.json import render_json
+from comparator.report.junit import render_junit
 from comparator.report.table import render_table
 from comparator.results import NotMeasured, Report, Summary, TensorResult
 
@@ -71,6 +72,9 @@ def test_renderers_show_grafted_tensors_and_the_verdict():
     text = out.getvalue()
     assert "grafted" in text.splitlines()[[i for i, line in enumerate(text.splitlines()) if " moe " in line][0]]
     assert "1 grafted" in text and "graft: moved: the graft at moe[layer=1]@step0" in text
+    junit = render_junit(report)
+    assert 'skipped="1"' in junit and "grafted: the target went on with the baseline's value here" in junit
+    assert 'name="graft" value="moved: the graft at moe[layer=1]@step0' in junit
     nothing = dataclasses.replace(report, graft=None, results=tuple(dataclasses.replace(r, grafted=False)
                                                                      for r in results))
     assert json.loads(render_json(nothing))["graft"] is None
