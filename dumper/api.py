@@ -328,7 +328,9 @@ class Dumper:
             self._warn_once(f"tag-note:{name}:{note}", f"dumpcmp: {name!r}: {note}")
         all_tags = checked.tags
         dump_filter = self._config.filter
-        if not dump_filter.keeps(name=name, step=self._step, rank=info.rank, tags=all_tags):
+        # NOTE: a grafted record is always written: compare needs its flag to tell the graft
+        # point, whatever --filter keeps.
+        if graft is None and not dump_filter.keeps(name=name, step=self._step, rank=info.rank, tags=all_tags):
             # Under capture the step is not known yet: each replay is filtered by its own.
             if dump_filter.steps is None or not _capturing() or not dataclasses.replace(dump_filter, steps=None).keeps(
                     name=name, step=self._step, rank=info.rank, tags=all_tags):

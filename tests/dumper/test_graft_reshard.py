@@ -155,3 +155,29 @@ def test_graft_value_casts_to_the_engine_and_refuses_what_cannot_fit():
     out = graft_value(cached, torch.zeros(2, 2), "t h", {}, label="x")
     out.add_(1)  # the engine writes into what it got: the plan's tensor stays
     assert not torch.equal(out, cached)
+
+
+def test_graft_point_in_process_returns_the_baseline_and_writes_the_flagged_record(tmp_path):
+    """The engine side alone: a plan on disk, a Dumper, a graft point; the record is written whatever --filter keeps."""
+    from dumper.api import Dumper
+    from dumper.graft import GraftEntry, GraftPlan, write_graft_plan
+    from dumper.reader import open_run
+
+    baseline = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    entry = GraftEntry(name="moe_output", step=0, tags={"layer": 1}, key="g0", shape=(3, 4), dtype="float64",
+                       baseline_step=0)
+    write_graft_plan(str(tmp_path / "plan"), GraftPlan(baseline="/runs/base", filter="name~moe", aligner="none",
+                                                       entries=(entry,)), {"g0": baseline})
+    dumper = Dumper()
+    dumper.configure(dir=str(tmp_path / "run"), collectives=False, graft=str(tmp_path / "plan"), filter="name~nothing")
+    dumper.set_parallel(tp=(1, 2))
+    engine = torch.zeros(3, 2)
+    with dumper.tags(layer=1):
+        got = dumper.graft_point("moe_output", engine, dims="t h[tp]")
+        other = dumper.graft_point("moe_output", engine, dims="t h[tp]", layer=2)  # not in the plan
+    assert torch.equal(got, baseline[:, 2:].float()) and other is engine
+    dumper.step()
+    assert dumper.graft_point("moe_output", engine, dims="t h[tp]", layer=1) is engine  # step 1: not planned
+    dumper.close()
+    with open_run(tmp_path / "run") as run:
+        assert [(r.name, r.tags, r.graft) for r in run.records] == [("moe_output", {"layer": 1}, "/runs/base")]
