@@ -96,6 +96,7 @@ def render_html(report: Report, *, generated: datetime.datetime | None = None) -
     sections = [
         _header(report, generated, TOOL_VERSION),
         _first_divergence(report),
+        _graft_section(report),
         _plot_section(report),
         _heatmap_section(report),
         _table_section(report),
@@ -227,6 +228,16 @@ def _per_token(result: TensorResult) -> Sequence[float | None] | None:
     return [v if math.isfinite(v) or math.isinf(v) else None for v in metrics.per_token_rel_l2]
 
 
+def _graft_section(report: Report) -> str:
+    """What a graft in the target did (dumpcmp run --graft): gone, moved or unchanged."""
+    graft = report.graft
+    if graft is None:
+        return ""
+    return (f'<section id="graft"><h2>Graft: {esc(graft.outcome)}</h2><p>{esc(graft.detail)}</p>'
+            f'<p class="muted">{graft.grafted} tensor(s) grafted from the baseline: they agree by construction '
+            "and are not counted as passes.</p></section>")
+
+
 def _heatmap_section(report: Report) -> str:
     first = report.first_divergence
     head = '<section id="token-heatmap"><h2>Per-token error of the divergent tensor</h2>'
@@ -280,7 +291,9 @@ def _table_section(report: Report) -> str:
         if result.stats is not None:
             metrics = {"norm_ratio": result.stats.norm_ratio}
         tags = " ".join(f"{k}={v}" for k, v in sorted(result.tags.items()))
-        status = result.status + (" (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
+        status = ("grafted" if result.grafted and result.status == "pass" else result.status) + (
+            " (grafted)" if result.grafted and result.status != "pass" else "") + (
+            " (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
         reason = result.hint or result.reason or ""
         if result.hint and result.reason:
             reason = f"{result.hint} ({result.reason})"

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from comparator.judge.graft import graft_verdict, mark_grafted
 from comparator.matching import tags_key
+from comparator.report.html import render_html
 from comparator.report.json import render_json
 from comparator.report.junit import render_junit
 from comparator.report.table import render_table
@@ -75,6 +76,9 @@ def test_renderers_show_grafted_tensors_and_the_verdict():
     junit = render_junit(report)
     assert 'skipped="1"' in junit and "grafted: the target went on with the baseline's value here" in junit
     assert 'name="graft" value="moved: the graft at moe[layer=1]@step0' in junit
+    page = render_html(report)
+    assert "<h2>Graft: moved</h2>" in page and ">grafted</td>" in page
     nothing = dataclasses.replace(report, graft=None, results=tuple(dataclasses.replace(r, grafted=False)
                                                                      for r in results))
     assert json.loads(render_json(nothing))["graft"] is None
+    assert 'id="graft"' not in render_html(nothing)
