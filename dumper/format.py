@@ -38,7 +38,7 @@ def data_file_name(number: int) -> str:
     return f"data-{number:06d}.safetensors"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AxisInfo:
     rank: int
     size: int
@@ -47,7 +47,7 @@ class AxisInfo:
         return {"rank": self.rank, "size": self.size}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TensorStats:
     """Summary statistics of one tensor, over its finite values, in float64.
 
@@ -78,7 +78,7 @@ class TensorStats:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RecordHead:
     """What is known of a record when the engine calls dump(); the writer completes it."""
 
@@ -101,7 +101,7 @@ class RecordHead:
         return {f.name: getattr(self, f.name) for f in fields(RecordHead)}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class IndexRecord(RecordHead):
     """One dumped tensor, as one line of ``index.jsonl``: its head and what the writer measured."""
 
@@ -143,8 +143,16 @@ class IndexRecord(RecordHead):
         return json.dumps(data, separators=(",", ":"), allow_nan=False, default=_json_default)
 
     @classmethod
-    def from_json(cls, data: Any, *, source: str = "") -> "IndexRecord":
-        """Validate one parsed index line; raises ValueError naming the bad field."""
+    def from_json(cls, data: Any, *, source: str = "", shared: "SharedParts | None" = None) -> "IndexRecord":
+        """Validate one parsed index line; raises ValueError naming the bad field.
+
+        ``shared``: a reader's table of the parts that repeat across records (names,
+        tags, parallel axes, dtypes, dims), so that a million records hold each once.
+        """
+        if shared is not None:
+            record = shared.fast_record(data, source)
+            if record is not None:
+                return record
         data = _mapping(data, "record")
         shape = data.get("shape")
         if not isinstance(shape, list) or len(shape) > 64:
@@ -186,6 +194,95 @@ class IndexRecord(RecordHead):
 
 
 MAX_WORLD_SIZE = 1 << 20
+_INT_LIMIT = 1 << 62
+_STATS_FLOATS = ("min", "max", "mean", "abs_mean", "std", "l2")
+
+
+class SharedParts:
+    """The index's repeated parts, interned, and a fast path for well-formed lines.
+
+    NOTE: 1M records took 12 GB and minutes to read (issue 23): each record held its
+    own tags dict, parallel dict, AxisInfo objects and strings, and went through one
+    validating call per field. ``fast_record`` accepts exactly what ``from_json``
+    accepts (same types, same ranges) with inline checks, and returns None for
+    anything else, so the slow path still names the bad field. The shared tags and
+    parallel dicts are the reader's: callers must not mutate a record's dicts.
+    """
+
+    __slots__ = ("_parallel", "_strings", "_tags")
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+        self._tags: dict[str, dict[str, Any]] = {}
+        self._parallel: dict[tuple[tuple[str, int, int], ...], dict[str, AxisInfo]] = {}
+
+    def string(self, value: str) -> str:
+        return self._strings.setdefault(value, value)
+
+    def fast_record(self, data: Any, source: str) -> "IndexRecord | None":  # noqa: C901 - one inline check per field
+        if type(data) is not dict:
+            return None
+        get = data.get
+        seq, step, rank, world_size = get("seq"), get("step"), get("rank"), get("world_size", 1)
+        nbytes, when = get("nbytes", 0), get("time", 0.0)
+        name, dtype, checksum = get("name"), get("dtype"), get("checksum", "")
+        dims, file, key, graft = get("dims"), get("file"), get("key"), get("graft")
+        shape, tags, parallel, stats = get("shape"), get("tags") or {}, get("parallel") or {}, get("stats") or {}
+        if not (type(seq) is int and type(step) is int and type(rank) is int and type(world_size) is int
+                and type(nbytes) is int and type(name) is str and type(dtype) is str and type(checksum) is str
+                and (type(when) is float or type(when) is int) and type(shape) is list and len(shape) <= 64
+                and type(tags) is dict and type(parallel) is dict and type(stats) is dict
+                and (dims is None or type(dims) is str) and (file is None or type(file) is str)
+                and (key is None or type(key) is str) and (graft is None or type(graft) is str)):
+            return None
+        if not (-_INT_LIMIT < seq < _INT_LIMIT and -_INT_LIMIT < step < _INT_LIMIT and -_INT_LIMIT < nbytes < _INT_LIMIT
+                and 0 <= rank < world_size <= MAX_WORLD_SIZE):
+            return None
+        for size in shape:
+            if type(size) is not int or not 0 <= size < _INT_LIMIT:
+                return None
+        axes = self._axes(parallel)
+        if axes is None:
+            return None
+        numel, nan, inf = stats.get("numel", 0), stats.get("nan", 0), stats.get("inf", 0)
+        if not (type(numel) is int and type(nan) is int and type(inf) is int
+                and -_INT_LIMIT < numel < _INT_LIMIT and -_INT_LIMIT < nan < _INT_LIMIT and -_INT_LIMIT < inf < _INT_LIMIT):
+            return None
+        floats = []
+        for field_name in _STATS_FLOATS:
+            value = stats.get(field_name)
+            if value is None or type(value) is float:
+                floats.append(value)
+            elif type(value) is int:
+                floats.append(float(value))
+            else:
+                return None
+        intern = self.string
+        tags_key = repr(tags) if all(type(v) in (int, str, bool, float) or v is None for v in tags.values()) else None
+        shared_tags = tags if tags_key is None else self._tags.setdefault(tags_key, tags)
+        return IndexRecord(
+            seq=seq, step=step, name=intern(name), tags=shared_tags, rank=rank, world_size=world_size,
+            parallel=axes, dtype=intern(dtype), shape=tuple(shape), dims=None if dims is None else intern(dims),
+            stats=TensorStats(numel=numel, min=floats[0], max=floats[1], mean=floats[2], abs_mean=floats[3],
+                              std=floats[4], l2=floats[5], nan=nan, inf=inf),
+            checksum=checksum, file=None if file is None else intern(file), key=key, nbytes=nbytes,
+            time=float(when), graft=graft, source=intern(source),
+        )
+
+    def _axes(self, parallel: dict[str, Any]) -> dict[str, AxisInfo] | None:
+        flat = []
+        for axis, info in parallel.items():
+            if type(info) is not dict:
+                return None
+            axis_rank, axis_size = info.get("rank"), info.get("size")
+            if not (type(axis_rank) is int and type(axis_size) is int and 0 <= axis_rank < axis_size < _INT_LIMIT):
+                return None
+            flat.append((axis, axis_rank, axis_size))
+        key = tuple(flat)
+        axes = self._parallel.get(key)
+        if axes is None:
+            axes = self._parallel[key] = {self.string(a): AxisInfo(rank=r, size=n) for a, r, n in flat}
+        return axes
 
 
 def _world_size(value: Any) -> int:

@@ -30,6 +30,7 @@ from dumper.format import (
     IndexRecord,
     RankInfo,
     RunInfo,
+    SharedParts,
 )
 from dumper.run import RankContents, Run
 from dumper.safeio import INDEX_LIMIT, INDEX_LINE_LIMIT, JSON_LIMIT, open_regular, read_text
@@ -66,6 +67,7 @@ def read_index(path: str, *, source: str, root: str | None = None) -> tuple[list
     records: list[IndexRecord] = []
     problems: list[str] = []
     torn = 0
+    shared = SharedParts()
     with io.BufferedReader(open_regular(path, limit=INDEX_LIMIT, what="index", root=root)) as handle:
         number = 0
         while True:
@@ -83,7 +85,7 @@ def read_index(path: str, *, source: str, root: str | None = None) -> tuple[list
                 data = json.loads(raw)
                 if not isinstance(data, dict):
                     raise ValueError("not a JSON object")
-                record = IndexRecord.from_json(data, source=source)
+                record = IndexRecord.from_json(data, source=source, shared=shared)
             except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 if not complete:
                     torn += 1
