@@ -219,7 +219,7 @@ class SharedParts:
     def string(self, value: str) -> str:
         return self._strings.setdefault(value, value)
 
-    def fast_record(self, data: Any, source: str) -> "IndexRecord | None":  # noqa: C901 - one inline check per field
+    def fast_record(self, data: Any, source: str) -> "IndexRecord | None":
         if type(data) is not dict:
             return None
         get = data.get
