@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from aligners import Aligner, AlignmentNote
 from comparator.errors import UnshardError
@@ -27,7 +27,8 @@ from comparator.judge.verdicts import describe_failure, judge
 from dumper.loader import TensorLoader
 from comparator.options import CompareOptions
 from comparator.plan import OneSided, StatsWork, TensorWork, Unplannable, WorkItem
-from comparator.results import Judgement, Pair, StatsMeasurement, TensorMeasurement, TensorResult
+from comparator.results import (Coverage, Judgement, NotMeasured, Pair, StatsMeasurement, TensorMeasurement,
+                                TensorResult)
 from comparator.replicas import reduction_groups
 from comparator.unshard import UnshardPlan, execute_unshard
 from dumper.errors import DumpcmpError, RunFormatError
@@ -84,18 +85,19 @@ class Executor:
     def _verdict(self, item: TensorWork | StatsWork, measurement: TensorMeasurement | StatsMeasurement,
                  criteria: Criteria, notes: Sequence[str], *, alignment: AlignmentNote | None = None,
                  routing: RoutingCheck | None = None, downstream: DownstreamMask | None = None,
-                 specific_hint: Callable[[Judgement], str | None] = lambda judgement: None) -> TensorResult:
+                 specific_hint: Callable[[Judgement], str | None] = lambda judgement: None,
+                 coverage: Coverage | None = None) -> TensorResult:
         """Judge a measurement of either kind; a failure gets its reason and the first hint that fits."""
         judgement = judge(measurement, criteria)
         if not judgement.failed:
             return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
-                                     alignment=alignment, routing=routing, downstream=downstream)
+                                     alignment=alignment, routing=routing, downstream=downstream, coverage=coverage)
         evidence = measurement.metrics if isinstance(measurement, TensorMeasurement) else measurement.stats
         hint = (specific_hint(judgement) or (nonfinite_hint(evidence) if isinstance(evidence, Metrics) else None)
                 or scale_hint(evidence, self.axis_sizes))
         return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
                                  alignment=alignment, routing=routing, hint=hint, downstream=downstream,
-                                 reason=describe_failure(judgement, measurement))
+                                 coverage=coverage, reason=describe_failure(judgement, measurement))
 
     # -------------------------------------------------------------------- stats
     def _compare_stats(self, item: StatsWork) -> TensorResult:
@@ -131,6 +133,7 @@ class Executor:
         routing: RoutingCheck | None = None
         baseline_tensor: "torch.Tensor | None" = None
         downstream: DownstreamMask | None = None
+        coverage: Coverage | None = None  # None: every row compared (bitwise-identical shards)
         if metrics is None:
             outcomes = Pair([execute_unshard(p, self.loaders.baseline.load) for p in item.plans.baseline],
                             [execute_unshard(p, self.loaders.target.load) for p in item.plans.target])
@@ -148,6 +151,7 @@ class Executor:
             token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
                 return self._shape_mismatch(item, notes, alignment, baseline_tensor, target_tensor, token_dim, criteria)
+            total_rows = self._rows(item, baseline_tensor, token_dim)
             if item.downstream is not None and (item.routing is not None or baseline_tensor.is_floating_point()):
                 # NOTE: integer tensors (token ids) stay whole: a flip that changes a token still fails.
                 baseline_tensor, target_tensor, left_out = self._leave_out_downstream(
@@ -165,6 +169,15 @@ class Executor:
                                                                             token_dim)
                 if note or routing.flips or routing.problem:
                     notes.append(note or routing.describe())
+            coverage = Coverage(compared=self._rows(item, baseline_tensor, token_dim)[0], total=total_rows[0],
+                                unit=total_rows[1])
+            if coverage.compared == 0 and coverage.total > 0:
+                # NOTE: a judgement of no rows would pass vacuously; nothing was compared.
+                return item.place.result(
+                    status="skip", measurement=NotMeasured(why="nothing_compared"), notes=notes, alignment=alignment,
+                    routing=routing, downstream=downstream, coverage=coverage,
+                    reason=f"nothing compared: all {coverage.total} {coverage.unit} were left out (benign routing "
+                           "flips and what they reach; see the notes)")
             metrics = compute_metrics(baseline_tensor, target_tensor, token_dim=token_dim)
         replicated = baseline_tensor
 
@@ -174,7 +187,8 @@ class Executor:
             return self._replica_hint(item, replicas, replicated, criteria)
 
         return self._verdict(item, TensorMeasurement(metrics=metrics, replica_disagreement=replicas), criteria, notes,
-                             alignment=alignment, routing=routing, downstream=downstream, specific_hint=replica_evidence)
+                             alignment=alignment, routing=routing, downstream=downstream, specific_hint=replica_evidence,
+                             coverage=coverage)
 
     def _judge_topk(self, item: TensorWork, notes: list[str], alignment: AlignmentNote | None, routing: RoutingCheck,
                     metrics: Metrics, criteria: Criteria, replicas: dict[str, float],
@@ -189,6 +203,16 @@ class Executor:
             judgement=dataclasses.replace(judgement, failed=failed), notes=[*notes, routing.describe()],
             alignment=alignment, routing=routing, downstream=downstream,
         )
+
+    @staticmethod
+    def _rows(item: TensorWork, tensor: "torch.Tensor", token_dim: int | None) -> "tuple[int, Literal['tokens', 'requests', 'elements']]":
+        """How many rows a tensor has along its token (or request) dim; else 1 (0 when empty) element-wise."""
+        if token_dim is not None and tensor.dim() > token_dim:
+            return tensor.shape[token_dim], "tokens"
+        request_dim = dim_index(item.context.dims("baseline"), "r")
+        if request_dim is not None and tensor.dim() > request_dim:
+            return tensor.shape[request_dim], "requests"
+        return (1 if tensor.numel() else 0), "elements"
 
     def _load_aligned(self, item: TensorWork) -> "tuple[torch.Tensor, torch.Tensor]":
         """Both sides of a work item, unsharded and aligned (routing tensors)."""

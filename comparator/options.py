@@ -204,6 +204,9 @@ class CompareOptions:
     jobs: int = 1  # worker processes (1: compare in this process)
     verify_checksums: bool = False  # check every shard's checksum while loading
     routing: RoutingOptions = RoutingOptions()  # routing-aware MoE comparison (comparator/judge/routing.py)
+    # The gate fails when fewer rows than this fraction were compared overall (rows left out
+    # after benign routing flips; a tensor without a row dim counts as one row).
+    min_compared: float = 0.5
 
     def __post_init__(self) -> None:
         if self.aligner not in ALIGNER_NAMES:
@@ -211,6 +214,9 @@ class CompareOptions:
         if not 1 <= self.jobs <= MAX_JOBS:
             # NOTE: each job is a process; 100000 of them would bring the machine down first.
             raise OptionError(f"--jobs {self.jobs}: must be between 1 and {MAX_JOBS} (e.g. the number of cores)")
+        if not 0.0 <= self.min_compared <= 1.0:
+            raise OptionError(f"--min-compared {self.min_compared:g}: must be a fraction from 0 to 1, e.g. 0.5 "
+                              "(half of the rows compared), 0 to turn the gate off")
         if not isinstance(self.thresholds, Thresholds):
             raise TypeError("CompareOptions.thresholds takes load_thresholds(path); "
                             "CompareOptions.from_values(thresholds=path) reads the file")
@@ -242,7 +248,7 @@ class CompareOptions:
         allow_skip: str | None = None, steps: str | None = None, baseline_steps: str | None = None,
         names: str | None = None, exclude: str | None = None, name_map: str | os.PathLike[str] | None = None,
         override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,
-        routing: bool = True, moe_outputs: str | None = None,
+        routing: bool = True, moe_outputs: str | None = None, min_compared: float = 0.5,
     ) -> "CompareOptions":
         """Build from plain strings (CLI values); raises OptionError (or AlignerError) naming the bad one."""
         from aligners import MetadataNames
@@ -263,4 +269,5 @@ class CompareOptions:
             verify_checksums=verify_checksums,
             routing=RoutingOptions(enabled=routing) if moe_outputs is None else RoutingOptions(
                 enabled=routing, moe_outputs=compile_pattern(moe_outputs, "--moe-outputs")),
+            min_compared=min_compared,
         )

@@ -20,7 +20,7 @@ from comparator.judge.routing import RoutingOptions, RoutingSources, layer_step
 from dumper.loader import TensorLoader
 from comparator.matching import LogicalTensor, Series, TensorKey, group_records, match_runs, tags_key
 from comparator.options import CompareOptions
-from comparator.results import (Judgement, Measurement, NotMeasured, Pair, SideInfo, Status, TensorResult,
+from comparator.results import (Coverage, Judgement, Measurement, NotMeasured, Pair, SideInfo, Status, TensorResult,
                                 Unmeasured)
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
 from dumper.format import IndexRecord
@@ -48,12 +48,12 @@ class Placement:
     def result(self, *, status: Status, measurement: Measurement, reason: str | None = None,
                judgement: Judgement | None = None, hint: str | None = None, notes: Sequence[str] = (),
                alignment: AlignmentNote | None = None, routing: "RoutingCheck | None" = None,
-               downstream: "DownstreamMask | None" = None) -> TensorResult:
+               downstream: "DownstreamMask | None" = None, coverage: Coverage | None = None) -> TensorResult:
         return TensorResult(
             name=self.name, step=self.step, tags=self.tags, order=self.order, keys=self.keys,
             predecessors=self.predecessors, sides=self.sides, status=status, measurement=measurement, reason=reason,
             judgement=judgement, hint=hint, notes=tuple(notes), alignment=alignment, routing=routing,
-            downstream=downstream,
+            downstream=downstream, coverage=coverage,
         )
 
     def unmeasured(self, status: Status, why: Unmeasured, reason: str, *, hint: str | None = None,

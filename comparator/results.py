@@ -96,6 +96,7 @@ Unmeasured = Literal[
     "error",  # another input problem found while comparing, e.g. token metadata (error)
     "shape_mismatch",  # both sides read, their shapes differ after aligning (fail)
     "stats_cannot_judge",  # stats alone cannot combine these shards, e.g. partial sums (skip)
+    "nothing_compared",  # every row was left out (benign routing flips and what they reach) (skip)
 ]
 
 
@@ -157,6 +158,7 @@ class TensorResult:
     grafted: bool = False
     # The rows benign routing flips before it reach, left out of its judgement (comparator/judge/downstream.py).
     downstream: "DownstreamMask | None" = None
+    coverage: Coverage | None = None  # how much of it was compared (tensor measurements)
 
     def __bool__(self) -> bool:
         return self.status == "pass"
@@ -208,6 +210,25 @@ class TensorResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Coverage:
+    """How much of a tensor was compared: rows of its token (or request) dim, else its elements.
+
+    Rows are left out by the routing analysis (benign flips) and downstream of benign flips.
+    """
+
+    compared: int
+    total: int
+    unit: Literal["tokens", "requests", "elements"]
+
+    @property
+    def fraction(self) -> float:
+        return self.compared / self.total if self.total else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"compared": self.compared, "total": self.total, "unit": self.unit}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Summary:
     total: int
     passed: int
@@ -217,6 +238,12 @@ class Summary:
     allowed_failures: int = 0
     allowed_skips: int = 0
     grafted: int = 0  # results the target took from a baseline (dumpcmp run --graft); not in passed
+    # Results that compared nothing (every row left out): skipped, and gated by --min-compared instead.
+    nothing_compared: int = 0
+    partially_compared: int = 0  # results judged on only part of their rows
+    # Rows compared / rows there were, over every measured tensor (a tensor without a row dim counts as one).
+    compared_fraction: float = 1.0
+    min_compared: float = 0.0  # the gate it was held to (--min-compared)
 
     @property
     def compared(self) -> int:

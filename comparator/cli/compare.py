@@ -52,6 +52,10 @@ def compare_command(
         None, "--moe-outputs", metavar="REGEX",
         help="Names of the MoE outputs judged on the tokens whose routing agrees "
         "(default: routed_expert_output, moe_output and similar)."),
+    min_compared: float = typer.Option(
+        0.5, "--min-compared", metavar="FRACTION",
+        help="Fail the gate when fewer than this fraction of the rows were compared overall (rows are left out "
+        "after benign routing flips; a result that compared nothing is a skip). 0 turns it off."),
     check_target: bool = typer.Option(
         False, "--check-target", help="Also run dumpcmp check's checks (no baseline needed) on the target; "
         "a finding fails the gate (exit 1) and every format reports them (docs/check.md)."),
@@ -87,7 +91,7 @@ def compare_command(
             allow_skip=_any_of(allow_skip), steps=steps,
             baseline_steps=baseline_steps, names=names, exclude=exclude, name_map=name_map,
             override_dims=override_dims, jobs=jobs, verify_checksums=verify,
-            routing=not no_routing, moe_outputs=moe_outputs,
+            routing=not no_routing, moe_outputs=moe_outputs, min_compared=min_compared,
         )
         if not verbose:
             # The report lists the runs' problems itself.

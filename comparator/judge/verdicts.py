@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from comparator.judge.limits import Limit
 from comparator.judge.metrics import Metrics
@@ -124,10 +124,38 @@ def finalize(results: Sequence[TensorResult], options: CompareOptions) -> tuple[
         errored=sum(r.status == "error" for r in results),
         allowed_failures=sum(r.allowed and r.status in ("fail", "error") for r in results),
         allowed_skips=sum(r.allowed and r.status == "skip" for r in results),
+        **_coverage_counts(results, options.min_compared),
     )
     first = _first_divergence(results)
     code, reason = _exit_code(results, summary)
     return tuple(results), summary, first, code, reason
+
+
+def _coverage_counts(results: Sequence[TensorResult], min_compared: float) -> dict[str, Any]:
+    """Results that compared nothing or part of their rows, and the fraction of rows compared overall.
+
+    NOTE: a measured tensor without a row dim counts as one row; tensors not measured
+    (one side only, errors) count for nothing either way.
+    """
+    compared = total = 0
+    for result in results:
+        coverage = result.coverage
+        if coverage is not None:
+            compared, total = compared + coverage.compared, total + coverage.total
+        elif result.status in ("pass", "fail") and not result.stats_only:
+            compared, total = compared + 1, total + 1
+    return {
+        "nothing_compared": sum(r.coverage is not None and r.coverage.total > 0 and r.coverage.compared == 0
+                                for r in results),
+        "partially_compared": sum(r.coverage is not None and 0 < r.coverage.compared < r.coverage.total
+                                  for r in results),
+        "compared_fraction": compared / total if total else 1.0,
+        "min_compared": min_compared,
+    }
+
+
+def _nothing_compared(result: TensorResult) -> bool:
+    return result.coverage is not None and result.coverage.total > 0 and result.coverage.compared == 0
 
 
 def _mark_allowed(result: TensorResult, options: CompareOptions) -> TensorResult:
@@ -206,9 +234,15 @@ def _exit_code(results: Iterable[TensorResult], summary: Summary) -> tuple[int, 
             f" ({summary.skipped} skipped, {summary.errored} errors)" if results else " (no tensors matched)"
         )
     bad = [r for r in results if r.status in ("fail", "error") and not r.allowed]
-    skipped = [r for r in results if r.status == "skip" and not r.allowed]
+    # NOTE: results that compared nothing (every row left out after benign routing flips)
+    # are gated by the fraction of rows compared overall, not one by one.
+    skipped = [r for r in results if r.status == "skip" and not r.allowed and not _nothing_compared(r)]
     if bad:
         return EXIT_FAIL, f"{len(bad)} tensor(s) failed or errored (allow with --allow-fail REGEX)"
+    if summary.compared_fraction < summary.min_compared:
+        return EXIT_FAIL, (f"only {summary.compared_fraction:.1%} of the rows were compared (--min-compared "
+                           f"{summary.min_compared:g}): {summary.nothing_compared} tensor(s) compared nothing and "
+                           f"{summary.partially_compared} part of their rows (benign routing flips left out)")
     if skipped:
         return EXIT_FAIL, f"{len(skipped)} tensor(s) were present on one side only or not comparable (allow with --allow-skip REGEX)"
     return EXIT_PASS, "all compared tensors passed"

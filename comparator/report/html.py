@@ -127,6 +127,9 @@ def _header(report: Report, generated: datetime.datetime, version: str) -> str:
         counts += f"<span>({s.allowed_failures} failures and {s.allowed_skips} skips allowed)</span>"
     if stats_only:
         counts += f'<span class="muted">{stats_only} compared from stats only</span>'
+    if s.partially_compared or s.nothing_compared:
+        counts += (f'<span>{s.compared_fraction:.1%} of rows compared ({s.partially_compared} on part of their rows, '
+                   f'{s.nothing_compared} on none; --min-compared {s.min_compared:g})</span>')
     return (
         f'<header><h1>dumpcmp compare</h1><div class="mono">baseline <b>{esc(report.baseline)}</b> &nbsp; target '
         f'<b>{esc(report.target)}</b> &nbsp; aligner {esc(report.aligner)}'

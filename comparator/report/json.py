@@ -54,6 +54,7 @@ def result_to_json(result: TensorResult) -> dict[str, Any]:
         "replica_disagreement": {a: _number(v) for a, v in result.replica_disagreement.items()},
         "routing": result.routing.to_json() if result.routing is not None else None,
         "downstream": result.downstream.to_json() if result.downstream is not None else None,
+        "coverage": result.coverage.to_json() if result.coverage is not None else None,
     }
     if metrics is not None:
         worst = metrics.worst_token
@@ -97,6 +98,10 @@ def report_to_json(report: Report) -> dict[str, Any]:
             "allowed_failures": summary.allowed_failures,
             "allowed_skips": summary.allowed_skips,
             "stats_only": sum(r.stats_only for r in report.results),
+            "nothing_compared": summary.nothing_compared,
+            "partially_compared": summary.partially_compared,
+            "compared_fraction": summary.compared_fraction,
+            "min_compared": summary.min_compared,
         },
         "first_divergence": None if first is None else {
             "name": first.name,

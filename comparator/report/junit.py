@@ -48,7 +48,10 @@ def render_junit(report: Report) -> str:
     )
     properties = ET.SubElement(suite, "properties")
     for key, value in (("baseline", report.baseline), ("target", report.target), ("aligner", report.aligner),
-                       ("exit_code", str(report.exit_code))):
+                       ("exit_code", str(report.exit_code)),
+                       ("compared_fraction", f"{summary.compared_fraction:.4f}"),
+                       ("nothing_compared", str(summary.nothing_compared)),
+                       ("partially_compared", str(summary.partially_compared))):
         ET.SubElement(properties, "property", name=key, value=value)
     if report.graft is not None:
         ET.SubElement(properties, "property", name="graft", value=f"{report.graft.outcome}: {report.graft.detail}")

@@ -166,6 +166,9 @@ def render_table(report: Report, console: Console | None = None) -> None:
         f"[bold]{summary.total}[/] tensors: [green]{summary.passed} passed[/], [red]{summary.failed} failed[/], "
         f"[yellow]{summary.skipped} skipped[/], [magenta]{summary.errored} errors[/]"
         + (f", [cyan]{summary.grafted} grafted[/]" if summary.grafted else "")
+        + (f"; {summary.compared_fraction:.1%} of rows compared ({summary.partially_compared} tensor(s) on part of "
+           f"their rows, {summary.nothing_compared} on none; --min-compared {summary.min_compared:g})"
+           if summary.partially_compared or summary.nothing_compared else "")
         + (f" ({summary.allowed_failures} failures and {summary.allowed_skips} skips allowed)"
            if summary.allowed_failures or summary.allowed_skips else ""),
         highlight=False,

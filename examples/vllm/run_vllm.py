@@ -18,19 +18,21 @@ import json
 # vLLM's engine core may start the first forward before the second request arrives,
 # so a batch of both would differ from run to run (and from transformers' layout).
 PROMPTS = ([11, 42, 7, 99, 3, 250, 18], [5, 77, 130, 64, 9])
+# --prompts N > 2 adds these, in order.
+MORE_PROMPTS = ([200, 17, 33, 8], [61, 2, 145, 90, 12, 7], [3, 181, 44])
 MAX_TOKENS = 4
 KV_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX_TOKENS,
-             compile: bool = False) -> list[list[int]]:
+             compile: bool = False, dtype: str = "float32", prompts: int = len(PROMPTS)) -> list[list[int]]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     llm = LLM(
         model=model,
         skip_tokenizer_init=True,
-        dtype="float32",
+        dtype=dtype,
         # --compile: vLLM's default compilation (on the CPU: the model under
         # torch.compile(fullgraph=True), inductor); the dump calls become graph operators.
         enforce_eager=not compile,
@@ -43,7 +45,8 @@ def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX
         kv_cache_memory_bytes=KV_CACHE_BYTES,
     )
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in PROMPTS], params)
+    chosen = (PROMPTS + MORE_PROMPTS)[:prompts]
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in chosen], params)
     return [list(output.outputs[0].token_ids) for output in outputs]
 
 
@@ -54,8 +57,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     parser.add_argument("--compile", action="store_true",
                         help="vLLM's default compilation instead of eager mode (docs/graphs.md)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--prompts", type=int, choices=range(1, len(PROMPTS) + len(MORE_PROMPTS) + 1),
+                        default=len(PROMPTS), metavar="N", help="how many prompts (at most 5)")
     args = parser.parse_args()
-    tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens, compile=args.compile)
+    tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens, compile=args.compile,
+                      dtype=args.dtype, prompts=args.prompts)
     print("GENERATED " + json.dumps(tokens))
 
 

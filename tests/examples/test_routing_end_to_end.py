@@ -39,6 +39,9 @@ JOBS = {
     "nd7_seed1": "--dtype bfloat16 --seed 7 --layers 4 --nondeterministic --tp 2 --ep 2 --fusion "
                  "--bug ep_reduce_skipped_under_fusion",
     "nd7_seed2": "--dtype bfloat16 --seed 7 --layers 4 --nondeterministic --ep 2 --bug double_reduce",
+    # One request: after its benign flip, its later steps have no row left to compare.
+    **{f"one_{side}": f"--dtype bfloat16 --seed 8 --layers 4 --nondeterministic --prompt-lens 9 --steps 6{args}"
+       for side, args in (("baseline", ""), ("tp2_ep2", " --tp 2 --ep 2"))},
 }
 
 
@@ -128,3 +131,24 @@ def test_seed3_shared_expert_double_reduce_still_fails_at_the_shared_output(runs
     assert (first.name, first.step, first.tags) == ("shared_expert_output", 0, {"layer": 1})
     assert first.hint.startswith("target = 2 x baseline")
     assert result_for(report, "routed_expert_output", 1).status == "pass"
+
+
+def test_a_result_that_compared_nothing_is_not_a_pass_and_the_gate_counts_rows(runs):
+    report = compare(runs["one_baseline"], runs["one_tp2_ep2"], thresholds=THRESHOLDS)
+    nothing = [r for r in report.results if r.coverage is not None and r.coverage.compared == 0]
+    assert nothing and all(r.status == "skip" and r.reason.startswith("nothing compared: all 1 ") for r in nothing)
+    summary = report.summary
+    assert summary.nothing_compared == len(nothing) and summary.min_compared == 0.5
+    assert 0.5 < summary.compared_fraction < 1.0
+    assert report.exit_code == 0, report.exit_reason  # the default gate: most rows were compared
+    data = report_to_json(report)
+    assert {r["status"] for r in data["results"]} <= {"pass", "fail", "skip", "error"}
+    assert data["summary"]["nothing_compared"] == len(nothing)
+    assert data["results"][report.results.index(nothing[0])]["coverage"] == {"compared": 0, "total": 1, "unit": "tokens"}
+    from comparator.report.html import render_html
+    from comparator.report.junit import render_junit
+
+    assert 'name="nothing_compared" value="%d"' % len(nothing) in render_junit(report)
+    assert "of rows compared" in render_html(report)
+    strict = compare(runs["one_baseline"], runs["one_tp2_ep2"], thresholds=THRESHOLDS, min_compared=0.95)
+    assert strict.exit_code == 1 and "--min-compared 0.95" in strict.exit_reason
