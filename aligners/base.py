@@ -42,6 +42,10 @@ class AlignUnit:
     target_steps: tuple[int, ...]
     baseline_tokens: tuple["StepTokens", ...] = ()
     target_tokens: tuple["StepTokens", ...] = ()
+    # True when the unit is one target step and the baseline steps that hold its tokens
+    # (by_request as --aligner auto plans it): those steps hold other steps' tokens too,
+    # which are not "only in the baseline", and a token recomputed there counts once.
+    baseline_partial: bool = False
 
     @property
     def step(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from aligners.base import AlignContext, Aligned, AlignUnit, Side, SideAlignment, TokenKey
+from aligners.base import AlignContext, Aligned, AlignUnit, Side, SideAlignment, StepPair, TokenKey
 from aligners.errors import AlignerError
 from aligners.metadata import MetadataNames, StepTokens
 from aligners.steps import (
@@ -34,8 +34,43 @@ class ByRequestAligner(StepTablePlanner):
     name = "by_request"
     need_keys = True
 
-    def __init__(self, names: MetadataNames | None = None) -> None:
+    def __init__(self, names: MetadataNames | None = None, *, request_map: dict[int, int] | None = None,
+                 per_target_step: bool = False) -> None:
         super().__init__(names)
+        # target request id -> baseline request id (``auto`` matched them by input ids); applied when planning
+        self.request_map = request_map or {}
+        # One unit per target step (``auto``), so that results keep the target's execution order
+        # and a failure is reported at the step where it starts; else one unit per tensor.
+        self.per_target_step = per_target_step
+
+    def plan(self, steps: Sequence[StepPair], context: AlignContext) -> list[AlignUnit]:
+        if not self.per_target_step or is_layout_metadata(context.name, self.names):
+            # The per-DP-rank counts describe the batching itself: compared as totals over the run.
+            return super().plan(steps, context)
+        baseline_steps = sorted({p.baseline_step for p in steps if p.baseline_step is not None})
+        target_steps = sorted({p.target_step for p in steps if p.target_step is not None})
+        if not baseline_steps or not target_steps:
+            return super().plan(steps, context)
+        where: dict[TokenKey, int] = {}  # each baseline token's first step
+        for step in baseline_steps:
+            for key in self.table(context, "baseline", step).keys or ():
+                where.setdefault(key, step)
+        units = []
+        for step in target_steps:
+            table = self.table(context, "target", step)
+            holding = tuple(sorted({where[key] for key in table.keys or () if key in where}))
+            units.append(AlignUnit(
+                baseline_steps=holding, target_steps=(step,), baseline_partial=True,
+                baseline_tokens=tuple(self.table(context, "baseline", s) for s in holding) if holding else (),
+                target_tokens=(table,) if holding else (),
+            ))
+        return units
+
+    def table(self, context: AlignContext, side: Side, step: int) -> StepTokens:
+        table = super().table(context, side, step)
+        if side != "target" or not self.request_map:
+            return table
+        return _renamed(table, self.request_map)
 
     def align(self, unit: AlignUnit, baseline: Sequence["torch.Tensor"], target: Sequence["torch.Tensor"],
               context: AlignContext) -> Aligned:
@@ -63,10 +98,10 @@ class ByRequestAligner(StepTablePlanner):
                           detail="no 't' or 'r' dim: steps concatenated as dumped")
         b_tensor, b_keys, b_note, b_dim = keyed["baseline"]
         t_tensor, t_keys, t_note, t_dim = keyed["target"]
-        b_index = _index(self.name, "baseline", context.name, b_keys)
+        b_index = _index(self.name, "baseline", context.name, b_keys, first_wins=unit.baseline_partial)
         t_index = _index(self.name, "target", context.name, t_keys)
         common = sorted(b_index.keys() & t_index.keys())
-        only_b = sorted(b_index.keys() - t_index.keys())
+        only_b = [] if unit.baseline_partial else sorted(b_index.keys() - t_index.keys())
         only_t = sorted(t_index.keys() - b_index.keys())
         b_note = _with_only(b_note, only_b)
         t_note = _with_only(t_note, only_t)
@@ -105,14 +140,27 @@ class ByRequestAligner(StepTablePlanner):
         return joined, tuple(keys_list), note, dim
 
 
-def _index(aligner: str, side: str, name: str, keys: tuple[TokenKey, ...]) -> dict[TokenKey, int]:
+def _index(aligner: str, side: str, name: str, keys: tuple[TokenKey, ...], *,
+           first_wins: bool = False) -> dict[TokenKey, int]:
+    """Row of each token key; ``first_wins``: a token computed again later (a preempted request) keeps its first row."""
     index: dict[TokenKey, int] = {}
     for row, key in enumerate(keys):
+        if key in index and first_wins:
+            continue
         if key in index:
             raise AlignerError(f"{aligner}: {side} {name} holds token (request {key[0]}, position {key[1]}) twice "
                                f"(rows {index[key]} and {row}); by_request needs each token once per run")
         index[key] = row
     return index
+
+
+def _renamed(table: StepTokens, request_map: dict[int, int]) -> StepTokens:
+    from dataclasses import replace
+
+    def rename(keys: tuple[TokenKey, ...] | None) -> tuple[TokenKey, ...] | None:
+        return None if keys is None else tuple((request_map.get(r, r), p) for r, p in keys)
+
+    return replace(table, keys=rename(table.keys), request_rows=rename(table.request_rows))
 
 
 def _with_only(note: SideAlignment, only: list[TokenKey]) -> SideAlignment:

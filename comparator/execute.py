@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from aligners import Aligner, AlignmentNote
 from comparator.errors import UnshardError
-from comparator.judge.hints import (layout_hint, nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint,
+from comparator.judge.hints import (batching_hint, nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint,
                                     stats_replica_hint)
 from comparator.judge.limits import MeasurementKind
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
@@ -93,11 +93,8 @@ class Executor:
             return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
                                      alignment=alignment, routing=routing, downstream=downstream, coverage=coverage)
         evidence = measurement.metrics if isinstance(measurement, TensorMeasurement) else measurement.stats
-        # NOTE: a scale by a group size where the two sides' dims disagree is the annotations' doing.
-        layout = (layout_hint(item.plans.baseline[0].dims, item.plans.target[0].dims, evidence.scale, self.axis_sizes)
-                  if isinstance(evidence, Metrics) else None)
         hint = (specific_hint(judgement) or (nonfinite_hint(evidence) if isinstance(evidence, Metrics) else None)
-                or layout or scale_hint(evidence, self.axis_sizes))
+                or scale_hint(evidence, self.axis_sizes))
         return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
                                  alignment=alignment, routing=routing, hint=hint, downstream=downstream,
                                  coverage=coverage, reason=describe_failure(judgement, measurement))
@@ -323,6 +320,8 @@ class Executor:
 
         hint = padding_hint(baseline_tensor, target_tensor, token_dim=token_dim, passes=passes)
         hint = hint or shape_hint(b_shape, t_shape, axis_sizes=self.axis_sizes)
+        if self.aligner.name == "none":
+            hint = hint or batching_hint(item.place.step, b_shape, t_shape, token_dim)
         return item.place.unmeasured("fail", "shape_mismatch",
                                      f"shape mismatch: baseline {list(b_shape)} vs target {list(t_shape)}",
                                      hint=hint, notes=notes, alignment=alignment)

@@ -16,7 +16,7 @@ from dumper.safeio import read_text
 if TYPE_CHECKING:
     from aligners import Aligner, MetadataNames
 
-AlignerName = Literal["none", "concat_steps", "by_request"]
+AlignerName = Literal["auto", "none", "concat_steps", "by_request"]
 ALIGNER_NAMES: tuple[str, ...] = get_args(AlignerName)
 
 
@@ -190,7 +190,7 @@ MAX_JOBS = 256
 class CompareOptions:
     """What ``compare`` is told, validated: every field holds a parsed object, never text to re-read."""
 
-    aligner: AlignerName = "none"  # the token aligner (aligners/)
+    aligner: AlignerName = "auto"  # the token aligner (aligners/); auto picks one from the token metadata
     aligner_metadata: "MetadataNames | None" = None  # token metadata dump names (--aligner-meta); None: the defaults
     thresholds: Thresholds = Thresholds()  # parsed rules and defaults (--thresholds FILE; comparator/judge/thresholds.py)
     allow_fail: UserRegex | None = None  # names whose failures and errors do not fail the gate
@@ -222,8 +222,14 @@ class CompareOptions:
                             "CompareOptions.from_values(thresholds=path) reads the file")
 
     def make_aligner(self) -> "Aligner":
-        """A fresh aligner as configured (planning and every executor each make their own)."""
+        """A fresh aligner as configured (planning and every executor each make their own).
+
+        ``auto`` is resolved by comparator.plan from the runs' metadata first (its executors get the choice).
+        """
         from aligners import get_aligner
+
+        if self.aligner == "auto":
+            raise OptionError("--aligner auto is chosen from the runs' token metadata: plan the comparison first")
 
         return get_aligner(self.aligner, metadata=self.aligner_metadata)
 
@@ -244,7 +250,7 @@ class CompareOptions:
 
     @classmethod
     def from_values(
-        cls, *, aligner: str = "none", aligner_metadata: str | None = None, thresholds: str | os.PathLike[str] | None = None, allow_fail: str | None = None,
+        cls, *, aligner: str = "auto", aligner_metadata: str | None = None, thresholds: str | os.PathLike[str] | None = None, allow_fail: str | None = None,
         allow_skip: str | None = None, steps: str | None = None, baseline_steps: str | None = None,
         names: str | None = None, exclude: str | None = None, name_map: str | os.PathLike[str] | None = None,
         override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,

@@ -58,7 +58,9 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             if not any(rank.records for rank in run.ranks):
                 found = f" ({run.problems[0]})" if run.problems else ""
                 raise RunNotFoundError(f"{run.path}: the run holds no dumped tensors{found}")
-        plan = plan_comparison(runs, options, options.make_aligner())
+        plan = plan_comparison(runs, options)
+        # NOTE: every executor (and worker process) makes the aligner the plan was made with.
+        options = dataclasses.replace(options, aligner=plan.aligner)  # type: ignore[arg-type]  # a name of ALIGNERS
         produced: Iterable[TensorResult]
         if options.jobs > 1 and plan.measurable > 1:
             produced = run_parallel(plan.items, runs, options, plan.axis_sizes)
@@ -90,7 +92,8 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
             )
         collectives = trace_first_divergence(runs, final, first)
     return Report(
-        baseline=os.fspath(baseline), target=os.fspath(target), aligner=options.aligner, summary=summary,
+        baseline=os.fspath(baseline), target=os.fspath(target), aligner=plan.aligner, aligner_reason=plan.aligner_reason,
+        summary=summary,
         first_divergence=first, results=final, exit_code=code, exit_reason=reason, problems=problems,
         thresholds=options.thresholds.source, collectives=collectives,
         fingerprints=Pair(read_fingerprint(baseline), read_fingerprint(target)), graft=graft,

@@ -29,6 +29,8 @@ from dumper.run import Run
 if TYPE_CHECKING:
     import torch
 
+    from aligners.auto import AutoChoice
+
     from comparator.judge.routing import RoutingCheck
 
 
@@ -130,19 +132,30 @@ class ComparisonPlan:
 
     items: tuple[WorkItem, ...]  # in execution order
     axis_sizes: dict[str, int]  # every parallel axis of size > 1 in either run (for the hints)
+    aligner: str = "none"  # the token aligner the items were planned with (what --aligner auto chose)
+    aligner_reason: str | None = None  # why (--aligner auto), for the report
 
     @property
     def measurable(self) -> int:
         return sum(isinstance(item, (TensorWork, StatsWork)) for item in self.items)
 
 
-def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner) -> ComparisonPlan:
-    """Every comparison to make, in execution order, from the runs' indexes only."""
+def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner | None = None) -> ComparisonPlan:
+    """Every comparison to make, in execution order, from the runs' indexes only.
+
+    ``aligner``: None for the options' own (``auto`` is chosen here from the runs' token metadata).
+    """
     ignore = options.name_map.ignore_tags
     tensors = runs.map(lambda run: group_records(run.records, ignore_tags=ignore))
     axis_sizes = _axis_sizes(runs)
     aux = Pair(_aux_loader(runs.baseline, tensors.baseline, options, "baseline"),
                _aux_loader(runs.target, tensors.target, options, "target"))
+    reason: str | None = None
+    if aligner is None and options.aligner == "auto":
+        choice = choose_aligner(tensors, aux, options)
+        aligner, reason = choice.make(options.aligner_metadata), choice.describe()
+    elif aligner is None:
+        aligner = options.make_aligner()
     items: list[WorkItem] = []
     for series in match_runs(tensors.baseline, tensors.target, options):
         # NOTE: token aligners read the runs' token metadata here, before any big tensor
@@ -153,7 +166,22 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner) 
             items.append(_plan_unit(series, unit, options))
     items.sort(key=lambda item: item.place.order)
     items = attach_downstream(attach_routing(items, options.routing), aux.baseline, options)
-    return ComparisonPlan(items=tuple(items), axis_sizes=axis_sizes)
+    return ComparisonPlan(items=tuple(items), axis_sizes=axis_sizes, aligner=aligner.name, aligner_reason=reason)
+
+
+def choose_aligner(tensors: Pair[list[LogicalTensor]], aux: Pair[AuxLoader], options: CompareOptions) -> "AutoChoice":
+    """``--aligner auto``: the aligner the runs' token metadata calls for (aligners/auto.py)."""
+    from aligners import MetadataNames
+    from aligners.auto import choose, read_run
+
+    names = options.aligner_metadata or MetadataNames()
+    per_step = {names.input_ids, names.positions, names.token_req_ids, names.num_tokens_per_dp_rank}
+    views = []
+    for side, side_tensors in tensors.items():
+        chosen = options.steps if side == "target" else options.baseline_range
+        steps = sorted({t.step for t in side_tensors if t.name in per_step and not t.tags and t.step in chosen})
+        views.append(read_run(aux.side(side), steps, names, side))
+    return choose(views[0], views[1], offset=options.step_offset)
 
 
 def attach_routing(items: Sequence[WorkItem], options: RoutingOptions) -> list[WorkItem]:

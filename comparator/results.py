@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from comparator.judge.graft import GraftVerdict
     from comparator.judge.routing import RoutingCheck
 
-if TYPE_CHECKING:
-    from comparator.comparability import RunsComparison
-
 Status = Literal["pass", "fail", "skip", "error"]
 Origin = Literal["source", "propagated"]
 Side = Literal["baseline", "target"]
@@ -271,7 +268,7 @@ class Report:
 
     baseline: str
     target: str
-    aligner: str
+    aligner: str  # the token aligner used (what --aligner auto chose)
     summary: Summary
     first_divergence: FirstDivergence | None
     results: tuple[TensorResult, ...]
@@ -283,8 +280,7 @@ class Report:
     collectives: "CollectiveTrace | None" = None
     fingerprints: "Pair[RunFingerprint] | None" = None  # where each run came from (run.json, rank.json)
     graft: "GraftVerdict | None" = None  # what a graft in the target did downstream (None: nothing grafted)
-    # What differs between the runs' fingerprints (comparator/comparability.py); None: not checked.
-    runs: RunsComparison | None = None
+    aligner_reason: str | None = None  # why that aligner (--aligner auto); None: named on the command line
 
     def __bool__(self) -> bool:
         return self.exit_code == 0

@@ -15,7 +15,7 @@ def calibrate_command(
     runs: List[Path] = typer.Argument(..., help="Two or more run directories that should agree (e.g. one baseline dumped twice)."),
     output: Path = typer.Option(..., "--output", "-o", help="The thresholds YAML to write (then: dumpcmp compare -t FILE)."),
     margin: float = typer.Option(10.0, "--margin", help="Each limit is MARGIN x the measured noise (at least the dtype's floor)."),
-    aligner: str = typer.Option("none", "--aligner", "-a", help="Token aligner, as the gate's compare will use it."),
+    aligner: str = typer.Option("auto", "--aligner", "-a", help="Token aligner, as the gate's compare will use it."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps A:B (A to B-1), A:, :B or A."),
     names: Optional[str] = typer.Option(None, "--names", help="Only tensors whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, "--exclude", help="Leave out tensors whose name matches this regex."),

@@ -13,7 +13,6 @@ import json
 import math
 from typing import Any
 
-from comparator.report.runs import runs_json
 from comparator.results import Report, TensorResult
 
 SCHEMA = "dumpcmp.compare/1"
@@ -87,6 +86,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "baseline": report.baseline,
         "target": report.target,
         "aligner": report.aligner,
+        "aligner_reason": report.aligner_reason,
         "thresholds": report.thresholds,
         "exit_code": report.exit_code,
         "exit_reason": report.exit_reason,
@@ -119,7 +119,6 @@ def report_to_json(report: Report) -> dict[str, Any]:
         # null, or what a graft did after its first grafted tensor: gone, moved (next_divergence), unchanged
         "graft": report.graft.to_json() if report.graft is not None else None,
         "problems": {side: list(found) for side, found in report.problems.items()},
-        "runs": runs_json(report),  # what differs between the runs' fingerprints (comparator/report/runs.py)
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from comparator.report.text import one_line, printable
-from comparator.report.runs import runs_lines
 from comparator.results import Report, TensorResult
 
 
@@ -49,6 +48,7 @@ def render_junit(report: Report) -> str:
     )
     properties = ET.SubElement(suite, "properties")
     for key, value in (("baseline", report.baseline), ("target", report.target), ("aligner", report.aligner),
+                       ("aligner_reason", report.aligner_reason or ""),
                        ("exit_code", str(report.exit_code)),
                        ("compared_fraction", f"{summary.compared_fraction:.4f}"),
                        ("nothing_compared", str(summary.nothing_compared)),
@@ -56,8 +56,6 @@ def render_junit(report: Report) -> str:
         ET.SubElement(properties, "property", name=key, value=value)
     if report.graft is not None:
         ET.SubElement(properties, "property", name="graft", value=f"{report.graft.outcome}: {report.graft.detail}")
-    for line in runs_lines(report):  # what differs between the runs' fingerprints
-        ET.SubElement(properties, "property", name="runs", value=line)
     for result in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"dumpcmp.step{result.step}",
                              name=_case_name(result) + (" (stats only)" if result.stats_only else ""), time="0")

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=3, help="greedy decode steps after the prefill (default 3)")
     parser.add_argument("--prompt-lens", type=_prompt_lens, default=DEFAULT_PROMPT_LENS, metavar="N,N,...",
                         help="one request per length (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=None, metavar="N",
+                        help="at most N requests per step: groups of N run one after another (1: one request at a "
+                             "time), the same tokens batched differently")
     parser.add_argument("--layers", type=int, default=ModelConfig.num_layers, help="number of layers")
     parser.add_argument("--dense-layers", type=int, default=ModelConfig.num_dense_layers,
                         help="how many of the first layers use a dense MLP instead of a MoE block")
@@ -69,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         bug=args.bug[0] if args.bug else None, extra_bugs=tuple(args.bug[1:]) if args.bug else (), steps=args.steps, prompt_lens=args.prompt_lens, dtype=args.dtype, device=args.device,
         save_logits=args.save_logits, perturb_router=args.perturb_router,
         nondeterministic=args.nondeterministic, cuda_graph=args.cuda_graph, static_decode=args.static_decode,
-        graph_sizes=args.graph_sizes, compile=args.compile, model=model,
+        graph_sizes=args.graph_sizes, compile=args.compile, max_batch=args.max_batch, model=model,
     )
 
 

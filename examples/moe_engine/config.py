@@ -116,12 +116,21 @@ class EngineConfig:
     # Each decoder layer under torch.compile(fullgraph=True), collectives, attention and
     # routed experts as opaque operators (examples/moe_engine/compiled.py).
     compile: bool = False
+    # At most this many requests per step (None: all at once): the requests run in groups,
+    # one group after another, each prefilled then decoded; 1 runs them one after another.
+    # The same tokens, batched differently: what --aligner auto must see through.
+    max_batch: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
         for name in ("tp", "ep", "dp_attention"):
             if getattr(self, name) < 1:
                 raise EngineConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise EngineConfigError(f"--max-batch must be at least 1 (requests per step), got {self.max_batch}")
+        if self.max_batch is not None and self.dp_attention > 1:
+            raise EngineConfigError("--max-batch with --dp-attention is not supported (every DP rank would need the "
+                                    "same number of steps); use one or the other")
         if self.steps < 0:
             raise EngineConfigError(f"--steps must be 0 or more (decode steps after the prefill), got {self.steps}")
         if not self.prompt_lens or any(length < 1 for length in self.prompt_lens):

@@ -82,33 +82,44 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self) -> list[RequestResult]:
-        """Prefill, then ``config.steps`` greedy decode steps; the results of this DP rank's requests."""
-        logits_per_step: list[torch.Tensor] = []
-        for step in range(self.config.steps + 1):
-            batch = self.schedule("prefill" if step == 0 else "decode")
-            logits = self.forward_step(batch)
-            next_tokens = logits.argmax(dim=-1).tolist()
-            for request, token in zip(self.requests, next_tokens):
-                request.output.append(token)
-            logits_per_step.append(logits.cpu())
+        """Prefill, then ``config.steps`` greedy decode steps; the results of this DP rank's requests.
+
+        With ``max_batch``, the requests run in groups of that many, one group after another.
+        """
+        logits: dict[int, list[torch.Tensor]] = {request.req_id: [] for request in self.requests}
+        for group in self.groups():
+            for step in range(self.config.steps + 1):
+                batch = self.schedule("prefill" if step == 0 else "decode", group)
+                step_logits = self.forward_step(batch).cpu()
+                for request, row in zip(group, step_logits):
+                    request.output.append(int(row.argmax()))
+                    logits[request.req_id].append(row)
         return [
             RequestResult(req_id=request.req_id, prompt=list(request.prompt), tokens=list(request.output),
-                          logits=torch.stack([step_logits[index] for step_logits in logits_per_step]))
-            for index, request in enumerate(self.requests)
+                          logits=torch.stack(logits[request.req_id]))
+            for request in self.requests
         ]
 
-    def schedule(self, forward_mode: ForwardMode) -> ForwardBatch:
-        """This DP rank's batch for the step, with every DP rank's real token count.
+    def groups(self) -> list[list[Request]]:
+        """The requests batched together, in the order they run (one group without --max-batch)."""
+        size = self.config.max_batch or max(len(self.requests), 1)
+        return [self.requests[start:start + size] for start in range(0, len(self.requests), size)] or [[]]
+
+    def schedule(self, forward_mode: ForwardMode, requests: list[Request] | None = None) -> ForwardBatch:
+        """This DP rank's batch for the step (``requests``: its group, default all), with every DP rank's real token count.
 
         NOTE: every rank knows every request's prompt length (the scheduler is
-        deterministic), so the counts need no collective.
+        deterministic), so the counts need no collective. --max-batch runs one DP rank
+        only, so its groups need no counterpart on other ranks.
         """
+        group = self.requests if requests is None else requests
+        per_rank = [group] if self.config.max_batch is not None else self.requests_per_dp_rank
         num_tokens_per_dp_rank = [
             sum(len(r.prompt) for r in requests) if forward_mode == "prefill" else len(requests)
-            for requests in self.requests_per_dp_rank
+            for requests in per_rank
         ]
         return build_batch(
-            self.requests,
+            group,
             forward_mode=forward_mode,
             num_tokens_per_dp_rank=num_tokens_per_dp_rank,
             dp_rank=self.dp_rank,

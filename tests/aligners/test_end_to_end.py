@@ -68,8 +68,17 @@ def test_by_request_passes_too(runs):
     assert logits["tokens"] == 3 and logits["target"]["only_here"] == logits["baseline"]["only_here"] == 0
 
 
-def test_without_an_aligner_the_padding_hint_names_concat_steps(runs):
+def test_the_default_auto_picks_concat_steps_and_says_why(runs):
     code, report = compare_json(runs)
+    assert code == 0, [(r["name"], r["reason"]) for r in report["results"] if r["status"] != "pass"]
+    assert report["aligner"] == "concat_steps"
+    assert report["aligner_reason"] == ("auto: concat_steps: the same tokens at every step, laid out differently "
+                                        "(step 0: 5 rows for 5 tokens in the baseline, 2 DP ranks, 6 rows for 5 "
+                                        "tokens in the target)")
+
+
+def test_without_an_aligner_the_padding_hint_names_concat_steps(runs):
+    code, report = compare_json(runs, "--aligner", "none")
     assert code == 1
     hints = {r["hint"] for r in report["results"] if r["status"] == "fail"}
     assert any("looks like padding, try --aligner concat_steps" in (h or "") for h in hints)

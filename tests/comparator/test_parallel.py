@@ -36,7 +36,7 @@ SCENARIOS: dict[str, tuple[str, str, dict]] = {
     "seed2": ("base", "seed2", {}),
     "seed3": ("base", "seed3", {}),
     "seed4": ("base", "seed4", {}),
-    "seed5_without_aligner": ("base", "dp_attention", {}),
+    "seed5_without_aligner": ("base", "dp_attention", {"aligner": "none"}),
     "seed5_concat_steps": ("base", "dp_attention", {"aligner": "concat_steps"}),
     "aligner_meta": ("renamed:base", "renamed:dp_attention",
                      {"aligner": "concat_steps", "aligner_metadata": f"num_tokens_per_dp_rank={RENAMED_META}"}),

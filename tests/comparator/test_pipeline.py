@@ -197,7 +197,7 @@ def test_stats_mode_runs_are_compared_from_stats(runs, tmp_path):
 
 
 def test_unknown_aligner_lists_the_valid_ones(runs):
-    with pytest.raises(OptionError, match="unknown aligner 'nope'; valid aligners: none, concat_steps, by_request"):
+    with pytest.raises(OptionError, match="unknown aligner 'nope'; valid aligners: auto, none, concat_steps, by_request"):
         compare(runs["tp1"], runs["tp2"], aligner="nope")
     with pytest.raises(OptionError, match="invalid step range"):
         compare(runs["tp1"], runs["tp2"], steps="a:b")

@@ -121,9 +121,16 @@ def test_seed4_dense_tp_missing_all_reduce(runs):
     assert result_for(report, "attn_output", 0).status == "pass"
 
 
+def test_seed5_dp_attention_with_the_default_aligner_passes(runs):
+    report = compare(runs["baseline"], runs["dp_attention"])
+    assert report.exit_code == 0, failing(report)
+    assert report.aligner == "concat_steps" and report.aligner_reason.startswith(
+        "auto: concat_steps: the same tokens at every step, laid out differently")
+
+
 def test_seed5_dp_attention_without_an_aligner_hints_at_padding(runs):
     # num_tokens_per_dp_rank holds one count per DP rank: a different shape by design.
-    report = compare(runs["baseline"], runs["dp_attention"], exclude="^num_tokens_per_dp_rank$")
+    report = compare(runs["baseline"], runs["dp_attention"], exclude="^num_tokens_per_dp_rank$", aligner="none")
     first = report.first_divergence
     # The attention side is each DP rank's own tokens (17 in all, as the baseline); the
     # MoE block sees them gathered, each DP rank padded to 9 rows.

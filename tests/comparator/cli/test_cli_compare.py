@@ -177,7 +177,7 @@ def test_allow_skip_and_exit_3(runs):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--aligner", "nope"], "unknown aligner 'nope'; valid aligners: none, concat_steps, by_request"),
+        (["--aligner", "nope"], "unknown aligner 'nope'; valid aligners: auto, none, concat_steps, by_request"),
         (["--format", "html", "--output", "/nonexistent-dir/report.html"], "cannot write the report"),
         (["--steps", "3:1"], "empty step range '3:1'"),
         (["--names", "("], "--names '(' is not a valid regular expression"),
