@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dumper.config import DumpConfig, config_from_env
 from dumper.errors import DumpcmpError
@@ -90,6 +90,7 @@ class Dumper:
     def __init__(self) -> None:
         # Hot-path flag: dump() tests only this when off.
         self.enabled = False
+        self._paused = 0  # paused() depth: dumps record nothing, `enabled` stays as it is
         self._config = DumpConfig()
         self._step = 0
         self._seq = 0
@@ -161,6 +162,20 @@ class Dumper:
 
     def disable(self) -> None:
         self.enabled = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Record nothing inside (an engine's warm-up), leaving ``enabled`` as it is.
+
+        NOTE: unlike ``disable()``, code that torch.compile traces inside keeps its dump
+        operators (dynamo guards on ``enabled``): an engine whose warm-up traces the
+        model once (vLLM) then dumps every real step, and its warm-up none.
+        """
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
 
     # ------------------------------------------------------------------ steps
     @property
@@ -272,6 +287,8 @@ class Dumper:
             from dumper.compiled import trace_dump
 
             trace_dump(self, name, value, dims, tags)
+            return
+        if self._paused:
             return
         try:
             self._dump(name, value, dims, tags)

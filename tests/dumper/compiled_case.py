@@ -82,7 +82,24 @@ def bad_sites() -> dict[str, object]:
     return {"outputs_match": outputs_match}
 
 
+def paused_warmup() -> dict[str, object]:
+    """An engine's warm-up traces the model under dumper.paused(): the code keeps its dumps, the warm-up records none."""
+    from torch._inductor.utils import run_and_get_code
+
+    function = torch.compile(model, fullgraph=True, dynamic=True)
+    weights = torch.ones(2, HIDDEN, HIDDEN) / HIDDEN
+    with dumper.paused():
+        codes = run_and_get_code(function, inputs(0), weights)[1]
+    for step in (1, 2):
+        dumper.set_step(step)
+        function(inputs(step), weights)
+    return {"dump_ops_in_code": sum(code.count("torch.ops.dumpcmp.dump.default(") for code in codes)}
+
+
 def main(mode: str) -> None:
+    if mode == "paused_warmup":
+        print(json.dumps(paused_warmup()))
+        return
     if mode == "off_then_on":
         print(json.dumps(off_then_on()))
         return

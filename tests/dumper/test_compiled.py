@@ -79,6 +79,14 @@ def test_dumping_off_at_trace_time_leaves_no_dump_in_the_code(tmp_path):
     assert {r["step"] for r in records(tmp_path / "run")} == {1}
 
 
+def test_a_warm_up_under_paused_traces_the_dumps_and_records_none(tmp_path):
+    """vLLM traces its model once, in a warm-up forward (the vLLM preset pauses dumping there)."""
+    result, _ = run_case(tmp_path / "run", "paused_warmup")
+    assert result == {"dump_ops_in_code": 9}
+    assert sorted({r["step"] for r in records(tmp_path / "run")}) == [1, 2]
+    assert len(records(tmp_path / "run")) == 2 * 9
+
+
 def test_sites_that_cannot_be_dumped_are_reported_once(tmp_path):
     result, stderr = run_case(tmp_path / "run", "bad_sites")
     assert result == {"outputs_match": [True, True, True]}  # the function runs on, unchanged
