@@ -307,7 +307,9 @@ class Dumper:
         if not self.enabled:
             return value
         grafter = self._grafter
-        if grafter is None:
+        if grafter is None or _compiling():
+            # NOTE: under torch.compile a graft point only dumps (docs/graphs.md, Limits):
+            # substituting a value would need an operator returning the baseline's tensor.
             self.dump(name, value, dims=dims, **tags)
             return value
         try:

@@ -47,7 +47,11 @@ def trace_dump(owner: Any, name: str, value: Any, dims: str | None, tags: dict[s
     ``not_dumped`` report. Keep this code plain: dynamo inlines it, and anything it
     cannot trace would break the engine's graph.
     """
-    encoded, problem = encode_tags(tags)
+    merged: dict[str, Any] = {}
+    for context_tags in _traced_tags:
+        merged.update(context_tags)
+    merged.update(tags)
+    encoded, problem = encode_tags(merged)
     if problem is not None:
         torch.ops.dumpcmp.not_dumped(name, problem)
         return
@@ -80,7 +84,15 @@ def _trace_value(name: str, value: Any, dims: str | None, encoded: str) -> None:
         )
 
 
+# The tags of the ``with dumper.tags(...)`` blocks dynamo is tracing, innermost last.
+# NOTE: they are constants of every dump traced inside: the runtime push_tags/pop_tags
+# operators serve code the compiler cannot see, and inductor does not always keep them
+# in program order relative to the dumps (seen with vLLM TP=2 on the CPU).
+_traced_tags: list[dict[str, Any]] = []
+
+
 def trace_push_tags(tags: dict[str, Any]) -> None:
+    _traced_tags.append(tags)
     encoded, problem = encode_tags(tags)
     if problem is not None:
         # The tags cannot travel as constants; push none, so that pop stays paired.
@@ -90,6 +102,8 @@ def trace_push_tags(tags: dict[str, Any]) -> None:
 
 
 def trace_pop_tags() -> None:
+    if _traced_tags:
+        _traced_tags.pop()
     torch.ops.dumpcmp.pop_tags()
 
 

@@ -42,7 +42,7 @@ def install_from_env(environ: Mapping[str, str] | None = None):
 
 
 def installed_fingerprint() -> str:
-    """Identifies this process's patched code: a hash of the installed patch files, or ``none``.
+    """Identifies this process's patched code: a hash of the installed patch files and the dumper's tracing code.
 
     NOTE: engines that cache compiled code on disk key it by their config and source
     files (vLLM's AOT compile cache); injected code is in neither, so without this a run
@@ -53,11 +53,17 @@ def installed_fingerprint() -> str:
 
     if _installed is None:
         return "dumpcmp-patches:none"
+    import dumper.api
+
+    # What a dump call traces into (dumper/compiled.py, through dumper/api.py) is part of
+    # the compiled model too: a dumper upgrade must not load an older one's graph.
+    dumper_dir = os.path.dirname(os.path.abspath(dumper.api.__file__))
+    sources = [os.path.join(dumper_dir, "api.py"), os.path.join(dumper_dir, "compiled.py")]
     digest = hashlib.sha256()
-    for patch_file in _installed.files:
-        digest.update(patch_file.path.encode())
+    for path in [*(patch_file.path for patch_file in _installed.files), *sources]:
+        digest.update(path.encode())
         try:
-            with open(patch_file.path, "rb") as handle:
+            with open(path, "rb") as handle:
                 digest.update(handle.read())
         except OSError:
             digest.update(b"?")

@@ -119,6 +119,8 @@ def main(mode: str) -> None:
                 out, codes = run_and_get_code(function, x, weights)
             result["dump_ops_in_code"] = sum(code.count("torch.ops.dumpcmp.dump.default(") for code in codes)
             result["tag_ops_in_code"] = sum(code.count("torch.ops.dumpcmp.push_tags.default(") for code in codes)
+            # The layer tag of the traced `with dumper.tags(...)` is a constant of each dump in it.
+            result["layer_tagged_dumps"] = sum(code.count("'layer=i:") for code in codes) - result["tag_ops_in_code"]
         else:
             # Sticky tags set outside the compiled region reach the records too.
             with dumper.tags(request="r0"):

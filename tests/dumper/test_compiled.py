@@ -46,6 +46,7 @@ def test_compiled_dumps_compare_as_passing_against_eager(eager_and_compiled):
     # layer's `with dumper.tags(...)` is a push_tags operator.
     assert compiled["dump_ops_in_code"] == 9
     assert compiled["tag_ops_in_code"] == 2
+    assert compiled["layer_tagged_dumps"] == 8  # every dump of the two layers, not the output
     proc = dumpcmp("compare", str(root / "eager"), str(root / "compiled"), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
