@@ -10,6 +10,7 @@ what the step before it produced).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class LogicalTensor:
     position: int  # execution order within its run
     predecessors: tuple[TensorKey, ...] = ()
 
-    @property
+    @functools.cached_property
     def key(self) -> TensorKey:
+        # Cached: matching and planning ask for it several times per tensor (120k tensors).
         return (self.name, self.step, tags_key(self.tags))
 
     @property
@@ -58,9 +60,16 @@ def group_records(records: Iterable[IndexRecord], *, ignore_tags: frozenset[str]
     tags_of: dict[TensorKey, dict[str, Any]] = {}
     last_on_rank: dict[str, TensorKey] = {}
     predecessors: dict[TensorKey, list[TensorKey]] = defaultdict(list)
+    # The reader shares one tags dict among the records that carry the same tags: their
+    # filtered tags and key are computed once (a million records, a few thousand dicts).
+    keyed: dict[int, tuple[dict[str, Any], TagsKey, dict[str, Any]]] = {}
     for record in records:
-        tags = {k: v for k, v in record.tags.items() if k not in ignore_tags}
-        key = (record.name, record.step, tags_key(tags))
+        seen = keyed.get(id(record.tags))
+        if seen is None or seen[2] is not record.tags:
+            tags = {k: v for k, v in record.tags.items() if k not in ignore_tags}
+            seen = keyed[id(record.tags)] = (tags, tags_key(tags), record.tags)
+        tags = seen[0]
+        key = (record.name, record.step, seen[1])
         if key not in grouped:
             grouped[key] = []
             tags_of[key] = tags

@@ -10,6 +10,8 @@ small token metadata here too.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -25,6 +27,8 @@ from comparator.results import (Coverage, Judgement, Measurement, NotMeasured, P
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
 from dumper.format import IndexRecord
 from dumper.run import Run
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +150,13 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner |
     ``aligner``: None for the options' own (``auto`` is chosen here from the runs' token metadata).
     """
     ignore = options.name_map.ignore_tags
+    started = time.perf_counter()
     tensors = runs.map(lambda run: group_records(run.records, ignore_tags=ignore))
+    for side, run, grouped in (("baseline", runs.baseline, tensors.baseline), ("target", runs.target, tensors.target)):
+        log.debug("plan: %s: %d records of %d rank(s) -> %d logical tensors", side,
+                  sum(len(rank.records) for rank in run.ranks), len(run.ranks), len(grouped))
+    log.debug("plan: grouped records in %.2f s", time.perf_counter() - started)
+    started = time.perf_counter()
     axis_sizes = _axis_sizes(runs)
     aux = Pair(_aux_loader(runs.baseline, tensors.baseline, options, "baseline"),
                _aux_loader(runs.target, tensors.target, options, "target"))
@@ -166,6 +176,7 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner |
             items.append(_plan_unit(series, unit, options))
     items.sort(key=lambda item: item.place.order)
     items = attach_downstream(attach_routing(items, options.routing), aux.baseline, options)
+    log.debug("plan: %d work items in %.2f s", len(items), time.perf_counter() - started)
     return ComparisonPlan(items=tuple(items), axis_sizes=axis_sizes, aligner=aligner.name, aligner_reason=reason)
 
 

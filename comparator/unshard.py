@@ -23,6 +23,8 @@ missing all-reduce over ``ep`` is charged to ``ep`` and not to ``moe_tp``.
 
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -104,7 +106,7 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
         raise UnshardError(f"{label}: no records")
     text = dims if dims is not None else _common_dims(label, records)
     try:
-        spec = parse_dims(text) if text else None
+        spec = _parse_dims_cached(text) if text else None
     except DimsSyntaxError as exc:
         raise UnshardError(f"{label}: {exc}") from None
     dtypes = {record.dtype for record in records}
@@ -173,6 +175,10 @@ def plan_unshard(label: str, records: Sequence[IndexRecord], *, dims: str | None
         shape=tuple(size for dim, size in enumerate(shape) if dim not in squeeze), dtype=plan.dtype,
         notes=tuple(notes), squeeze=squeeze,
     )
+
+
+# A run holds a handful of distinct dims strings and 100k+ logical tensors: parse each once.
+_parse_dims_cached = functools.lru_cache(maxsize=4096)(parse_dims)
 
 
 def _common_dims(label: str, records: Sequence[IndexRecord]) -> str | None:
