@@ -32,3 +32,9 @@ class NameMapError(ComparatorError):
 
 class NothingUsableError(ComparatorError):
     """Every tensor failed to load: the runs' data is unusable (exit code 2)."""
+
+class ComparabilityError(ComparatorError):
+    """The two runs cannot be meaningfully compared: one run twice, or runs of different models."""
+
+class GateError(ComparatorError):
+    """The nightly gate's store, waivers or history are unusable (an unwritable store, a corrupt line...)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from aligners import Aligner, AlignmentNote
 from comparator.errors import UnshardError
-from comparator.judge.hints import (batching_hint, nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint,
+from comparator.judge.hints import (batching_hint, layout_hint, nonfinite_hint, padding_hint, replica_hint, scale_hint, shape_hint,
                                     stats_replica_hint)
 from comparator.judge.limits import MeasurementKind
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
@@ -93,8 +93,11 @@ class Executor:
             return item.place.result(status="pass", measurement=measurement, judgement=judgement, notes=notes,
                                      alignment=alignment, routing=routing, downstream=downstream, coverage=coverage)
         evidence = measurement.metrics if isinstance(measurement, TensorMeasurement) else measurement.stats
+        # NOTE: a scale by a group size where the two sides' dims disagree is the annotations' doing.
+        layout = (layout_hint(item.plans.baseline[0].dims, item.plans.target[0].dims, evidence.scale, self.axis_sizes)
+                  if isinstance(evidence, Metrics) else None)
         hint = (specific_hint(judgement) or (nonfinite_hint(evidence) if isinstance(evidence, Metrics) else None)
-                or scale_hint(evidence, self.axis_sizes))
+                or layout or scale_hint(evidence, self.axis_sizes))
         return item.place.result(status="fail", measurement=measurement, judgement=judgement, notes=notes,
                                  alignment=alignment, routing=routing, hint=hint, downstream=downstream,
                                  coverage=coverage, reason=describe_failure(judgement, measurement))

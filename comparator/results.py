@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from comparator.judge.graft import GraftVerdict
     from comparator.judge.routing import RoutingCheck
 
+if TYPE_CHECKING:
+    from comparator.comparability import RunsComparison
+
 Status = Literal["pass", "fail", "skip", "error"]
 Origin = Literal["source", "propagated"]
 Side = Literal["baseline", "target"]
@@ -280,6 +283,8 @@ class Report:
     collectives: "CollectiveTrace | None" = None
     fingerprints: "Pair[RunFingerprint] | None" = None  # where each run came from (run.json, rank.json)
     graft: "GraftVerdict | None" = None  # what a graft in the target did downstream (None: nothing grafted)
+    # What differs between the runs' fingerprints (comparator/comparability.py); None: not checked.
+    runs: RunsComparison | None = None
     aligner_reason: str | None = None  # why that aligner (--aligner auto); None: named on the command line
 
     def __bool__(self) -> bool:

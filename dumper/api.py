@@ -112,6 +112,8 @@ class Dumper:
         self._graphs: GraphDumps | None = None  # once a CUDA tensor is dumped
         self._real_tokens: int | None = None
         self._graph_hooked = False  # dumper/graph_hooks.py routes CUDAGraph events here
+        self._model: dict[str, Any] | None = None  # dumper.fingerprint.model_identity, from record_model()
+        self._env_patterns: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------- config
     @property
@@ -511,6 +513,57 @@ class Dumper:
         except Exception as exc:  # noqa: BLE001 - never break the engine
             self._fail(exc)
 
+    # ----------------------------------------------------------- fingerprint
+    def record_model(self, *, env: tuple[str, ...] | list[str] = (), **identity: Any) -> None:
+        """What the engine runs, for the run's fingerprint (engine presets call this once the model is loaded).
+
+        ``identity``: engine, architecture, config, weights, dtype, quantization, settings
+        (see :func:`dumper.fingerprint.model_identity`); ``env``: globs of the engine's
+        environment settings worth recording (e.g. ``VLLM_*``). Never raises.
+        """
+        try:
+            from dumper.fingerprint import model_identity
+
+            self._model = model_identity(**identity)
+            self._env_patterns = tuple(env)
+        except Exception as exc:  # noqa: BLE001 - a fingerprint is optional; never break the engine
+            self._warn_once("fingerprint", f"dumpcmp: model fingerprint not recorded ({type(exc).__name__}: {exc})")
+            return
+        if self._rank_dir is not None:
+            self._write_fingerprint()
+
+    @staticmethod
+    def weights_digest(tensors: Any) -> str | None:
+        """A digest of full (unsharded) weights ``{name: tensor}``; None if they cannot be read."""
+        try:
+            from dumper.fingerprint import tensors_digest
+
+            return tensors_digest(tensors)
+        except Exception:  # noqa: BLE001 - a fingerprint is optional; never break the engine
+            return None
+
+    @staticmethod
+    def checkpoint_digest(path: Any) -> str | None:
+        """A digest of a model directory's weight files (headers and sizes only); None if not local."""
+        try:
+            from dumper.fingerprint import checkpoint_digest
+
+            return checkpoint_digest(path)
+        except Exception:  # noqa: BLE001 - a fingerprint is optional; never break the engine
+            return None
+
+    def _write_fingerprint(self) -> None:
+        if self._rank_dir is None:
+            return
+        try:
+            from dumper.fingerprint import build_fingerprint, write_fingerprint
+
+            command = list(self._config.command) or list(sys.argv)
+            write_fingerprint(self._rank_dir, build_fingerprint(
+                command=command, environ=os.environ, model=self._model, env_patterns=self._env_patterns))
+        except Exception as exc:  # noqa: BLE001 - a fingerprint is optional; never break the engine
+            self._warn_once("fingerprint", f"dumpcmp: run fingerprint not written ({type(exc).__name__}: {exc})")
+
     # ---------------------------------------------------------------- writer
     def _start_writer(self, info):
         from dumper.snapshot import Snapshotter
@@ -547,6 +600,7 @@ class Dumper:
             )
             self._rank_info = rank_info
             self._rank_dir = rank_dir
+            self._write_fingerprint()
             if config.collectives:
                 self._start_collective_trace(rank_dir)
             return self._reopen_writer(config, rank_dir)

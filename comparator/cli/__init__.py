@@ -17,6 +17,7 @@ from comparator.cli import calibrate as _calibrate  # noqa: F401  (registers the
 from comparator.cli import check as _check  # noqa: F401  (registers the command)
 from comparator.cli import compare as _compare  # noqa: F401  (registers the command)
 from comparator.cli import demo as _demo  # noqa: F401  (registers the command)
+from comparator.cli import gate as _gate  # noqa: F401  (registers the command)
 from comparator.cli import ls as _ls  # noqa: F401  (registers the command)
 from comparator.cli import patch as _patch  # noqa: F401  (registers the command)
 from comparator.cli import run as _run  # noqa: F401  (registers the command)

@@ -33,11 +33,19 @@ def compare_command(
         None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate (repeatable: any matches)."),
     allow_skip: Optional[list[str]] = typer.Option(
         None, "--allow-skip", help="Regex of tensor names that may be missing on one side (repeatable: any matches)."),
-    format: CompareFormat = typer.Option(
-        CompareFormat.table, "--format", "-f",
-        help="table for people, json for scripts, junit for CI, html for a self-contained page with plots "
-        "(use with --output)."),
+    format: Optional[List[str]] = typer.Option(
+        None, "--format", "-f", metavar="table|json|junit|html",
+        help="table (default) for people, json for scripts, junit for CI, html for a self-contained page with plots "
+        "(use with --output). With --output-dir: several, comma-separated or repeated (json,junit,html)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", "-d", help="Write every --format from this one comparison into this directory "
+        "(report.json, junit.xml, report.html, report.txt)."),
+    allow_self: bool = typer.Option(
+        False, "--allow-self", help="Compare a run with itself (same directory or run id): refused otherwise, as it always passes."),
+    allow_different_model: bool = typer.Option(
+        False, "--allow-different-model",
+        help="Compare runs whose fingerprints say another model, weights, quantisation or dtype (refused otherwise)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Target steps A:B (A to B-1), A:, :B or A."),
     baseline_steps: Optional[str] = typer.Option(
         None, "--baseline-steps", help="Baseline steps, paired in order with --steps (e.g. skip warm-up steps). Default: --steps."),
@@ -69,6 +77,12 @@ def compare_command(
     then judged from their index stats and checksums only, with limits of their own
     (the stats: section of --thresholds), and every report marks them "stats".
 
+    Each report lists what differs between the runs' fingerprints (layout, versions,
+    settings). Runs of different models (architecture, config, weights, quantisation,
+    dtype) are refused with exit code 2 unless --allow-different-model (a dtype change
+    alone: a thresholds file saying allow_dtype_change: true); so is a run compared with
+    itself, unless --allow-self.
+
     Exit codes: 0 all pass; 1 a failure (or skip) not allowed; 2 bad input or usage;
     3 nothing was compared.
 
@@ -79,14 +93,27 @@ def compare_command(
       dumpcmp compare runs/tp1 runs/tp2 --format html --output report.html
 
       dumpcmp compare runs/nightly-baseline runs/tonight --format junit --output junit.xml
+
+      dumpcmp compare runs/tp1 runs/tp2 --output-dir reports --format json,junit,html
     """
     setup_logging(verbose)
     import logging
     import sys
 
     with user_errors():
+        import dataclasses
+
+        from comparator.comparability import check_comparable
+        from comparator.errors import OptionError
         from comparator.pipeline import compare
         from comparator.options import CompareOptions
+        from comparator.report.files import parse_formats
+
+        formats = parse_formats(format or ["table"])
+        if output_dir is None and len(formats) > 1:
+            raise OptionError(f"--format {','.join(formats)}: several formats need --output-dir DIR (one file each)")
+        if output_dir is not None and output is not None:
+            raise OptionError("--output and --output-dir: give one (--output-dir writes one file per --format)")
 
         options = CompareOptions.from_values(
             aligner=aligner, aligner_metadata=aligner_meta, thresholds=thresholds, allow_fail=_any_of(allow_fail),
@@ -101,13 +128,24 @@ def compare_command(
             logging.getLogger("comparator.pipeline").setLevel(logging.ERROR)
         # The bar is on stderr and transient: it never mixes with a report on stdout.
         show_progress = sys.stderr.isatty()
+        runs = check_comparable(baseline, target, allow_self=allow_self, allow_different_model=allow_different_model,
+                                allow_dtype_change=options.thresholds.allow_dtype_change)
         report = _run_with_progress(compare, baseline, target, options) if show_progress else compare(baseline, target, options=options)
+        report = dataclasses.replace(report, runs=runs)
         checks = None
         if check_target:
             from comparator.check import CheckOptions, check_run
 
             checks = check_run(target, options=CheckOptions(thresholds=options.thresholds))
-        _emit(report, format, output, checks)
+        if output_dir is None:
+            _emit(report, CompareFormat(formats[0]), output, checks)
+        else:
+            from comparator.report.files import FILE_NAMES, report_directory
+
+            # One comparison, every format (DESIGN.md: --output-dir D --format json,junit,html).
+            directory = report_directory(output_dir)
+            for name in formats:
+                _emit(report, CompareFormat(name), directory / FILE_NAMES[name], checks)
     exit_code = report.exit_code
     if checks is not None and checks.findings and exit_code == 0:
         exit_code = 1

@@ -27,6 +27,11 @@ EXIT_CODES = {
     "demo": "0 when the demo ran (whatever the comparison found); 1 the example engine failed; 2 bad input",
     "calibrate": "0 the thresholds were written; 2 bad input (fewer than two runs, runs that differ in their tensors or like a bug)",
     "check": "0 clean; 1 a finding; 2 bad input or usage; 3 nothing was checked",
+    "gate run": "as compare: 0 pass; 1 a failure, or an expired or exceeded waiver; 2 bad input (store, waivers, "
+                "runs of different models, one run twice); 3 nothing was compared",
+    "gate init": "0 seeded; 2 an incomplete run or a store that is not writable",
+    "gate accept": "0 written; 2 bad values or a waivers file that cannot be extended",
+    "gate history": "0; 2 no history or a corrupt history line",
 }
 
 HEADER = """# dumpcmp command line
@@ -86,8 +91,11 @@ def _type(param: Any) -> str:
     inner = getattr(annotation, "__args__", None)
     if inner:  # List[str] and the like: a repeatable option
         annotation = inner[0]
+    metavar = getattr(param, "metavar", None) or ""
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         kind = " \\| ".join(f"`{member.value}`" for member in annotation)
+    elif "|" in metavar:  # choices given as a metavar (values a comma-separated list may hold)
+        kind = " \\| ".join(f"`{choice}`" for choice in metavar.split("|"))
     else:
         kind = {int: "int", float: "float", Path: "path", str: "text"}.get(annotation, getattr(annotation, "__name__", "text"))
     return kind + (", repeatable" if getattr(param, "multiple", False) else "")

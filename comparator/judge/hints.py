@@ -15,6 +15,8 @@ from comparator.judge.stats_only import StatsComparison
 if TYPE_CHECKING:
     import torch
 
+    from dumper.dims import DimsSpec
+
 # A fitted scale k "is" a candidate when within this relative distance.
 SCALE_MATCH = 0.02
 # The target is a pure multiple of the baseline when |t - k b| / |t| is below this.
@@ -190,3 +192,36 @@ def graph_replay_hint(name: str, step: int, baseline: Mapping[str, tuple[int, in
     return (f"the {side} ran this step from a CUDA graph and the {other} eagerly: suspect graph-only state, "
             "e.g. padding rows of the captured batch leaking into real rows (routing counts, reductions), "
             "stale static buffers, or a collective captured with another group")
+
+
+def _axis_roles(spec: "DimsSpec | None") -> dict[str, str]:
+    """Run axis -> what the annotation says its ranks hold: "partial", "replicated" or "split dim N"."""
+    if spec is None:
+        return {}
+    roles = {axis: f"split dim {index}" for axis, index in spec.sharded.items()}
+    roles.update({spec.run_axis(axis): "partial" for axis in spec.partial})
+    roles.update({spec.run_axis(axis): "replicated" for axis in spec.replicated})
+    return roles
+
+
+def layout_hint(baseline_dims: "DimsSpec | None", target_dims: "DimsSpec | None", scale: float | None,
+                axis_sizes: Mapping[str, int]) -> str | None:
+    """"the dims annotations disagree": one side says partial where the other says replicated (or splits
+    another axis), and the values differ by that axis's group size. A stale annotation or a layout
+    change, not a doubled reduction: the data is summed (or not) because the annotation says so."""
+    if scale is None or not math.isfinite(scale) or scale <= 0 or abs(scale - 1.0) < SCALE_MATCH:
+        return None
+    baseline_roles, target_roles = _axis_roles(baseline_dims), _axis_roles(target_dims)
+    for axis in sorted(set(baseline_roles) | set(target_roles)):
+        size = axis_sizes.get(axis, 1)
+        b_role, t_role = baseline_roles.get(axis, "not mentioned"), target_roles.get(axis, "not mentioned")
+        if size <= 1 or b_role == t_role:
+            continue
+        if abs(scale / size - 1.0) < SCALE_MATCH or abs(scale * size - 1.0) < SCALE_MATCH:
+            factor = f"{size}" if scale > 1 else f"1/{size}"
+            return (f"the dims annotations disagree on {axis}: the baseline's say {b_role} "
+                    f"({baseline_dims.text if baseline_dims else 'none'!r}), the target's {t_role} "
+                    f"({target_dims.text if target_dims else 'none'!r}), and target = {factor} x baseline, the {axis} "
+                    f"group size: a layout change or a stale annotation on one side, not a doubled reduction; "
+                    f"make the dims agree (or --override-dims) and compare again")
+    return None

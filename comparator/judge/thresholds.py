@@ -13,6 +13,8 @@ File format (``--thresholds FILE``)::
         norm_ratio: [0.98, 1.02]  # range; a number x means [1-x, 1+x]
         max_abs: null           # null removes a default limit
         calibrated: {rel_diff: 4e-14, norm_ratio: 7e-8}  # optional: the noise it was calibrated on
+    allow_dtype_change: true    # optional: the runs may have been run in different dtypes
+                                # (compare refuses that otherwise: comparator/comparability.py)
     stats:                      # optional: the same shape, for stats-only comparisons
       defaults:
         float32: {norm_ratio: 1e-3}
@@ -55,7 +57,7 @@ CALIBRATED_METRICS = tuple(m for m in METRICS["tensor"] if m not in LOWER)
 # Keys of a rule besides its limits, per kind of measurement.
 RULE_KEYS: dict[MeasurementKind, tuple[str, ...]] = {"tensor": ("name", "tags", "dtype", "calibrated"),
                                                      "stats": ("name", "tags", "dtype", "checksum")}
-TOP_KEYS = ("rules", "defaults", "stats")
+TOP_KEYS = ("rules", "defaults", "stats", "allow_dtype_change")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +124,8 @@ class Thresholds:
     tensor: RuleSet = RuleSet(kind="tensor", defaults=TENSOR_DEFAULTS)
     stats: RuleSet = RuleSet(kind="stats", defaults=STATS_DEFAULTS)
     source: str | None = None  # the YAML file, if any
+    # The file says runs of different dtypes (a bf16 target against an fp32 baseline) may be compared.
+    allow_dtype_change: bool = False
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -192,13 +196,18 @@ class _Parser:
         unknown = [k for k in data if k not in TOP_KEYS]
         if unknown:
             raise self.fail(f"unknown key {unknown[0]!r}; valid top-level keys: {', '.join(TOP_KEYS)}", unknown[0])
-        tensor = self.rule_set("tensor", {k: v for k, v in data.items() if k != "stats"}, ())
+        # NOTE: allow_dtype_change is read by comparator/comparability.py, not by any rule.
+        allow_dtype_change = data.get("allow_dtype_change", False)
+        if not isinstance(allow_dtype_change, bool):
+            raise self.fail("allow_dtype_change must be true or false", "allow_dtype_change")
+        tensor = self.rule_set("tensor", {k: v for k, v in data.items() if k not in ("stats", "allow_dtype_change")}, ())
         stats_data = data.get("stats")
         if stats_data is None:
-            return Thresholds(tensor=tensor, source=self.path)
+            return Thresholds(tensor=tensor, source=self.path, allow_dtype_change=allow_dtype_change)
         if not isinstance(stats_data, dict) or any(k not in ("rules", "defaults") for k in stats_data):
             raise self.fail("stats: expected a mapping with 'rules' and/or 'defaults', like the top level", "stats")
-        return Thresholds(tensor=tensor, stats=self.rule_set("stats", stats_data, ("stats",)), source=self.path)
+        return Thresholds(tensor=tensor, stats=self.rule_set("stats", stats_data, ("stats",)), source=self.path,
+                          allow_dtype_change=allow_dtype_change)
 
     def rule_set(self, kind: MeasurementKind, data: dict[str, Any], prefix: tuple[Any, ...], *,
                  bare_list: bool = False) -> RuleSet:

@@ -22,6 +22,7 @@ import shlex
 from typing import Sequence
 
 from comparator.fingerprint import RunFingerprint
+from comparator.report.runs import runs_html
 from comparator.results import Pair, Report, TensorResult
 from comparator.report.svg import PlotPoint, error_plot, esc, fmt, heatmap, heatmap_scale
 
@@ -341,6 +342,10 @@ def _runs_section(report: Report, fingerprints: Pair[RunFingerprint] | None) -> 
                              ("started", fp.start_time), ("run id", fp.run_id), ("dumpcmp", fp.tool_version)):
             if value is not None:
                 rows.append((label, esc(value)))
+        if fp.model:
+            model = fp.model
+            rows.append(("model", esc(" ".join(f"{k}={model[k]}" for k in ("architecture", "dtype", "quantization",
+                                                                            "config_hash", "weights") if model.get(k)))))
         if fp.parallel:
             rows.append(("parallel", esc(", ".join(f"{axis}={size}" for axis, size in fp.parallel.items()))))
         if fp.ranks:
@@ -352,7 +357,7 @@ def _runs_section(report: Report, fingerprints: Pair[RunFingerprint] | None) -> 
             rows.append(("problem", f'<span style="color:#b28704">{esc(problem)}</span>'))
         body = "".join(f"<tr><td>{label}</td><td>{value}</td></tr>" for label, value in rows)
         columns.append(f'<div><h3>{side}</h3><table class="fingerprint" data-side="{side}">{body}</table></div>')
-    return f'<section id="runs"><h2>Runs</h2><div class="runs">{"".join(columns)}</div></section>'
+    return f'<section id="runs"><h2>Runs</h2><div class="runs">{"".join(columns)}</div>{runs_html(report)}</section>'
 
 
 __all__ = ["render_html"]

@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from comparator.report.runs import runs_json
 from comparator.results import Report, TensorResult
 
 SCHEMA = "dumpcmp.compare/1"
@@ -119,6 +120,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         # null, or what a graft did after its first grafted tensor: gone, moved (next_divergence), unchanged
         "graft": report.graft.to_json() if report.graft is not None else None,
         "problems": {side: list(found) for side, found in report.problems.items()},
+        "runs": runs_json(report),  # what differs between the runs' fingerprints (comparator/report/runs.py)
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from comparator.report.text import one_line, printable
+from comparator.report.runs import runs_lines
 from comparator.results import Report, TensorResult
 
 
@@ -56,6 +57,8 @@ def render_junit(report: Report) -> str:
         ET.SubElement(properties, "property", name=key, value=value)
     if report.graft is not None:
         ET.SubElement(properties, "property", name="graft", value=f"{report.graft.outcome}: {report.graft.detail}")
+    for line in runs_lines(report):  # what differs between the runs' fingerprints
+        ET.SubElement(properties, "property", name="runs", value=line)
     for result in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"dumpcmp.step{result.step}",
                              name=_case_name(result) + (" (stats only)" if result.stats_only else ""), time="0")

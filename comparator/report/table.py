@@ -11,6 +11,7 @@ from rich.text import Text
 from comparator.report.console import output_console
 from comparator.report.text import markup_safe, printable
 
+from comparator.report.runs import runs_lines
 from comparator.results import Report, TensorResult
 
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "magenta"}
@@ -102,6 +103,8 @@ def render_table(report: Report, console: Console | None = None) -> None:
                   f"aligner={markup_safe(report.aligner)}", highlight=False)
     if report.aligner_reason:
         console.print(f"[dim]{markup_safe(report.aligner_reason)}[/]", highlight=False)
+    for line in runs_lines(report):  # what differs between the runs' fingerprints
+        console.print(Text(printable(line), style="dim"))
     panel = _first_divergence_panel(report)
     if panel is not None:
         console.print(panel)

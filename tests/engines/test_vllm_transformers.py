@@ -198,3 +198,22 @@ def test_the_preset_dims_follow_vllms_fused_output_is_reduced(model, tmp_path):
     with open_run(run) as opened:
         dims = {r.dims for r in opened.records if r.name == "routed_expert_output"}
     assert dims == {"t h # tp:replicated"}
+
+
+def test_healthy_bf16_tp2_passes_against_tp1_with_default_limits(model, tmp_path):
+    """bf16, four prompts of eight new tokens, TP=1 against TP=2, default thresholds and no
+    allow-list: benign flips at near-ties are judged by routing.yaml's topk_ids, and the rows
+    they reach are left out downstream (docs/routing.md)."""
+    vllm = ["examples.vllm.run_vllm", model, "--dtype", "bfloat16", "--prompts", "4", "--max-tokens", "8"]
+    paths = {"tp1": str(tmp_path / "tp1"), "tp2": str(tmp_path / "tp2")}
+    tokens_tp1, _ = engine_run(paths["tp1"], [PRESET, ROUTING], [*vllm, "--tp", "1"])
+    tokens_tp2, _ = engine_run(paths["tp2"], [PRESET, ROUTING], [*vllm, "--tp", "2"],
+                               VLLM_CPU_OMP_THREADS_BIND="0|1")
+    assert tokens_tp1 == tokens_tp2
+    code, report = compare(paths["tp1"], paths["tp2"])
+    assert code == 0, report["exit_reason"]
+    summary = report["summary"]
+    assert summary["failed"] == summary["errored"] == 0 and summary["passed"] > 0
+    assert summary["skipped"] == summary["nothing_compared"]  # only results every row of which was left out
+    topk = by_name(report, "topk_ids")
+    assert topk and all(r["status"] == "pass" and not r["routing"]["suspicious_flips"] for r in topk)

@@ -69,7 +69,9 @@ def _function(target: str):
 
 @pytest.mark.parametrize("target", sorted(ANCHORS))
 def test_each_anchor_is_one_line_found_once(target):
-    lines = [line.strip() for line in inspect.getsource(_function(target)).splitlines()]
+    # NOTE: a trailing comment (e.g. a linter's noqa on a local kept for a patch) is not part
+    # of what the preset's dumps rely on: the line's statement.
+    lines = [line.split("  #", 1)[0].strip() for line in inspect.getsource(_function(target)).splitlines()]
     for anchor in ANCHORS[target]:
         assert lines.count(anchor) == 1, f"{target}: {anchor!r} found {lines.count(anchor)} times"
 

@@ -33,6 +33,7 @@ for layer in range(3):
 """
 
 
+# NOTE: the damaged runs are copies of good_run (same run id): compare needs --allow-self to take them.
 def dumpcmp(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI in-process (fast); an escaped exception shows up as a traceback in stderr."""
     result = CliRunner().invoke(app, list(args))
@@ -80,7 +81,7 @@ def test_truncated_data_files(broken, good_run):
         file.write_bytes(raw[: len(raw) // 2])
     assert dumpcmp("ls", str(path)).returncode == 0  # ls reads only the index
     # Nothing usable on the target side: exit 2, naming a broken file.
-    result = dumpcmp("compare", str(good_run), str(path))
+    result = dumpcmp("compare", str(good_run), str(path), "--allow-self")
     assert_clean_failure(result, contains=data[0].parent.name, code=2)
 
 
@@ -90,7 +91,7 @@ def test_bit_flipped_headers(broken, good_run):
         raw = bytearray(file.read_bytes())
         raw[10] ^= 0xFF
         file.write_bytes(bytes(raw))
-    result = dumpcmp("compare", str(good_run), str(path))
+    result = dumpcmp("compare", str(good_run), str(path), "--allow-self")
     assert_clean_failure(result, contains=data[0].parent.name, code=2)
 
 
@@ -98,7 +99,7 @@ def test_one_broken_file_among_good_ones(broken, good_run):
     path, rank, data = broken
     raw = data[0].read_bytes()
     data[0].write_bytes(raw[: len(raw) // 2])
-    as_json = json.loads(dumpcmp("compare", str(good_run), str(path), "--format", "json").stdout)
+    as_json = json.loads(dumpcmp("compare", str(good_run), str(path), "--allow-self", "--format", "json").stdout)
     errored = [r for r in as_json["results"] if r["status"] == "error"]
     assert errored and all(data[0].name in json.dumps(r) for r in errored)
     assert as_json["summary"]["passed"] + len(errored) == as_json["summary"]["total"]
@@ -116,9 +117,9 @@ def test_absurd_shape_in_safetensors_header(broken, good_run):
     result = dumpcmp("show", str(path), "hidden", "--step", "0", "--tags", "layer=0")
     assert "Traceback" not in result.stderr and result.returncode in (0, 2)
     # The other tensors of that file are still compared; the broken one is an error naming the file.
-    result = dumpcmp("compare", str(good_run), str(path))
+    result = dumpcmp("compare", str(good_run), str(path), "--allow-self")
     assert_clean_failure(result, contains="1 errors", code=1)
-    as_json = json.loads(dumpcmp("compare", str(good_run), str(path), "--format", "json").stdout)
+    as_json = json.loads(dumpcmp("compare", str(good_run), str(path), "--allow-self", "--format", "json").stdout)
     (errored,) = [r for r in as_json["results"] if r["status"] == "error"]
     assert data[0].name in json.dumps(errored)
 
@@ -136,7 +137,7 @@ def test_index_pointing_outside_the_run(broken, good_run, tmp_path):
     assert listing.returncode == 0
     problems = json.loads(listing.stdout)["problems"]
     assert any("outside its rank directory" in p for p in problems)
-    result = dumpcmp("compare", str(good_run), str(path))
+    result = dumpcmp("compare", str(good_run), str(path), "--allow-self")
     assert "Traceback" not in result.stderr and result.returncode in (1, 2, 3)
 
 
@@ -145,7 +146,7 @@ def test_wrong_schema_version(broken, good_run):
     info = json.loads((path / "run.json").read_text())
     info["schema_version"] = 7
     (path / "run.json").write_text(json.dumps(info))
-    for args in (("ls", str(path)), ("compare", str(good_run), str(path)), ("show", str(path), "hidden")):
+    for args in (("ls", str(path)), ("compare", str(good_run), str(path), "--allow-self"), ("show", str(path), "hidden")):
         assert_clean_failure(dumpcmp(*args), contains="run schema version 7")
 
 
