@@ -299,7 +299,7 @@ def _table_section(report: Report) -> str:
         status = ("grafted" if result.grafted and result.status == "pass" else result.status) + (
             " (grafted)" if result.grafted and result.status != "pass" else "") + (
             " (allowed)" if result.allowed else "") + (" ^" if result.origin == "propagated" else "")
-        reason = result.hint or result.reason or ""
+        reason = result.hint or result.reason or (result.notes[0] if result.notes else "")
         if result.hint and result.reason:
             reason = f"{result.hint} ({result.reason})"
         search = " ".join([result.name, tags, result.status, reason]).lower()

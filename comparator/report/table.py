@@ -114,7 +114,7 @@ def render_table(report: Report, console: Console | None = None) -> None:
     rows: list[tuple[dict[str, str], str, str, str] | None] = []  # None: a fold of passing tensors
     folded: list[int] = []
     for index, result in enumerate(report.results):
-        if fold and result.status == "pass" and not result.grafted:
+        if fold and result.status == "pass" and not result.grafted and not result.notes:  # rows left out stay shown
             if not rows or rows[-1] is not None:
                 rows.append(None)
                 folded.append(0)
@@ -135,7 +135,9 @@ def render_table(report: Report, console: Console | None = None) -> None:
         cells["floor"] = _fmt(result.floor_ratio)  # metric / calibrated noise (dumpcmp calibrate)
         alignment = result.alignment.describe() if result.alignment is not None and result.alignment.changed_anything else ""
         rows.append((cells, "cyan" if result.grafted else STATUS_STYLE[result.status],
-                     printable(result.hint or _short_reason(result) or alignment),
+                     # NOTE: a pass judged on part of its rows (benign routing flips, tokens they
+                     # reach) says so here: what was left out is part of the verdict.
+                     printable(result.hint or _short_reason(result) or alignment or (result.notes[0] if result.notes else "")),
                      "dim" if result.origin == "propagated" else ""))
     order = ["#", "step", "name", "tags", "status", "rel_diff", "rel_l2", "cosine", "norm_ratio", "floor", "max_abs"]
     widths = {c: max([len(c)] + [len(r[0][c]) for r in rows if r is not None]) for c in order}
