@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dumper.errors import RunFormatError, RunNotFoundError
+from dumper.format import IndexRecord
 from dumper.loader import TensorLoader
 from dumper.reader import open_run, read_index
 from tests.helpers.procs import dump_run
@@ -167,3 +168,25 @@ def test_load_copies_so_tensors_outlive_the_run(run_dir):
         tensor = run.load(run.records[0])
     tensor += 1  # writable, owned memory
     assert torch.equal(tensor, torch.arange(4, dtype=torch.float32) + 1)
+
+
+def test_a_bad_line_inside_a_decoded_batch_is_named_and_the_rest_kept(run_dir):
+    # Lines are decoded 2048 at a time (issue 23); a line that breaks its batch's JSON
+    # must still cost only itself, named by its line number.
+    index = run_dir / "rank-00000" / "index.jsonl"
+    first = json.loads(index.read_text().splitlines()[0])
+    lines = [json.dumps({**first, "seq": seq}) for seq in range(3000)]
+    lines[2500] = "{not json"
+    lines[10] = "[1, 2]"  # decodes, but is not a record
+    index.write_text("\n".join(lines) + "\n")
+    records, torn, problems = read_index(str(index), source="rank-00000")
+    assert [r.seq for r in records] == [seq for seq in range(3000) if seq not in (10, 2500)] and torn == 0
+    assert [p.split(": ", 1)[1].split(" (")[0] for p in problems] == ["line 11 is not a valid record",
+                                                                      "line 2501 is not a valid record"]
+
+
+def test_the_fast_path_reads_what_the_validating_path_reads(run_dir):
+    index = run_dir / "rank-00000" / "index.jsonl"
+    records, _, problems = read_index(str(index), source="rank-00000")
+    slow = [IndexRecord.from_json(json.loads(line), source="rank-00000") for line in index.read_text().splitlines()]
+    assert not problems and records == slow and len(records) == 6
