@@ -171,12 +171,7 @@ class Snapshotter:
         if not values or values[0].device.type != "cuda":
             return [self.take(value) for value in values]
         index = values[0].get_device()
-        copier = self._copiers.get(index)
-        if copier is None:
-            copier = self._copiers[index] = _DeviceCopier(index)
-        if self._pinned_pool is None or self._pinned_ring is None:
-            self._pinned_pool = HostBufferPool(pinned=True, limit_bytes=self._pool_bytes)
-            self._pinned_ring = PinnedRing(self._pool_bytes)
+        copier, ring, pinned = self._device(index)
         engine_stream = torch.cuda.current_stream(index)
         side = copier.stream
         done = copier.spare_events.pop() if copier.spare_events else torch.cuda.Event()
@@ -192,14 +187,7 @@ class Snapshotter:
                 if nbytes == 0:
                     taken.append((torch.empty(value.shape, dtype=value.dtype), None, None))
                     continue
-                slot = self._pinned_ring.take(nbytes)
-                token: Any  # what the pool takes back in give()
-                if slot is not None:
-                    buffer, token = slot
-                    pool: HostBufferPool | PinnedRing = self._pinned_ring
-                else:
-                    buffer = token = self._pinned_pool.take(nbytes)
-                    pool = self._pinned_pool
+                buffer, token, pool = _pinned_buffer(ring, pinned, nbytes)
                 host = _view_as(buffer, value)
                 host.copy_(value, non_blocking=True)
                 value.record_stream(side)
@@ -216,26 +204,23 @@ class Snapshotter:
             last.spare_events = copier.spare_events
         return snapshots
 
-    def _take_cuda(self, value: torch.Tensor) -> Snapshot:
-        index = value.get_device()
+    def _device(self, index: int) -> tuple["_DeviceCopier", PinnedRing, HostBufferPool]:
+        """This device's copier, and the pinned pools every CUDA snapshot draws from (made once)."""
         copier = self._copiers.get(index)
         if copier is None:
             copier = self._copiers[index] = _DeviceCopier(index)
         if self._pinned_pool is None or self._pinned_ring is None:
             self._pinned_pool = HostBufferPool(pinned=True, limit_bytes=self._pool_bytes)
             self._pinned_ring = PinnedRing(self._pool_bytes)
+        return copier, self._pinned_ring, self._pinned_pool
+
+    def _take_cuda(self, value: torch.Tensor) -> Snapshot:
+        index = value.get_device()
+        copier, ring, pinned = self._device(index)
         nbytes = value.numel() * value.element_size()
         if nbytes == 0:
             return Snapshot(tensor=torch.empty(value.shape, dtype=value.dtype))
-        taken = self._pinned_ring.take(nbytes)
-        pool: HostBufferPool | PinnedRing
-        token: Any  # what the pool takes back in give()
-        if taken is not None:
-            buffer, token = taken
-            pool = self._pinned_ring
-        else:
-            buffer = token = self._pinned_pool.take(nbytes)
-            pool = self._pinned_pool
+        buffer, token, pool = _pinned_buffer(ring, pinned, nbytes)
         host = _view_as(buffer, value)
         # NOTE: the per-call cost here is engine time; the stream switch and the events
         # are done with the cheapest calls torch offers (StreamContext and a fresh
@@ -267,3 +252,13 @@ class _DeviceCopier:
         self.ready = torch.cuda.Event()
         self.lock = threading.Lock()
         self.spare_events: list = []  # completed events, recycled by Snapshot.release
+
+
+def _pinned_buffer(ring: PinnedRing, pinned: HostBufferPool, nbytes: int) -> tuple[Any, Any, HostBufferPool | PinnedRing]:
+    """(buffer, token the pool takes back in give(), pool): the ring first, else a pooled pinned block."""
+    slot = ring.take(nbytes)
+    if slot is not None:
+        buffer, token = slot
+        return buffer, token, ring
+    buffer = pinned.take(nbytes)
+    return buffer, buffer, pinned

@@ -81,3 +81,21 @@ def compose(text: str) -> Any:
     import yaml
 
     return yaml.compose(text, Loader=loader_class())
+
+
+def load_document(text: str, path: str, error: type[DumpcmpError]) -> tuple[Any, Any]:
+    """``(data, root node)`` of a user's YAML file (the node keeps line numbers for messages).
+
+    Every problem becomes ``error`` with one line: ``path:line: invalid YAML (...)`` or the
+    limit that was hit.
+    """
+    import yaml
+
+    try:
+        return safe_load(text), compose(text)
+    except YamlLimitError as exc:
+        raise error(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise error(f"{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None

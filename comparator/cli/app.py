@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from enum import Enum
 from typing import Any, Iterator
 
 import typer
@@ -51,6 +52,15 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+
+
+class ReportFormat(str, Enum):
+    """The formats a comparison or a check renders to (comparator/report/, comparator/check/render.py)."""
+
+    table = "table"
+    json = "json"
+    junit = "junit"
+    html = "html"
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> "typer.Exit":

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from comparator.cli.app import app, setup_logging, user_errors
+from comparator.cli.app import ReportFormat, app, setup_logging, user_errors
 
 if TYPE_CHECKING:
     from comparator.check import CheckReport
 
 
-class CheckFormat(str, Enum):
-    table = "table"
-    json = "json"
-    junit = "junit"
-    html = "html"
+CheckFormat = ReportFormat  # one choice of formats for compare and check
 
 
 @app.command("check")

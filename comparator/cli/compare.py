@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from comparator.cli.app import app, setup_logging, user_errors
+from comparator.cli.app import ReportFormat, app, setup_logging, user_errors
 
 
-class CompareFormat(str, Enum):
-    table = "table"
-    json = "json"
-    junit = "junit"
-    html = "html"
+CompareFormat = ReportFormat  # one choice of formats for compare and check
 
 
 @app.command("compare")

@@ -64,7 +64,6 @@ class Waiver:
 
 
 def load_waivers(path: str | os.PathLike[str]) -> tuple[Waiver, ...]:
-    import yaml
 
     from dumper import yamlsafe
 
@@ -75,15 +74,7 @@ def load_waivers(path: str | os.PathLike[str]) -> tuple[Waiver, ...]:
         text = read_text(path, what="waivers file", error=GateError)
     except FileNotFoundError:
         raise GateError(f"{path}: no such waivers file; create one with: dumpcmp gate accept {path} ...") from None
-    try:
-        data = yamlsafe.safe_load(text)
-        root = yamlsafe.compose(text)
-    except yamlsafe.YamlLimitError as exc:
-        raise GateError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        raise GateError(f"{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    data, root = yamlsafe.load_document(text, path, GateError)
     return parse_waivers(data, root, path)
 
 

@@ -151,7 +151,6 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
     """Read a thresholds file; ``None`` gives the built-in defaults. Errors say file:line."""
     if path is None:
         return Thresholds()
-    import yaml
 
     path = os.fspath(path)
     try:
@@ -160,16 +159,7 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
         raise ThresholdsError(f"{path}: cannot read thresholds file ({exc.strerror})") from None
     from dumper import yamlsafe
 
-    try:
-        data = yamlsafe.safe_load(text)
-        root = yamlsafe.compose(text)
-    except yamlsafe.YamlLimitError as exc:
-        raise ThresholdsError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ThresholdsError(f"{where}: invalid YAML ({problem})") from None
+    data, root = yamlsafe.load_document(text, path, ThresholdsError)
     return _Parser(path, root).thresholds(data)
 
 
