@@ -33,7 +33,9 @@ from dumper.format_fields import (  # noqa: F401 - re-exported: the run format's
     write_json_atomic,
 )
 
-SCHEMA_VERSION = 1
+# 2: records' checksums are xxh3_64 (``checksum`` in run.json names the algorithm);
+# 1: crc32. Readers read both (dumper/checksums.py).
+SCHEMA_VERSION = 2
 TOOL_VERSION = "0.1.0"
 
 RUN_INFO_FILE = "run.json"
@@ -121,7 +123,7 @@ class IndexRecord(RecordHead):
     dtype: str  # torch dtype name without the "torch." prefix, e.g. "bfloat16"
     shape: tuple[int, ...]
     stats: TensorStats
-    checksum: str  # "crc32:xxxxxxxx" over the tensor's raw bytes (C order)
+    checksum: str  # "ALGORITHM:hex" over the tensor's raw bytes (C order): crc32 (schema 1), xxh3_64 (2)
     file: str | None  # data file, relative to the rank directory; None in stats mode
     key: str | None  # safetensors key inside ``file``
     # Set by the reader, never written: which directory the record came from.
@@ -308,6 +310,8 @@ class RunInfo:
     start_time: float
     engine: str | None = None
     world_size: int | None = None
+    # The algorithm of the records' checksums (dumper/checksums.py); absent in schema 1 runs: crc32.
+    checksum: str = "crc32"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -315,8 +319,9 @@ class RunInfo:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunInfo":
         world_size = data.get("world_size")
+        schema_version = _int(data["schema_version"], "schema_version")
         return cls(
-            schema_version=_int(data["schema_version"], "schema_version"),
+            schema_version=schema_version,
             tool_version=str(data.get("tool_version", "?")),
             run_id=_str(data.get("run_id", ""), "run_id"),
             command=[str(part) for part in _list(data.get("command") or [], "command")],
@@ -324,6 +329,7 @@ class RunInfo:
             start_time=_float(data.get("start_time", 0.0), "start_time"),
             engine=_opt_str(data.get("engine"), "engine"),
             world_size=None if world_size is None else _world_size(world_size),
+            checksum=_str(data.get("checksum", "crc32" if schema_version < 2 else "xxh3_64"), "checksum"),
         )
 
 

@@ -71,9 +71,14 @@ class TensorLoader:
                 raise RunFormatError(f"{path}: truncated: {record.name} needs {entry.nbytes} bytes at {entry.offset}, found {got}")
             tensor = torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
         if self.verify_checksums if verify is None else verify:
-            from dumper.stats import checksum
+            from dumper.checksums import KNOWN, recompute
+            from dumper.stats import raw_bytes
 
-            found = checksum(tensor)
+            # The record's own algorithm: crc32 in schema 1 runs, xxh3_64 since schema 2.
+            found = recompute(raw_bytes(tensor), record.checksum)
+            if found is None:
+                raise RunFormatError(f"{path}: {record.name} seq {record.seq}: unknown checksum algorithm in "
+                                     f"{record.checksum!r:.60} (this dumpcmp checks {', '.join(KNOWN)}; upgrade dumpcmp)")
             if found != record.checksum:
                 raise RunFormatError(f"{path}: checksum mismatch for {record.name} seq {record.seq} ({found} != {record.checksum})")
         return tensor

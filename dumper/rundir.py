@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from dumper import checksums
 from dumper.config import DumpConfig
 from dumper.errors import ConfigError, DumpcmpError, RunConflictError
 from dumper.format import (
@@ -54,6 +55,7 @@ def claim_rank_dir(run_dir: str, info: ParallelInfo, config: DumpConfig, run_id:
         command=list(config.command) or list(sys.argv),
         mode=config.mode,
         start_time=time.time(),
+        checksum=checksums.DEFAULT,
     )
     if not _create_exclusive_json(run_info_path, run_info.to_json()):
         existing_id = _read_json(run_info_path).get("run_id")

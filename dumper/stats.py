@@ -1,4 +1,4 @@
-"""Per-tensor statistics and checksum, computed on the writer thread in float64.
+"""Per-tensor statistics (in float64) and checksum, computed on the writer thread.
 
 Speed matters here: the writer must keep up with the disk. Each chunk is copied
 once into a reused float64 scratch buffer (fresh allocations cost more than the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-import zlib
 
 import torch
 
@@ -30,7 +29,10 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 def checksum(tensor: torch.Tensor) -> str:
-    return f"crc32:{zlib.crc32(raw_bytes(tensor)) & 0xFFFFFFFF:08x}"
+    """``ALGORITHM:hex`` of the tensor's bytes, in the writer's algorithm (dumper/checksums.py)."""
+    from dumper.checksums import compute
+
+    return compute(raw_bytes(tensor))
 
 
 def _buffers(n: int) -> tuple[torch.Tensor, torch.Tensor]:

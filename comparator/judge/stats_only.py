@@ -1,7 +1,7 @@
 """Stats-only measurements: compare a tensor from the index's statistics and checksums alone.
 
 A run dumped in ``stats`` mode writes no tensor data, only each record's stats (numel,
-min, max, mean, abs-mean, std, L2 norm, NaN/Inf counts, in float64) and a crc32 of its
+min, max, mean, abs-mean, std, L2 norm, NaN/Inf counts, in float64) and a checksum (crc32 or xxh3_64) of its
 bytes. That is enough for a cheap nightly gate:
 
 - ``checksum``: the tensors are bitwise identical when their checksums are (a
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from comparator.errors import UnshardError
+from dumper.checksums import comparable
 from comparator.unshard import UnshardPlan
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +68,7 @@ class StatsComparison:
     norm_ratio: float
     mean_diff: float
     abs_mean_diff: float
-    checksum_match: bool | None  # None: layouts or dtypes differ, checksums say nothing
+    checksum_match: bool | None  # None: layouts, dtypes or checksum algorithms differ: checksums say nothing
     replica_stats_diff: float = 0.0
     replica_checksum_mismatch: tuple[str, ...] = ()  # replicated axes whose copies are not bitwise equal
 
@@ -209,7 +210,8 @@ def _pool(plan: UnshardPlan, by_coords: dict[tuple[int, ...], Any], level: int, 
                 picked = pool
                 continue
             if pool.checksums != picked.checksums:
-                replicas.checksum_mismatch.add(op.axis)
+                if comparable(*pool.checksums, *picked.checksums):
+                    replicas.checksum_mismatch.add(op.axis)
                 a, b = picked.finish(""), pool.finish("")
                 replicas.stats_diff = max(replicas.stats_diff, *_stats_distance(a, b))
         if picked is None:
@@ -272,7 +274,9 @@ def compare_stats(baseline_plans: Sequence[UnshardPlan], target_plans: Sequence[
     baseline = _pool_steps([pool_stats(p, partial_as_shards=same_layout) for p in baseline_plans])
     target = _pool_steps([pool_stats(p, replicas, partial_as_shards=same_layout) for p in target_plans])
     checksum_match: bool | None = None
-    if baseline.layout == target.layout and all(baseline.checksums + target.checksums):
+    # NOTE: checksums of different algorithms (a crc32 run against an xxh3_64 one) always
+    # differ and say nothing: no verdict then, as for different layouts.
+    if baseline.layout == target.layout and comparable(*baseline.checksums, *target.checksums):
         checksum_match = baseline.checksums == target.checksums
     norm_delta, mean_diff, abs_mean_diff = _stats_distance(baseline, target)
     return StatsComparison(

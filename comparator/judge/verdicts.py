@@ -98,7 +98,8 @@ def describe_failure(judgement: Judgement, measurement: Measured) -> str:
             parts.append(_describe_nonfinite(measurement))
         elif metric == "checksum" and isinstance(measurement, StatsMeasurement):
             parts.append("checksums differ (bitwise identical data required)" if measurement.stats.checksum_match is False
-                         else "checksums not comparable (different layouts or dtypes) but bitwise identity is required")
+                         else "checksums not comparable (different layouts, dtypes or checksum algorithms) "
+                         "but bitwise identity is required")
         elif metric in judgement.limits:
             parts.append(f"{metric} = {values[metric]:.6g} (limit: {judgement.limits[metric].describe()})")
     text = "; ".join(parts)

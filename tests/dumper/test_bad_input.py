@@ -130,4 +130,4 @@ def test_stats_mode_writes_only_the_index(tmp_path):
     with open_run(run_dir) as run:
         assert run.mode == "stats"
         assert [r.stats.mean for r in run.records] == [0.0, 1.0, 2.0]
-        assert all(r.checksum.startswith("crc32:") and r.file is None for r in run.records)
+        assert all(r.checksum.startswith("xxh3_64:") and r.file is None for r in run.records)

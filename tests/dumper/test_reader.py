@@ -93,7 +93,7 @@ def test_leftovers_missing_ranks_and_unclosed_ranks_are_named(run_dir):
 def test_a_newer_schema_is_refused_with_what_to_do(run_dir):
     run_json = run_dir / "run.json"
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "schema_version": 99}))
-    with pytest.raises(RunFormatError, match="schema version 99, this dumpcmp reads up to 1; upgrade dumpcmp"):
+    with pytest.raises(RunFormatError, match="schema version 99, this dumpcmp reads up to 2; upgrade dumpcmp"):
         open_run(run_dir)
 
 

@@ -89,7 +89,7 @@ def test_stats_mode_writes_stats_and_checksums_but_no_data(tmp_path):
     rank.writer.close()
     (record,) = rank.index()
     assert record.file is None and record.key is None
-    assert record.stats.l2 == 5.0 and record.checksum.startswith("crc32:")
+    assert record.stats.l2 == 5.0 and record.checksum.startswith("xxh3_64:")
     assert not [name for name in os.listdir(rank.dir) if name.endswith(".safetensors")]
 
 

@@ -34,7 +34,7 @@ def test_one_tensor_with_its_shards_and_diff(runs, tmp_path):
                    "--plot", tmp_path / "diff.png")
     assert result.exit_code == 1  # it diverges
     out = result.stdout
-    assert "moe_output[layer=1]@step0" in out and "4 shard(s)" in out and "crc32:" in out
+    assert "moe_output[layer=1]@step0" in out and "4 shard(s)" in out and "xxh3_64:" in out
     assert "against the baseline: fail" in out and "missing all-reduce over ep" in out.replace("\n", " ")
     png = (tmp_path / "diff.png").read_bytes()
     width, height = read_png_size(png)
