@@ -33,6 +33,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from dumper.index_summary_write import write_summary
 from dumper.format import (
     INDEX_FILE, RANK_INFO_FILE, RUN_INFO_FILE, SCHEMA_VERSION, TOOL_VERSION, AxisInfo, IndexRecord, RankInfo, RunInfo,
     TensorStats, rank_dir_name, write_json_atomic,
@@ -82,7 +83,7 @@ TENSORS = (
 
 
 def write_run(path: str, layout: Layout, *, layers: int, steps: int, tokens: int, hidden: int,
-              extra_tensors: int = 0) -> int:
+              extra_tensors: int = 0, summaries: bool = True) -> int:
     """Write one run; returns the number of records."""
     os.makedirs(path, exist_ok=True)
     run_id = f"synth-{layout.tp}x{layout.ep}x{layout.dp}"
@@ -123,6 +124,8 @@ def write_run(path: str, layout: Layout, *, layers: int, steps: int, tokens: int
             rank=rank, world_size=layout.world_size, pid=0, host="synth", argv=["synth_run"], run_id=run_id,
             start_time=now, parallel={a: {"rank": i.rank, "size": i.size} for a, i in axes.items()},
             status="closed", records=seq, last_step=steps - 1).to_json())
+        if summaries:
+            write_summary(directory)  # what the dumper writes when a rank closes
         total += seq
     return total
 
@@ -139,10 +142,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--extra-tensors", type=int, default=0, help="more replicated tensors per layer (record count)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-summary", action="store_true",
+                        help="no index-summary.json (a run written before it, or a rank that never closed)")
     args = parser.parse_args()
     layout = Layout(args.tp, args.ep, args.dp)
     common = dict(layers=args.layers, steps=args.steps, tokens=args.tokens, hidden=args.hidden,
-                  extra_tensors=args.extra_tensors)
+                  extra_tensors=args.extra_tensors, summaries=not args.no_summary)
     start = time.perf_counter()
     target = write_run(os.path.join(args.out, "target"), layout, **common)
     baseline = 0 if args.no_baseline else write_run(os.path.join(args.out, "baseline"), Layout(1, 1, 1), **common)

@@ -144,8 +144,20 @@ def close(owner: "Dumper") -> None:
     if writer is not None:
         try:
             writer.close()
+            if not writer.failed:
+                _write_index_summary(writer.rank_dir)
         finally:
             owner._closed_writer.set()
+
+
+def _write_index_summary(rank_dir: str) -> None:
+    """The index's summary for ``dumpcmp ls`` (dumper/index_summary.py); never fails the engine."""
+    from dumper.index_summary_write import write_summary
+
+    try:
+        write_summary(rank_dir)
+    except Exception as exc:  # noqa: BLE001 - a missing summary only makes ls read the index lines
+        log.debug("dumpcmp: no index summary for %s (%s)", rank_dir, exc)
 
 
 

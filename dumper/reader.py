@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 from dumper.errors import DumpcmpError, RunFormatError, RunNotFoundError
 from dumper.format import (
@@ -33,6 +33,7 @@ from dumper.format import (
     RunInfo,
     SharedParts,
 )
+from dumper.index_summary import IndexSummary, load_summary
 from dumper.run import RankContents, Run
 from dumper.safeio import INDEX_LIMIT, INDEX_LINE_LIMIT, JSON_LIMIT, open_regular, read_text
 from dumper.sglang_reader import open_sglang_run
@@ -151,20 +152,27 @@ def _is_rank_dir(name: str) -> bool:
     return name.startswith(RANK_DIR_PREFIX) or name.startswith(PROC_DIR_PREFIX)
 
 
-def open_run(path: str | os.PathLike[str]) -> Run:
+IndexMode = Literal["records", "summary"]
+
+
+def open_run(path: str | os.PathLike[str], *, index: IndexMode = "records") -> Run:
     """Open a run directory written by dumpcmp (or, where supported, another dumper).
 
     ``path`` may also be a glob (``'runs/tp8-node*'``) naming the directories that the
     nodes of one run wrote (each its own ranks): they are opened as one run
     (``open_spread_run``).
+
+    ``index="summary"``: a rank whose index-summary.json matches its index is opened
+    with that summary (``RankContents.summary``) and no records (``dumpcmp ls``); the
+    other ranks are read as usual (dumper/index_summary.py).
     """
     path = os.fspath(path)
     if not os.path.exists(path) and is_glob(path):
-        return open_spread_run(path)
-    return open_run_directory(path)
+        return open_spread_run(path, index=index)
+    return open_run_directory(path, index=index)
 
 
-def open_run_directory(path: str, *, root: str | None = None) -> Run:
+def open_run_directory(path: str, *, root: str | None = None, index: IndexMode = "records") -> Run:
     """One run directory; with ``root``, its rank directories are named relative to it (multi-node runs)."""
     if not os.path.exists(path):
         raise RunNotFoundError(f"{path}: no such directory")
@@ -208,10 +216,15 @@ def open_run_directory(path: str, *, root: str | None = None) -> Run:
             except (TypeError, ValueError) as exc:
                 problems.append(f"{directory}/{RANK_INFO_FILE}: invalid ({exc})")
         index_path = os.path.join(directory, INDEX_FILE)
-        if not os.path.exists(index_path):
+        summary: IndexSummary | None = None
+        records: list[IndexRecord] = []
+        torn = 0
+        if index == "summary" and os.path.exists(index_path):
+            summary = load_summary(directory, source=entry, root=path)
+        if summary is not None:
+            pass  # records stay unread: the summary says what they hold
+        elif not os.path.exists(index_path):
             problems.append(f"{entry}: no {INDEX_FILE} (the process never dumped, or died first)")
-            records: list[IndexRecord] = []
-            torn = 0
         else:
             started = time.perf_counter()
             try:
@@ -230,12 +243,15 @@ def open_run_directory(path: str, *, root: str | None = None) -> Run:
             rank = rank_info.rank
         elif records:
             rank = records[0].rank
+        elif summary is not None and summary.rank is not None:
+            rank = summary.rank
         else:
             try:
                 rank = int(entry.removeprefix(RANK_DIR_PREFIX))
             except ValueError:
                 rank = -1
-        ranks.append(RankContents(directory=entry, rank=rank, info=rank_info, records=records, torn_lines=torn))
+        ranks.append(RankContents(directory=entry, rank=rank, info=rank_info, records=records, torn_lines=torn,
+                                  summary=summary))
         if rank_info is not None and rank_info.status == "running":
             problems.append(f"{entry}: did not close (still running, or killed); last step {_fmt_step(ranks[-1].last_step)}")
         if rank_info is not None and rank_info.lost:
@@ -277,7 +293,7 @@ def is_glob(path: str) -> bool:
     return glob.has_magic(path)
 
 
-def open_spread_run(pattern: str) -> Run:
+def open_spread_run(pattern: str, *, index: IndexMode = "records") -> Run:
     """The directories a glob names, opened as the one run their nodes wrote.
 
     Each node writes its own ranks under its own directory (node-local disks); every
@@ -288,9 +304,9 @@ def open_spread_run(pattern: str) -> Run:
     if not directories:
         raise RunNotFoundError(f"{pattern}: no directory matches this pattern")
     if len(directories) == 1:
-        return open_run_directory(directories[0])
+        return open_run_directory(directories[0], index=index)
     root = os.path.commonpath([os.path.abspath(d) for d in directories])
-    parts = [open_run_directory(os.path.abspath(d), root=root) for d in directories]
+    parts = [open_run_directory(os.path.abspath(d), root=root, index=index) for d in directories]
     for part in parts:
         if part.format != "dumpcmp":
             raise RunFormatError(f"{part.path}: only dumpcmp runs can be spread over several directories")

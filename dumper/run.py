@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from dumper.format import IndexRecord, RankInfo, RunInfo
+from dumper.index_summary import IndexSummary, summarize_records
 from dumper.loader import TensorLoader
 
 if TYPE_CHECKING:
@@ -23,13 +24,28 @@ class RankContents:
     info: RankInfo | None
     records: list[IndexRecord]
     torn_lines: int = 0
+    # Set when the run was opened for its summaries only (``open_run(..., index="summary")``)
+    # and the rank's index-summary.json matched its index: ``records`` is then empty.
+    summary: IndexSummary | None = None
+
+    def index_summary(self) -> IndexSummary:
+        """What the rank's index holds (dumper/index_summary.py): from its summary file, or from its records."""
+        return self.summary if self.summary is not None else summarize_records(self.records)
+
+    @property
+    def record_count(self) -> int:
+        return self.summary.records if self.summary is not None else len(self.records)
 
     @property
     def steps(self) -> list[int]:
+        if self.summary is not None:
+            return list(self.summary.steps)
         return sorted({r.step for r in self.records})
 
     @property
     def last_step(self) -> int | None:
+        if self.summary is not None:
+            return self.summary.steps[-1] if self.summary.steps else None
         return max((r.step for r in self.records), default=None)
 
     @property
@@ -66,6 +82,7 @@ class Run:
     def world_size(self) -> int:
         sizes = [r.info.world_size for r in self.ranks if r.info is not None]
         sizes += [rec.world_size for r in self.ranks for rec in r.records[:1]]
+        sizes += [r.summary.world_size for r in self.ranks if r.summary is not None and r.summary.world_size is not None]
         return max(sizes, default=len(self.ranks))
 
     @property
@@ -76,6 +93,8 @@ class Run:
     def mode(self) -> str:
         if self.info is not None:
             return self.info.mode
+        if any(rank.summary is not None and rank.summary.has_data for rank in self.ranks):
+            return "tensor"
         return "stats" if all(rec.file is None for rank in self.ranks for rec in rank.records) else "tensor"
 
     def load(self, record: IndexRecord, *, verify: bool = False) -> "torch.Tensor":

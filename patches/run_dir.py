@@ -18,9 +18,10 @@ import stat
 from dumper.errors import ConfigError
 from dumper.format import PROC_DIR_PREFIX, RANK_DIR_PREFIX, RUN_INFO_FILE
 
-# Names the writer, the collective trace, the fingerprint and the atomic JSON writes create in a rank folder.
+# Names the writer, the collective trace, the fingerprint, the index summary and the atomic JSON writes
+# create in a rank folder.
 _RANK_FILE = re.compile(
-    r"((rank|fingerprint)\.json(\.tmp-\d+)?|index\.jsonl|collectives\.jsonl|data-\d{6}\.safetensors(\.tmp)?)\Z")
+    r"((rank|fingerprint|index-summary)\.json(\.tmp-\d+)?|index\.jsonl|collectives\.jsonl|data-\d{6}\.safetensors(\.tmp)?)\Z")
 _RANK_DIR = re.compile(rf"({re.escape(RANK_DIR_PREFIX)}\d{{5,}}|{re.escape(PROC_DIR_PREFIX)}\d+)\Z")
 _TOP_TEMP = re.compile(r"run\.json\.(tmp|new)-\d+\Z")
 _OBSERVER_DIR = "observer"  # comparator/cli/observer.py: --verify-observer's outputs

@@ -37,7 +37,7 @@ def ls_command(
         import logging
 
         logging.getLogger("dumper.reader").setLevel(logging.ERROR)
-        with open_run(run_dir) as run:
+        with open_run(run_dir, index="summary") as run:
             summary = summarize_run(run)
     if format is LsFormat.json:
         typer.echo(json.dumps(summary.to_json(), indent=1))

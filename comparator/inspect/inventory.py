@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dumper.index_summary import IndexSummary
 from dumper.reader import Run
 
 
@@ -54,45 +55,21 @@ class RunSummary:
 
 
 def summarize_run(run: Run) -> RunSummary:
+    """The run's ranks and tensors; a rank opened with its index summary is not decoded line by line."""
+    summaries = [rank.index_summary() for rank in run.ranks]
     ranks = [
         RankSummary(
             directory=r.directory,
             rank=r.rank,
             status=r.status,
-            records=len(r.records),
-            steps=r.steps,
-            parallel=(r.info.parallel if r.info is not None else {a: i.to_json() for a, i in r.records[0].parallel.items()} if r.records else {}),
+            records=summary.records,
+            steps=list(summary.steps),
+            parallel=r.info.parallel if r.info is not None else summary.parallel,
             torn_lines=r.torn_lines,
             escalation=r.info.escalation if r.info is not None else None,
             against=(r.info.online or {}).get("against") if r.info is not None else None,
         )
-        for r in run.ranks
-    ]
-    grouped: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in run.records:
-        key = (record.name, repr(sorted(record.tags.items())))
-        entry = grouped.get(key)
-        if entry is None:
-            entry = grouped[key] = {
-                "name": record.name,
-                "tags": record.tags,
-                "dtype": record.dtype,
-                "shapes": [],
-                "dims": record.dims,
-                "steps": set(),
-                "ranks": set(),
-                "records": 0,
-                "bytes": 0,
-            }
-        if list(record.shape) not in entry["shapes"]:
-            entry["shapes"].append(list(record.shape))
-        entry["steps"].add(record.step)
-        entry["ranks"].add(record.rank)
-        entry["records"] += 1
-        entry["bytes"] += record.nbytes
-    tensors = [
-        TensorSummary(**{**entry, "steps": sorted(entry["steps"]), "ranks": sorted(entry["ranks"])})
-        for entry in grouped.values()
+        for r, summary in zip(run.ranks, summaries)
     ]
     return RunSummary(
         path=run.path,
@@ -101,9 +78,42 @@ def summarize_run(run: Run) -> RunSummary:
         command=run.info.command if run.info is not None else [],
         world_size=run.world_size,
         ranks=ranks,
-        tensors=tensors,
+        tensors=merge_tensors(summaries),
         problems=list(run.problems),
     )
+
+
+def merge_tensors(summaries: list[IndexSummary]) -> list[TensorSummary]:
+    """One row per name and tags across the rank directories, in the run's record order (step, rank, seq).
+
+    Each row's dtype and dims are its first record's, its shapes in order of first appearance.
+    """
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for summary in summaries:
+        for group in summary.tensors:
+            entry = merged.get(group.key)
+            if entry is None:
+                entry = merged[group.key] = {"group": group, "shapes": {}, "steps": set(), "ranks": set(), "records": 0,
+                                             "bytes": 0}
+            elif group.first < entry["group"].first:
+                entry["group"] = group
+            for shape, first in group.shapes:
+                if shape not in entry["shapes"] or first < entry["shapes"][shape]:
+                    entry["shapes"][shape] = first
+            entry["steps"].update(group.steps)
+            entry["ranks"].update(group.ranks)
+            entry["records"] += group.records
+            entry["bytes"] += group.bytes
+    rows = sorted(merged.values(), key=lambda entry: entry["group"].first)
+    return [
+        TensorSummary(
+            name=entry["group"].name, tags=entry["group"].tags, dtype=entry["group"].dtype,
+            shapes=[list(shape) for shape, _ in sorted(entry["shapes"].items(), key=lambda item: item[1])],
+            dims=entry["group"].dims, steps=sorted(entry["steps"]), ranks=sorted(entry["ranks"]),
+            records=entry["records"], bytes=entry["bytes"],
+        )
+        for entry in rows
+    ]
 
 
 def divergence_lines(summary: RunSummary) -> list[str]:

@@ -126,7 +126,7 @@ def test_stats_mode_writes_only_the_index(tmp_path):
     run_dir = tmp_path / "run"
     run_engine(tmp_path, DUMPCMP_DIR=str(run_dir), DUMPCMP_MODE="stats")
     files = sorted(p.name for p in (run_dir / "rank-00000").iterdir())
-    assert files == ["fingerprint.json", "index.jsonl", "rank.json"]  # no data file
+    assert files == ["fingerprint.json", "index-summary.json", "index.jsonl", "rank.json"]  # no data file
     with open_run(run_dir) as run:
         assert run.mode == "stats"
         assert [r.stats.mean for r in run.records] == [0.0, 1.0, 2.0]

@@ -71,3 +71,16 @@ def test_ls_bad_input_is_one_line_exit_2(tmp_path):
     result = runner.invoke(app, ["ls", str(bad)])
     assert result.exit_code == 2
     assert "run schema version 99" in result.stderr and "upgrade dumpcmp" in result.stderr
+
+
+def test_ls_reads_the_index_summaries_and_lists_what_the_lines_say(run_dir, tmp_path):
+    """Two ranks' index-summary.json files give the same listing as their index lines (dumper/index_summary.py)."""
+    assert sorted(p.parent.name for p in run_dir.glob("rank-*/index-summary.json")) == ["rank-00000", "rank-00001"]
+    with_summaries = runner.invoke(app, ["ls", str(run_dir), "--format", "json"])
+    without = tmp_path / "without"
+    shutil.copytree(run_dir, without)
+    for path in without.glob("rank-*/index-summary.json"):
+        path.unlink()
+    from_lines = runner.invoke(app, ["ls", str(without), "--format", "json"])
+    assert with_summaries.exit_code == from_lines.exit_code == 0
+    assert json.loads(with_summaries.stdout) == {**json.loads(from_lines.stdout), "path": str(run_dir)}
