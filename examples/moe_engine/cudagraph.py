@@ -173,6 +173,11 @@ class GraphRunner:
         # NOTE: a copy: the next replay overwrites the graph's output buffer.
         return logits[:real].clone()
 
+    def release_graphs(self) -> None:
+        if self.graphs:
+            torch.cuda.synchronize()
+            self.graphs.clear()
+
     def _load(self, input_ids: torch.Tensor, batch: ForwardBatch, size: int) -> None:
         real = batch.num_rows
         slots = [self.kv_cache.slots[segment.req_id] for segment in batch.iter_segments()]

@@ -80,6 +80,12 @@ class Engine:
 
             enable_cuda_graphs(self, sizes=config.graph_sizes, capture=config.cuda_graph)
 
+    def close(self) -> None:
+        """Free the captured CUDA graphs: they hold NCCL work, and tearing the process group down first hangs."""
+        release = getattr(self.model, "release_graphs", None)
+        if release is not None:
+            release()
+
     @torch.inference_mode()
     def generate(self) -> list[RequestResult]:
         """Prefill, then ``config.steps`` greedy decode steps; the results of this DP rank's requests.

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import traceback
 from typing import Iterator, TextIO
 
 import torch
@@ -120,9 +121,16 @@ def open_worker(config: EngineConfig, *, rank: int, local_rank: int) -> Iterator
         for axis, group in comm.groups.items():
             # NOTE: under --ep 2 the attn_tp, ep and world groups hold the same ranks: name them.
             dumper.name_group(group, axis)
-        yield Engine(config, comm, device)
-    finally:
+        engine = Engine(config, comm, device)
+        yield engine
+    except BaseException:
+        # NOTE: say why first: tearing down NCCL waits for peers that may sit in a
+        # collective this rank will never join, so a failed rank skips the teardown.
+        print(f"rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        raise
+    else:
         if world_size > 1:
+            engine.close()
             dist.destroy_process_group()
 
 
