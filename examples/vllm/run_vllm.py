@@ -25,10 +25,16 @@ KV_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX_TOKENS,
-             compile: bool = False, dtype: str = "float32", prompts: int = len(PROMPTS)) -> list[list[int]]:
+             compile: bool = False, dtype: str = "float32", prompts: int = len(PROMPTS),
+             disabled_custom_ops: tuple[str, ...] = ()) -> list[list[int]]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    options = {}
+    if disabled_custom_ops:
+        # --disable-custom-op NAME: vLLM runs NAME's PyTorch code (forward_native) instead
+        # of its CPU kernel; DeepSeek-V2's MLA needs it for rotary_embedding (README, section 6).
+        options["compilation_config"] = {"custom_ops": [f"-{name}" for name in disabled_custom_ops]}
     llm = LLM(
         model=model,
         skip_tokenizer_init=True,
@@ -43,6 +49,7 @@ def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX
         # NOTE: an explicit KV-cache size skips vLLM's CPU check that a fraction of
         # the machine's memory is free (it fails on a busy shared machine).
         kv_cache_memory_bytes=KV_CACHE_BYTES,
+        **options,
     )
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, detokenize=False)
     chosen = (PROMPTS + MORE_PROMPTS)[:prompts]
@@ -60,9 +67,12 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--prompts", type=int, choices=range(1, len(PROMPTS) + len(MORE_PROMPTS) + 1),
                         default=len(PROMPTS), metavar="N", help="how many prompts (at most 5)")
+    parser.add_argument("--disable-custom-op", action="append", default=[], metavar="NAME",
+                        help="run vLLM's PyTorch code for this custom op instead of its kernel (repeatable), "
+                             "e.g. rotary_embedding for DeepSeek-V2's MLA on the CPU")
     args = parser.parse_args()
     tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens, compile=args.compile,
-                      dtype=args.dtype, prompts=args.prompts)
+                      dtype=args.dtype, prompts=args.prompts, disabled_custom_ops=tuple(args.disable_custom_op))
     print("GENERATED " + json.dumps(tokens))
 
 

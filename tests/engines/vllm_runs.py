@@ -14,6 +14,10 @@ from tests.helpers.procs import REPO, clean_env
 PRESET = "patches/presets/vllm/qwen3_moe.yaml"
 BUG = "examples/vllm/bug_skip_moe_allreduce.yaml"
 ROUTING = "examples/vllm/routing.yaml"
+DEEPSEEK_V2_PRESET = "patches/presets/vllm/deepseek_v2.yaml"
+# vLLM CPU's rotary kernel mis-rotates MLA's query/key views (examples/vllm/rope_check.py):
+# the recipe runs DeepSeek-V2 with vLLM's PyTorch rotary code instead.
+DEEPSEEK_V2_ENGINE_OPTIONS = ("--disable-custom-op", "rotary_embedding")
 TIMEOUT = 480
 TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 ENGINE_SECONDS: dict[str, float] = {}
