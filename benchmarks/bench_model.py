@@ -10,7 +10,9 @@ run, interleaved, it times bursts of ``--steps`` steps:
 - bare: each hook does ``t.to("cpu", non_blocking=True)`` and nothing else;
 - torch.save: each hook does ``torch.save(t.cpu(), path)`` (SGLang's dumper, inline);
 
-then sustained dumping, ``--sustained-steps`` steps through a 1 GB queue, until the
+rounds of plain / dumpcmp / bare bursts, one after the other, ratios taken within each
+round (median and spread over ``--repeats`` rounds, after a cold round); then
+sustained dumping, ``--sustained-steps`` steps through a 1 GB queue, until the
 writer is done, vs one plain file write of the same bytes.
 
     python benchmarks/bench_model.py --device cuda                     # 8 layers, hidden 2048, 32 experts
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--steps", type=int, default=10, help="steps per burst")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=11, help="measured rounds (after a cold one)")
     parser.add_argument("--sustained-steps", type=int, default=40)
     parser.add_argument("--digest-workers", type=int, default=0, help="dumper.writer.DIGEST_WORKERS")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
@@ -177,19 +179,24 @@ def main() -> None:
 
     results: dict[str, list[float]] = {key: [] for key in ("plain", "dumpcmp warm", "bare", "torch.save")}
     cold = None
-    for repeat in range(args.repeats):
+    # Round 0 is the cold one (the dumper pins its buffers); every later round is a
+    # plain / dumpcmp / bare triple whose ratios are taken within the round.
+    for repeat in range(args.repeats + 1):
         hooks.sink = None
         results["plain"].append(burst_seconds_per_step(model, input_ids, args.steps, args.device))
         hooks.sink = dump_sink
         seconds = burst_seconds_per_step(model, input_ids, args.steps, args.device, on_step=dumper.step)
         if repeat == 0:
             cold = seconds  # first burst: pinned buffers allocated as it goes
+            results["plain"].pop()
         else:
             results["dumpcmp warm"].append(seconds)
         hooks.sink = None
         dumper.flush()  # the writer drains between bursts (not timed)
         hooks.sink = bare_sink
-        results["bare"].append(burst_seconds_per_step(model, input_ids, args.steps, args.device, on_step=kept.clear))
+        bare_seconds = burst_seconds_per_step(model, input_ids, args.steps, args.device, on_step=kept.clear)
+        if repeat:
+            results["bare"].append(bare_seconds)
         if repeat == 0:
             hooks.sink = save_sink
             results["torch.save"].append(burst_seconds_per_step(model, input_ids, 2, args.device))
@@ -228,7 +235,7 @@ def main() -> None:
     print(f"# Qwen3-MoE-shaped: {args.layers} layers, hidden {args.hidden}, {args.experts} experts top-{args.top_k}, "
           f"{params / 1e9:.2f} B params, {args.batch} x {args.tokens} tokens; {tensors_per_step} tensors "
           f"({step_mb:.0f} MB) dumped a step; bursts of {args.steps} steps, median of {args.repeats} "
-          f"(warm: {max(1, args.repeats - 1)}); {written_mb:.0f} MB written by the bursts")
+          f"rounds after a cold one; {written_mb:.0f} MB written by the bursts")
     print()
     print("| step time | ms | vs plain |")
     print("|---|---|---|")
@@ -240,8 +247,15 @@ def main() -> None:
     print(f"| dumpcmp cold (first burst) | {cold * 1e3:.1f} | {cold / plain:.2f}x |")
     print(f"| dumpcmp sustained ({args.sustained_steps} steps, 1 GB queue), engine | {engine_step * 1e3:.1f} | "
           f"{engine_step / plain:.2f}x |")
+    print()
+    for key in ("dumpcmp warm", "bare"):
+        ratios = sorted(value / plain_value for value, plain_value in zip(results[key], results["plain"]))
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"{key} / plain, within each round: median {med(ratios):.3f}x (p25 {quartiles[0]:.3f}, "
+              f"p75 {quartiles[2]:.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}) over {len(ratios)} rounds")
     if results["dumpcmp warm"] and results["bare"]:
-        print(f"\ndumpcmp warm vs bare pinned copies: {med(results['dumpcmp warm']) / med(results['bare']):.2f}x")
+        within = [d / b for d, b in zip(results["dumpcmp warm"], results["bare"])]
+        print(f"dumpcmp warm vs bare pinned copies, within each round: median {med(within):.3f}x")
     print(f"sustained capture: {sustained_mb / sustained_seconds:.0f} MB/s until the writer is done; "
           f"one plain file write of the same bytes {sustained_mb / plain_seconds:.0f} MB/s; "
           f"ratio {plain_seconds / sustained_seconds:.2f}")

@@ -8,6 +8,7 @@ DUMPCMP_MODE                ``tensor`` (default) or ``stats`` (index only, no da
 DUMPCMP_FILTER              filter expression, see :mod:`dumper.filters`
 DUMPCMP_QUEUE_MB            bytes waiting for the writer before dump() blocks (default 1024)
 DUMPCMP_FILE_MB             target size of one data file (default 256)
+DUMPCMP_FLUSH_MB            how far the writer runs ahead of the disk (default 1024; ``0``: no steady flush)
 DUMPCMP_GRAPH_MB            device memory for dumps under CUDA graphs, all graphs together (default 1024)
 DUMPCMP_OVERWRITE           ``1``: replace an earlier run's files for the same rank
 DUMPCMP_RUN_ID              identifies one run across its processes (``dumpcmp run`` sets it)
@@ -40,6 +41,7 @@ KNOWN_ENV = (
     "DUMPCMP_FILTER",
     "DUMPCMP_QUEUE_MB",
     "DUMPCMP_FILE_MB",
+    "DUMPCMP_FLUSH_MB",
     "DUMPCMP_GRAPH_MB",
     "DUMPCMP_OVERWRITE",
     "DUMPCMP_RUN_ID",
@@ -62,6 +64,9 @@ class DumpConfig:
     filter: DumpFilter = DumpFilter()
     queue_bytes: int = 1024 << 20
     file_bytes: int = 256 << 20
+    # Data files are written back to disk as they are written; data further than this
+    # behind the writer is waited for and dropped from the page cache (dumper/steady_flush.py). 0: off.
+    flush_bytes: int = 1024 << 20
     # Static device buffers of dumps under CUDA-graph capture (dumper/cudagraph.py).
     graph_bytes: int = 1024 << 20
     overwrite: bool = False
@@ -87,6 +92,8 @@ class DumpConfig:
                            ("graph_bytes", self.graph_bytes)):
             if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 1 << 40:
                 raise ConfigError(f"{name}={size!r} must be a whole number of bytes between 1 and 2**40")
+        if isinstance(self.flush_bytes, bool) or not isinstance(self.flush_bytes, int) or not 0 <= self.flush_bytes <= 1 << 40:
+            raise ConfigError(f"flush_bytes={self.flush_bytes!r} must be a whole number of bytes between 0 (off) and 2**40")
 
     @property
     def active(self) -> bool:
@@ -163,6 +170,8 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> DumpConfig:
         filter=parse_filter(env.get("DUMPCMP_FILTER", "")),
         queue_bytes=_parse_mb("DUMPCMP_QUEUE_MB", env["DUMPCMP_QUEUE_MB"]) if "DUMPCMP_QUEUE_MB" in env else 1024 << 20,
         file_bytes=_parse_mb("DUMPCMP_FILE_MB", env["DUMPCMP_FILE_MB"]) if "DUMPCMP_FILE_MB" in env else 256 << 20,
+        flush_bytes=(0 if env.get("DUMPCMP_FLUSH_MB", "").strip() == "0"
+                     else _parse_mb("DUMPCMP_FLUSH_MB", env["DUMPCMP_FLUSH_MB"]) if "DUMPCMP_FLUSH_MB" in env else 1024 << 20),
         graph_bytes=_parse_mb("DUMPCMP_GRAPH_MB", env["DUMPCMP_GRAPH_MB"]) if "DUMPCMP_GRAPH_MB" in env else 1024 << 20,
         overwrite=_parse_bool("DUMPCMP_OVERWRITE", env.get("DUMPCMP_OVERWRITE", "0")),
         run_id=env.get("DUMPCMP_RUN_ID") or launcher_run_id(env),

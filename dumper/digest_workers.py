@@ -1,4 +1,4 @@
-"""A few daemon threads computing stats and checksums beside the writer thread."""
+"""A few daemon threads beside the writer thread: stats and checksums (digest workers), data file writes."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ class Workers:
     has ended, and the writer still drains its queue at exit (atexit runs later).
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *, name: str = "dumpcmp-digest") -> None:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._count = count
-        self._threads = [threading.Thread(target=self._loop, name=f"dumpcmp-digest-{number}", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{number}", daemon=True)
                          for number in range(count)]
         for thread in self._threads:
             thread.start()

@@ -101,6 +101,7 @@ def reopen_writer(owner: "Dumper", config: DumpConfig, rank_dir: str) -> RankWri
         mode=config.mode,
         queue_bytes=config.queue_bytes,
         file_bytes=config.file_bytes,
+        flush_bytes=config.flush_bytes,
         on_failure=owner._fail,
         online=owner._online if config.against is not None else None,
         graph_coverage=owner._graph_coverage,

@@ -10,10 +10,13 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dumper.errors import RunFormatError
 from dumper.safeio import open_regular
+
+if TYPE_CHECKING:
+    from dumper.steady_flush import SteadyFlush
 
 # torch dtype name (str(dtype) without "torch.") -> safetensors dtype code, and back.
 SAFETENSORS_CODES = {
@@ -39,13 +42,14 @@ class HeaderEntry:
     nbytes: int
 
 
-def write_safetensors(tensors: dict[str, Any], path: str) -> None:
+def write_safetensors(tensors: dict[str, Any], path: str, *, flush: "SteadyFlush | None" = None) -> None:
     """Write a safetensors file straight from host memory (tensors or snapshots).
 
     The header needs only dtypes and shapes, so it goes out before any device copy
     has landed; each tensor's bytes are then written as soon as its copy is complete,
     with no intermediate copy (safetensors' ``save_file`` copies every tensor into a
     bytes object first) and without holding the GIL while the kernel copies.
+    ``flush`` writes the file back to disk as it goes (dumper/steady_flush.py).
     """
     from dumper.snapshot import Snapshot
     from dumper.stats import raw_bytes
@@ -67,21 +71,28 @@ def write_safetensors(tensors: dict[str, Any], path: str) -> None:
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, memoryview(struct.pack("<Q", len(text)) + text))
+        if flush is not None:
+            flush.begin(fd)
+        written = _write_all(fd, memoryview(struct.pack("<Q", len(text)) + text))
         for value in entries:
             tensor = value.wait() if isinstance(value, Snapshot) else value
             if tensor.numel():
-                _write_all(fd, raw_bytes(tensor))
+                written += _write_all(fd, raw_bytes(tensor))
+                if flush is not None:
+                    flush.wrote(written)
+        if flush is not None:
+            flush.end(written)
     finally:
         os.close(fd)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def _write_all(fd: int, data: memoryview) -> int:
     # Slices bound the size of one system call; os.write may also write less.
     step = 1 << 26
     position = 0
     while position < len(data):
         position += os.write(fd, data[position : position + step])
+    return position
 
 
 def _is_size(value: Any) -> bool:

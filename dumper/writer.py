@@ -29,6 +29,7 @@ from dumper.format import (
 from dumper.digest_workers import Done, Workers
 from dumper.safetensors_io import write_safetensors
 from dumper.snapshot import Snapshot
+from dumper.steady_flush import SteadyFlush
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,26 @@ log = logging.getLogger(__name__)
 # through GIL hand-offs with the engine thread (docs/performance.md). Benchmarks set it.
 DIGEST_WORKERS: int = 0
 
+# Write each batch's data file on a second thread while this one digests the next
+# batch (stats, checksums). NOTE: that thread makes a few Python calls per file (the
+# bytes go out in os.write without the GIL), so it adds few GIL hand-offs with the
+# engine, unlike digest workers; benchmarks set it to compare (docs/performance.md).
+OVERLAP_WRITES: bool = True
+
 # rank.json is padded to this size so that its final update still fits when the
 # disk has filled up (it is then rewritten in place, without new blocks).
 _RANK_INFO_PAD = 8192
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A digested batch on its way to disk: the records that keep data, their file, the index lines."""
+
+    batch: list[PendingRecord]
+    kept: list[PendingRecord]
+    file_name: str | None
+    lines: list[str]
+    escalated: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +80,7 @@ class RankWriter:
         queue_bytes: int,
         file_bytes: int,
         on_failure: Callable[[BaseException], None],
+        flush_bytes: int = 1024 << 20,
         online: Any = None,
         graph_coverage: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
@@ -84,7 +103,10 @@ class RankWriter:
         self._last_step: int | None = rank_info.last_step
         # A writer restarted after close() (dumping turned off and on) appends.
         self._next_file = sum(1 for n in os.listdir(rank_dir) if n.startswith("data-") and n.endswith(".safetensors"))
-        self._busy = False
+        self._in_flight = 0  # batches taken from the queue and not yet written
+        # Steady write-back of the data files (DUMPCMP_FLUSH_MB; 0: off).
+        self._flush = SteadyFlush(flush_bytes)
+        self._files: Workers | None = Workers(1, name="dumpcmp-files") if OVERLAP_WRITES else None
         self._digest_workers: Workers | Literal[False] | None = None  # None: not decided yet; False: inline
         self._lost: dict[str, int] = dict(rank_info.lost)
         self._index = open(os.path.join(rank_dir, INDEX_FILE), "a", encoding="utf-8")
@@ -144,7 +166,7 @@ class RankWriter:
     def flush(self) -> None:
         """Block until everything submitted so far is on disk (or dropped by a failure)."""
         with self._cond:
-            while (self._queue or self._busy) and self._failed is None and self._thread.is_alive():
+            while (self._queue or self._in_flight) and self._failed is None and self._thread.is_alive():
                 self._cond.wait(0.1)
 
     def close(self, *, timeout: float | None = None) -> None:
@@ -200,32 +222,55 @@ class RankWriter:
                 item = self._queue[0]
                 if item is None:
                     self._queue.popleft()
+                    self._in_flight += 1
                     return batch, True
                 if batch and batch_bytes + item.nbytes > self._file_limit:
                     break
                 self._queue.popleft()
                 batch.append(item)
                 batch_bytes += item.nbytes
-            self._busy = True
+            self._in_flight += 1
             return batch, False
 
     def _release(self, batch: list[PendingRecord]) -> None:
         with self._cond:
             self._queued_bytes -= sum(item.nbytes for item in batch)
-            self._busy = False
+            self._in_flight -= 1
             self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
             batch, done = self._take_batch()
+            prepared = None
             if batch and self._failed is None:
                 try:
-                    self._write_batch(batch)
+                    prepared = self._prepare(batch)
                 except BaseException as exc:  # noqa: BLE001 - the engine must never see it
                     self._fail(exc)
-            self._release(batch)
+            if prepared is None:
+                self._release(batch)
+            elif self._files is not None:
+                self._files.submit(self._store, prepared)
+            else:
+                self._store(prepared)
             if done:
+                if self._files is not None:
+                    self._files.submit(lambda _: None, None).result()  # everything before it is written
+                    self._files.shutdown()
+                self._flush.close()
                 return
+
+    def _store(self, prepared: _Prepared) -> None:
+        """Write the batch's data file, then its index lines; on either thread."""
+        try:
+            if self._failed is None:
+                self._write_prepared(prepared)
+        except BaseException as exc:  # noqa: BLE001 - the engine must never see it
+            self._fail(exc)
+        finally:
+            for item in prepared.batch:
+                item.snapshot.release()
+            self._release(prepared.batch)
 
     def _fail(self, exc: BaseException) -> None:
         # Disable dumping before anyone waiting in flush() wakes up and looks.
@@ -251,7 +296,8 @@ class RankWriter:
             self._digest_workers = Workers(workers) if workers >= 2 else False
         return self._digest_workers or None
 
-    def _write_batch(self, batch: list[PendingRecord]) -> None:
+    def _prepare(self, batch: list[PendingRecord]) -> _Prepared:
+        """Stats, checksums and index lines of a batch, and which records keep their data."""
         # Imported here so that importing dumper never pays for them.
         from dumper.stats import checksum, tensor_stats
 
@@ -266,19 +312,9 @@ class RankWriter:
         if self._online is not None:
             kept, digests, escalated = self._online_filter(batch, digests, digest)
         file_name = data_file_name(self._next_file) if kept else None
-        kept_seqs = {item.seq for item in kept}
         if file_name:
-            final_path = os.path.join(self.rank_dir, file_name)
-            tmp_path = final_path + ".tmp"
-            try:
-                write_safetensors({f"{item.seq}": item.snapshot for item in kept}, tmp_path)
-                os.replace(tmp_path, final_path)
-            except BaseException:
-                # Give the space back (a full disk is the usual cause) before failing.
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_path)
-                raise
             self._next_file += 1
+        kept_seqs = {item.seq for item in kept}
         lines = []
         for position, item in enumerate(batch):
             tensor = item.snapshot.wait()
@@ -293,13 +329,26 @@ class RankWriter:
                 key=f"{item.seq}" if item.seq in kept_seqs else None,
             )
             lines.append(record.to_json_line())
-        self._index.write("\n".join(lines) + "\n")
+        return _Prepared(batch=batch, kept=kept, file_name=file_name, lines=lines, escalated=escalated)
+
+    def _write_prepared(self, prepared: _Prepared) -> None:
+        if prepared.file_name:
+            final_path = os.path.join(self.rank_dir, prepared.file_name)
+            tmp_path = final_path + ".tmp"
+            try:
+                write_safetensors({f"{item.seq}": item.snapshot for item in prepared.kept}, tmp_path,
+                                  flush=self._flush)
+                os.replace(tmp_path, final_path)
+            except BaseException:
+                # Give the space back (a full disk is the usual cause) before failing.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_path)
+                raise
+        self._index.write("\n".join(prepared.lines) + "\n")
         self._index.flush()
-        self._records_written += len(batch)
-        self._last_step = batch[-1].step
-        for item in batch:
-            item.snapshot.release()
-        if self._online is not None and escalated:
+        self._records_written += len(prepared.batch)
+        self._last_step = prepared.batch[-1].step
+        if self._online is not None and prepared.escalated:
             self._write_rank_info(status="running")
 
     def _online_filter(self, batch: list[PendingRecord], digests, digest):

@@ -107,11 +107,11 @@ def test_bounded_queue_blocks_instead_of_dropping(tmp_path):
     import time, torch
     import dumper.writer as w
     from dumper import dumper
-    real = w.RankWriter._write_batch
+    real = w.RankWriter._prepare
     def slow(self, batch):
         time.sleep(0.02)
         return real(self, batch)
-    w.RankWriter._write_batch = slow
+    w.RankWriter._prepare = slow
     for i in range(60):
         dumper.dump("x", torch.full((64 * 1024,), float(i)))  # 256 KB each
     """

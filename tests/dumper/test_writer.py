@@ -36,9 +36,9 @@ class Rank:
         self.seq = 0
         self.writer = self.open(**writer_options)
 
-    def open(self, *, mode="tensor", file_bytes=1 << 20, queue_bytes=1 << 20, info=None):
+    def open(self, *, mode="tensor", file_bytes=1 << 20, queue_bytes=1 << 20, info=None, **options):
         return RankWriter(rank_dir=str(self.dir), rank_info=info or rank_info(), mode=mode, queue_bytes=queue_bytes,
-                          file_bytes=file_bytes, on_failure=self.failures.append)
+                          file_bytes=file_bytes, on_failure=self.failures.append, **options)
 
     def record(self, name: str, tensor: torch.Tensor, *, step: int = 0) -> PendingRecord:
         record = PendingRecord(seq=self.seq, step=step, name=name, tags={"layer": self.seq}, rank=0, world_size=1,
@@ -98,7 +98,7 @@ def test_a_failed_write_is_reported_once_and_later_records_are_dropped(tmp_path,
     rank.writer.submit(rank.record("kept", torch.ones(2)))
     rank.writer.flush()
 
-    def full_disk(tensors, path):
+    def full_disk(tensors, path, **options):
         open(path, "wb").close()
         raise OSError(28, "No space left on device")
 

@@ -86,11 +86,11 @@ def test_slow_writer_makes_the_engine_wait_not_drop(tmp_path):
     import time, torch
     import dumper.writer as w
     from dumper import dumper
-    real = w.RankWriter._write_batch
+    real = w.RankWriter._prepare
     def slow(self, batch):
         time.sleep(0.01 * len(batch))
         return real(self, batch)
-    w.RankWriter._write_batch = slow
+    w.RankWriter._prepare = slow
     start = time.perf_counter()
     for i in range(40):
         dumper.dump("x", torch.full((32 * 1024,), float(i)))  # 128 KB each, 5 MB in all
