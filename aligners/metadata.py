@@ -98,7 +98,21 @@ class StepTokens:
         return found
 
     def real_rows(self, num_rows: int) -> tuple[Layout, tuple[int, ...]] | None:
-        return self.layouts().get(num_rows)
+        return self.layouts().get(num_rows) or self._gathered_in_larger_blocks(num_rows)
+
+    def _gathered_in_larger_blocks(self, num_rows: int) -> tuple[Layout, tuple[int, ...]] | None:
+        """DP-gathered rows in equal blocks larger than the largest DP rank's tokens.
+
+        A CUDA graph pads every DP rank to the captured batch size, not to the largest
+        rank's count (SGLang's DP attention under graphs does this too).
+        """
+        counts = self.num_tokens_per_dp_rank
+        if not counts or num_rows % len(counts):
+            return None
+        block = num_rows // len(counts)
+        if block < max(max(counts), 1):
+            return None
+        return "dp_gathered", tuple(rank * block + row for rank, count in enumerate(counts) for row in range(count))
 
     def explain(self) -> str:
         """'5 (packed), 6 (dp_local)': the row counts this metadata accounts for."""

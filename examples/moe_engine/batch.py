@@ -8,6 +8,8 @@ from typing import Iterator, Literal
 import torch
 
 ForwardMode = Literal["prefill", "decode", "idle"]
+# What the engine scheduled: an idle DP rank's batch keeps it (graph mode replays idle decode batches).
+Phase = Literal["prefill", "decode"]
 
 # The token an idle DP rank runs so that it still joins every collective (seed 5).
 PADDING_TOKEN_ID = 0
@@ -52,6 +54,7 @@ class ForwardBatch:
     """
 
     forward_mode: ForwardMode
+    phase: Phase
     input_ids: torch.Tensor  # [num_rows] int64
     positions: torch.Tensor  # [num_rows] int64
     token_req_ids: torch.Tensor  # [num_rows] int64, -1 on the padding row
@@ -85,7 +88,7 @@ class ForwardBatch:
 def build_batch(
     requests: list[Request],
     *,
-    forward_mode: ForwardMode,
+    forward_mode: Phase,
     num_tokens_per_dp_rank: list[int],
     dp_rank: int,
     kv_cache: "KVCache",
@@ -104,15 +107,17 @@ def build_batch(
         input_ids.extend(new_tokens)
         positions.extend(range(seq_len - len(new_tokens), seq_len))
         token_req_ids.extend([request.req_id] * len(new_tokens))
+    phase, mode = forward_mode, forward_mode  # type: tuple[Phase, ForwardMode]
     if not requests:
-        forward_mode = "idle"
+        mode = "idle"
         input_ids, positions, token_req_ids = [PADDING_TOKEN_ID], [0], [-1]
 
     def longs(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
     return ForwardBatch(
-        forward_mode=forward_mode,
+        forward_mode=mode,
+        phase=phase,
         input_ids=longs(input_ids),
         positions=longs(positions),
         token_req_ids=longs(token_req_ids),

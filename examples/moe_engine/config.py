@@ -211,8 +211,6 @@ class EngineConfig:
                                     "--static-decode runs the graph's decode path without capture")
         if self.cuda_graph and self.device != "cuda":
             raise EngineConfigError("--cuda-graph needs --device cuda (use --static-decode on the CPU)")
-        if self.dp_attention > 1:
-            raise EngineConfigError("--cuda-graph/--static-decode with --dp-attention is not supported; use one or the other")
         if not self.graph_sizes or any(size < 1 for size in self.graph_sizes):
             raise EngineConfigError(f"--graph-sizes needs positive batch sizes, got {list(self.graph_sizes)}")
 

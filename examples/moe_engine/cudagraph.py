@@ -67,15 +67,25 @@ class StaticBatch:
 
     positions: torch.Tensor  # [rows] int64
     slot_ids: torch.Tensor  # [rows] int64; padding rows: the scratch slot
-    num_real: torch.Tensor  # [] int64: rows that are real requests (the rest is padding)
+    # [dp_attention] int64: each DP rank's real rows (the first of its rows; the rest is padding)
+    num_real_per_dp: torch.Tensor
     last_token_rows: torch.Tensor  # [rows] int64: every row is its request's last token
     kv_cache: StaticKVCache
     padding_counts_bug: bool
     dp_rank: int = 0
+    # Rows each DP rank contributes to the gathered MoE input: the captured size under a
+    # graph (every DP rank replays the same size), else the largest DP rank's rows.
+    padded_rows_per_dp_rank: int
 
     @property
     def num_rows(self) -> int:
         return int(self.positions.shape[0])
+
+    def real_row_mask(self, rows: int) -> torch.Tensor:
+        """[rows] bool: which rows of ``rows`` (local, or gathered from every DP rank) hold real tokens."""
+        per_rank = rows // self.num_real_per_dp.numel()
+        row_in_rank = torch.arange(rows, device=self.positions.device) % per_rank
+        return row_in_rank < self.num_real_per_dp.repeat_interleave(per_rank)
 
 
 def static_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: StaticBatch, *, layer_id: int,
@@ -105,7 +115,7 @@ def static_routed_experts(experts, hidden: torch.Tensor, topk_weights: torch.Ten
     num_local = experts.num_local_experts
     local = topk_ids - experts.first_expert
     is_local = (local >= 0) & (local < num_local)
-    real = (torch.arange(rows, device=hidden.device) < batch.num_real)[:, None]
+    real = batch.real_row_mask(rows)[:, None]
     bucket = torch.where(is_local & real, local, num_local).flatten()
     order = torch.sort(bucket, stable=True).indices
     counted = torch.where(is_local, local, num_local).flatten() if batch.padding_counts_bug else bucket
@@ -138,7 +148,7 @@ class GraphRunner:
     """Pads decode batches to a captured size and replays its graph; prefill goes to the model eagerly."""
 
     def __init__(self, model, kv_cache: StaticKVCache, *, sizes: tuple[int, ...], capture: bool,
-                 padding_counts_bug: bool) -> None:
+                 padding_counts_bug: bool, dp_size: int = 1, dp_rank: int = 0) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.sizes = tuple(sorted(sizes))
@@ -149,29 +159,34 @@ class GraphRunner:
         self.input_ids = torch.full((largest,), PADDING_TOKEN_ID, dtype=torch.long, device=device)
         self.positions = torch.zeros(largest, dtype=torch.long, device=device)
         self.slot_ids = torch.full((largest,), kv_cache.scratch_slot, dtype=torch.long, device=device)
-        self.num_real = torch.zeros((), dtype=torch.long, device=device)
+        self.num_real_per_dp = torch.zeros(dp_size, dtype=torch.long, device=device)
+        self.dp_rank = dp_rank
         self.rows = torch.arange(largest, dtype=torch.long, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def __call__(self, input_ids: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        if batch.forward_mode != "decode":
+        if batch.phase != "decode":
             return self.model(input_ids, batch)
-        real = batch.num_rows
-        size = real if not self.capture else next((s for s in self.sizes if s >= real), None)
+        # An idle DP rank's padding row counts as real here: it is dumped, as in eager mode;
+        # its logits are not (one row per request, none for a padding row).
+        real, requests = batch.num_rows, len(batch.segments)
+        # NOTE: every DP rank must run the same size: the MoE gathers equal blocks from each.
+        largest = batch.padded_rows_per_dp_rank
+        size = real if not self.capture else next((s for s in self.sizes if s >= largest), None)
         if size is None:
-            raise ValueError(f"a decode batch of {real} rows is larger than every captured size {self.sizes}")
+            raise ValueError(f"a decode batch of {largest} rows is larger than every captured size {self.sizes}")
         self._load(input_ids, batch, size)
         if not self.capture:
-            static = self._static_batch(size)
+            static = self._static_batch(size, block=largest)
             with self._static_experts(static):
-                return self.model(self.input_ids[:size], static)
+                return self.model(self.input_ids[:size], static)[:requests]
         if not self.graphs:
             self._capture_all()
         graph, logits = self.graphs[size]
         dumper.set_real_tokens(real)
         graph.replay()
         # NOTE: a copy: the next replay overwrites the graph's output buffer.
-        return logits[:real].clone()
+        return logits[:requests].clone()
 
     def release_graphs(self) -> None:
         if self.graphs:
@@ -180,19 +195,21 @@ class GraphRunner:
 
     def _load(self, input_ids: torch.Tensor, batch: ForwardBatch, size: int) -> None:
         real = batch.num_rows
+        scratch = self.kv_cache.scratch_slot
         slots = [self.kv_cache.slots[segment.req_id] for segment in batch.iter_segments()]
+        slots += [scratch] * (real - len(slots))  # an idle DP rank's padding row
         self.input_ids[:real].copy_(input_ids)
         self.input_ids[real:size].fill_(PADDING_TOKEN_ID)
         self.positions[:real].copy_(batch.positions)
         self.positions[real:size].fill_(0)
         self.slot_ids[:real].copy_(torch.tensor(slots, dtype=torch.long), non_blocking=False)
-        self.slot_ids[real:size].fill_(self.kv_cache.scratch_slot)
-        self.num_real.fill_(real)
+        self.slot_ids[real:size].fill_(scratch)
+        self.num_real_per_dp.copy_(batch.num_tokens_per_dp_rank)
 
-    def _static_batch(self, size: int) -> StaticBatch:
-        return StaticBatch(positions=self.positions[:size], slot_ids=self.slot_ids[:size], num_real=self.num_real,
-                           last_token_rows=self.rows[:size], kv_cache=self.kv_cache,
-                           padding_counts_bug=self.padding_counts_bug)
+    def _static_batch(self, size: int, *, block: int | None = None) -> StaticBatch:
+        return StaticBatch(padded_rows_per_dp_rank=size if block is None else block,positions=self.positions[:size], slot_ids=self.slot_ids[:size],
+                           num_real_per_dp=self.num_real_per_dp, last_token_rows=self.rows[:size],
+                           kv_cache=self.kv_cache, padding_counts_bug=self.padding_counts_bug, dp_rank=self.dp_rank)
 
     @contextlib.contextmanager
     def _static_experts(self, batch: StaticBatch) -> Iterator[None]:
@@ -208,7 +225,7 @@ class GraphRunner:
 
     def _capture_all(self) -> None:
         """Capture every size, largest first, sharing one memory pool (as vLLM and SGLang do)."""
-        saved = (self.input_ids.clone(), self.positions.clone(), self.slot_ids.clone(), self.num_real.clone())
+        saved = (self.input_ids.clone(), self.positions.clone(), self.slot_ids.clone(), self.num_real_per_dp.clone())
         # Capture on padding only: a real row's KV write would land in its cache at capture.
         self.input_ids.fill_(PADDING_TOKEN_ID)
         self.positions.zero_()
@@ -219,7 +236,7 @@ class GraphRunner:
         pool = None
         for size in reversed(self.sizes):
             batch = self._static_batch(size)
-            self.num_real.fill_(size)
+            self.num_real_per_dp.fill_(size)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), dumps_paused(), self._static_experts(batch):
@@ -232,7 +249,7 @@ class GraphRunner:
                 logits = self.model(self.input_ids[:size], batch)
             pool = graph.pool()
             self.graphs[size] = (graph, logits)
-        for target, value in zip((self.input_ids, self.positions, self.slot_ids, self.num_real), saved):
+        for target, value in zip((self.input_ids, self.positions, self.slot_ids, self.num_real_per_dp), saved):
             target.copy_(value)
 
 
@@ -248,6 +265,7 @@ def enable_cuda_graphs(engine, *, sizes: tuple[int, ...], capture: bool = True) 
         cache.allocate(request.req_id, len(request.prompt) + config.steps)
     engine.kv_cache = cache
     runner = GraphRunner(engine.model, cache, sizes=sizes, capture=capture,
-                         padding_counts_bug=config.has_bug("graph_padding_counts"))
+                         padding_counts_bug=config.has_bug("graph_padding_counts"),
+                         dp_size=engine.dp_size, dp_rank=engine.dp_rank)
     engine.model = runner
     return runner

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from examples.moe_engine.batch import ForwardBatch, ForwardMode, KVCache, Request, build_batch
+from examples.moe_engine.batch import ForwardBatch, KVCache, Phase, Request, build_batch
 from examples.moe_engine.config import EngineConfig
 from examples.moe_engine.model import MoEModel
 from examples.moe_engine.parallel import Comm
@@ -111,7 +111,7 @@ class Engine:
         size = self.config.max_batch or max(len(self.requests), 1)
         return [self.requests[start:start + size] for start in range(0, len(self.requests), size)] or [[]]
 
-    def schedule(self, forward_mode: ForwardMode, requests: list[Request] | None = None) -> ForwardBatch:
+    def schedule(self, forward_mode: Phase, requests: list[Request] | None = None) -> ForwardBatch:
         """This DP rank's batch for the step (``requests``: its group, default all), with every DP rank's real token count.
 
         NOTE: every rank knows every request's prompt length (the scheduler is

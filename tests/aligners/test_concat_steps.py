@@ -50,6 +50,26 @@ def test_seed5_gathered_moe_rows():
     assert aligned.note.target.padding_rows == 5 + 1 + 1
 
 
+def test_gathered_rows_padded_to_a_graph_size():
+    # Under a CUDA graph every DP rank is padded to the captured size (here 8), not to
+    # the largest rank's tokens: equal blocks larger than any rank's count.
+    baseline, target = seed5()
+    graph = 8
+
+    def pad_blocks(gathered: torch.Tensor) -> torch.Tensor:
+        blocks = gathered.reshape(2, -1, gathered.shape[-1])
+        garbage = torch.full((2, graph - blocks.shape[1], gathered.shape[-1]), 7.5)
+        return torch.cat([blocks, garbage], dim=1).reshape(2 * graph, -1)
+
+    padded = [pad_blocks(t) for t in target.gathered]
+    aligned = align("concat_steps", baseline, target, baseline.local, padded)
+    assert torch.equal(aligned.baseline, aligned.target)
+    assert aligned.note.target.layouts == ("dp_gathered",) * 3
+    assert aligned.note.target.padding_rows == 3 * (2 * graph) - 7
+    with pytest.raises(AlignerError, match="token metadata accounts for"):
+        align("concat_steps", baseline, target, baseline.local, [t[:-1] for t in padded])  # not equal blocks
+
+
 def test_without_the_aligner_the_padding_hint_names_it():
     baseline, target = seed5()
     hint = padding_hint(baseline.local[0], target.local[0], token_dim=0,

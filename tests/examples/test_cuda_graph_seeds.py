@@ -1,5 +1,9 @@
 """The seed bugs with CUDA-graph decode on, two GPUs (NCCL), against an eager 1-GPU baseline.
 
+Seeds 1-4 and the graph-only bug are engine bugs switched on in the targets; seed 5
+(DP attention's padding) is a healthy DP-attention target whose graphs pad every DP
+rank's block of the gathered MoE input to the captured size.
+
 Skipped without two CUDA devices (CI has none); run on the device machine and recorded in
 docs/gpu.md. Each target runs its decode steps from CUDA graphs captured with the engine's
 NCCL collectives inside them (``--cuda-graph``), padded up to the captured batch size 4
@@ -33,6 +37,13 @@ RUNS = {
     "seed3": f"{GRAPH} --tp 2 --bug shared_expert_double_reduce",
     "seed4": f"{GRAPH} --tp 2 --dense-tp --bug dense_tp_missing_reduce",
     "graph_bug_ep2": f"{GRAPH} --ep 2 --bug graph_padding_counts",
+    # Seed 5's shape: DP attention. 5 requests: 3 on DP rank 0, 2 on DP rank 1; the decode
+    # graphs of size 4 pad both ranks' blocks of the gathered MoE input past the largest (3).
+    "eager5": "--device cuda --prompt-lens 5,3,7,2,4 --steps 3",
+    "graph_dp": "--device cuda --prompt-lens 5,3,7,2,4 --steps 3 --cuda-graph --ep 2 --dp-attention 2",
+    # One request: DP rank 1 is idle and replays the graphs with a padding row.
+    "eager1": "--device cuda --prompt-lens 5 --steps 3",
+    "graph_dp_idle": "--device cuda --prompt-lens 5 --steps 3 --cuda-graph --ep 2 --dp-attention 2",
 }
 # seed -> (first divergent tensor, its layer, a phrase of its hint)
 SEEDS = {
@@ -85,3 +96,19 @@ def test_graph_only_bug_on_two_gpus_is_found_at_the_first_tensor_it_corrupts(run
     assert first is not None
     assert (first.name, first.step, first.tags) == ("routed_expert_output", 1, {"layer": 1})
     assert first.hint.startswith("the target ran this step from a CUDA graph and the baseline eagerly")
+
+
+@pytest.mark.parametrize(("baseline", "target"), [("eager5", "graph_dp"), ("eager1", "graph_dp_idle")])
+def test_seed5_dp_attention_under_graphs_passes_with_the_default_aligner(runs, baseline, target):
+    report = compare(runs[baseline], runs[target])
+    assert report.exit_code == 0, _failing(report)
+    assert report.aligner == "concat_steps"
+    moe = [r for r in report.results if r.name == "routed_expert_output"]
+    assert moe and all(r.alignment.target.steps == (0, 1, 2, 3) for r in moe)
+
+
+def test_seed5_dp_attention_under_graphs_without_an_aligner_hints_at_padding(runs):
+    report = compare(runs["eager5"], runs["graph_dp"], exclude="^num_tokens_per_dp_rank$", aligner="none")
+    first = report.first_divergence
+    assert first is not None and first.reason.startswith("shape mismatch")
+    assert first.hint.endswith("looks like padding, try --aligner concat_steps")

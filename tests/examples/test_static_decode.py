@@ -22,8 +22,15 @@ from tests.helpers.example_runs import dump_examples
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return dump_examples(tmp_path_factory.mktemp("static_decode"),
-                         {"eager": "--steps 3", "static": "--steps 3 --static-decode"})
+    return dump_examples(tmp_path_factory.mktemp("static_decode"), {
+        "eager": "--steps 3", "static": "--steps 3 --static-decode",
+        "eager3": "--steps 3 --prompt-lens 5,3,7",
+        # 2 requests on DP rank 0, 1 on DP rank 1: the gathered MoE input pads rank 1
+        "static_dp": "--steps 3 --prompt-lens 5,3,7 --static-decode --ep 2 --dp-attention 2",
+        "eager1": "--steps 3 --prompt-lens 5",
+        # DP rank 1 has no request: it runs a padding row every step, in the static path too
+        "static_dp_idle": "--steps 3 --prompt-lens 5 --static-decode --tp 2 --dp-attention 2 --dense-tp",
+    })
 
 
 def test_static_decode_compares_as_passing_against_eager(runs):
@@ -32,6 +39,17 @@ def test_static_decode_compares_as_passing_against_eager(runs):
     decode = [r for r in report.results if r.step >= 1]
     assert {r.name for r in decode} >= {"attn_output", "routed_expert_output", "moe_output", "logits"}
     assert report.summary.passed == report.summary.total
+
+
+@pytest.mark.parametrize(("baseline", "target"), [("eager3", "static_dp"), ("eager1", "static_dp_idle")])
+def test_static_decode_with_dp_attention_passes_against_eager(runs, baseline, target):
+    report = compare(runs[baseline], runs[target])
+    assert report.exit_code == 0 and report.first_divergence is None, [
+        (r.name, r.step, r.tags, r.reason) for r in report.results if r.status != "pass"]
+    assert report.aligner == "concat_steps"
+    # concat_steps joins every step's real tokens (the decode steps' included) into one comparison
+    moe = [r for r in report.results if r.name == "routed_expert_output"]
+    assert moe and all(r.status == "pass" and r.alignment.target.steps == (0, 1, 2, 3) for r in moe), moe
 
 
 def _experts_and_inputs(rows: int):
@@ -50,8 +68,8 @@ def _batch(rows: int, real: int, *, bug: bool) -> StaticBatch:
     cache = StaticKVCache(num_layers=1, num_local_heads=1, head_dim=1, dtype=torch.float32,
                           device=torch.device("cpu"), num_slots=1, max_len=1)
     return StaticBatch(positions=torch.zeros(rows, dtype=torch.long), slot_ids=torch.zeros(rows, dtype=torch.long),
-                       num_real=torch.tensor(real), last_token_rows=torch.arange(rows), kv_cache=cache,
-                       padding_counts_bug=bug)
+                       num_real_per_dp=torch.tensor([real]), last_token_rows=torch.arange(rows), kv_cache=cache,
+                       padding_counts_bug=bug, padded_rows_per_dp_rank=rows)
 
 
 @pytest.mark.parametrize("bug", [False, True])
@@ -79,5 +97,4 @@ def test_graph_options_are_checked():
         EngineConfig(bug="graph_padding_counts", static_decode=True)
     with pytest.raises(EngineConfigError, match="exclude each other"):
         EngineConfig(cuda_graph=True, static_decode=True, device="cuda")
-    with pytest.raises(EngineConfigError, match="--dp-attention"):
-        EngineConfig(static_decode=True, tp=2, dp_attention=2)
+    EngineConfig(static_decode=True, tp=2, dp_attention=2)  # DP attention: every DP rank runs one size
