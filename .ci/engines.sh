@@ -7,3 +7,5 @@ python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 
 # SGLang is only read (patch files, dump formats), never run: its source suffices.
 python -m pip install -q --no-deps sglang==0.5.23
 python -m pip install -q 'transformers>=4.51'
+# compare --executor ray runs on a local two-node Ray cluster in tests/comparator/test_ray_executor.py.
+python -m pip install -q -e '.[ray]'

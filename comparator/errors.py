@@ -38,3 +38,6 @@ class ComparabilityError(ComparatorError):
 
 class GateError(ComparatorError):
     """The nightly gate's store, waivers or history are unusable (an unwritable store, a corrupt line...)."""
+
+class ClusterError(ComparatorError):
+    """``--executor ray`` cannot run: Ray is not installed, the cluster is unreachable, or it lost a task."""

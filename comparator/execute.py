@@ -1,8 +1,9 @@
 """Execute work items: load, unshard, align, measure, judge, hint; one result per item.
 
 One factory, :func:`make_executor`, builds the executor from the options, in this
-process (``jobs == 1``) and in every worker process (comparator/parallel.py), so the
-two paths cannot set up differently.
+process (``jobs == 1``) and, through :class:`WorkerSetup`, in every worker process
+(comparator/parallel.py) and Ray task (comparator/ray_executor.py), so the paths
+cannot set up differently.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from aligners import Aligner, AlignmentNote
@@ -32,6 +35,7 @@ from comparator.results import (Coverage, Judgement, NotMeasured, Pair, StatsMea
 from comparator.replicas import reduction_groups
 from comparator.unshard import UnshardPlan, execute_unshard
 from dumper.errors import DumpcmpError, RunFormatError
+from dumper.reader import open_run
 from dumper.run import Run
 
 if TYPE_CHECKING:
@@ -46,6 +50,35 @@ def make_executor(runs: Pair[Run], options: CompareOptions, axis_sizes: dict[str
         options=options, axis_sizes=axis_sizes, aligner=options.make_aligner(),
         loaders=runs.map(lambda run: TensorLoader(run, verify_checksums=options.verify_checksums)),
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSetup:
+    """What a worker (a local process or a Ray task) builds its executor from: where the runs are, not their indexes.
+
+    NOTE: workers only load data; the comparing process already read and planned the
+    indexes. Paths are absolute: a Ray worker's current directory is not the caller's.
+    """
+
+    paths: Pair[str]
+    roots: Pair[str]
+    formats: Pair[str]
+    options: CompareOptions
+    axis_sizes: dict[str, int]
+
+    @classmethod
+    def of(cls, runs: Pair[Run], options: CompareOptions, axis_sizes: dict[str, int]) -> "WorkerSetup":
+        return cls(paths=runs.map(lambda run: os.path.abspath(run.path)),
+                   roots=runs.map(lambda run: os.path.abspath(run.root)),
+                   formats=runs.map(lambda run: run.format), options=options, axis_sizes=axis_sizes)
+
+    def make_executor(self) -> "Executor":
+        return make_executor(Pair(self._run("baseline"), self._run("target")), self.options, self.axis_sizes)
+
+    def _run(self, side: str) -> Run:
+        path, root = getattr(self.paths, side), getattr(self.roots, side)
+        # Other formats (SGLang .pt dumps) load through their own reader.
+        return Run(path=path, info=None, ranks=[], root=root) if getattr(self.formats, side) == "dumpcmp" else open_run(path)
 
 
 class Executor:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from comparator.errors import NameMapError, OptionError
+from comparator.errors import ClusterError, NameMapError, OptionError
 from comparator.judge.routing import RoutingOptions
 from comparator.judge.thresholds import Thresholds, load_thresholds
 from dumper.patterns import UserRegex, check_replacement, compile_user_regex
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 AlignerName = Literal["auto", "none", "concat_steps", "by_request"]
 ALIGNER_NAMES: tuple[str, ...] = get_args(AlignerName)
+ExecutorName = Literal["local", "ray"]
+EXECUTOR_NAMES: tuple[str, ...] = get_args(ExecutorName)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +188,15 @@ def load_name_map(path: str | os.PathLike[str] | None) -> NameMap:
 MAX_JOBS = 256
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (import blocked)
+        return False
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompareOptions:
     """What ``compare`` is told, validated: every field holds a parsed object, never text to re-read."""
@@ -201,7 +212,13 @@ class CompareOptions:
     exclude: UserRegex | None = None  # leave out names this regex finds
     name_map: NameMap = NameMap()  # target names and tags -> the baseline's
     override_dims: tuple[DimsOverride, ...] = ()  # dims annotations that replace the dumped ones
-    jobs: int = 1  # worker processes (1: compare in this process)
+    jobs: int = 1  # worker processes (1: compare in this process); local executor only
+    # Where the per-tensor work runs: this machine (``jobs`` processes), or the tasks of a
+    # Ray cluster, each on the node holding its shards (comparator/ray_executor.py).
+    executor: ExecutorName = "local"
+    # The Ray cluster (``--address``); None: RAY_ADDRESS, else the cluster ``ray start``
+    # started on this machine, else a new Ray instance on this machine alone.
+    address: str | None = None
     verify_checksums: bool = False  # check every shard's checksum while loading
     routing: RoutingOptions = RoutingOptions()  # routing-aware MoE comparison (comparator/judge/routing.py)
     # The gate fails when fewer rows than this fraction were compared overall (rows left out
@@ -214,6 +231,17 @@ class CompareOptions:
         if not 1 <= self.jobs <= MAX_JOBS:
             # NOTE: each job is a process; 100000 of them would bring the machine down first.
             raise OptionError(f"--jobs {self.jobs}: must be between 1 and {MAX_JOBS} (e.g. the number of cores)")
+        if self.executor not in EXECUTOR_NAMES:
+            raise OptionError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTOR_NAMES)}")
+        if self.executor != "ray" and self.address is not None:
+            raise OptionError(f"--address {self.address}: names a Ray cluster, for --executor ray only")
+        if self.executor == "ray" and not _installed("ray"):
+            # NOTE: found, not imported: importing Ray takes seconds; comparator/ray_executor.py does it.
+            raise ClusterError("--executor ray needs Ray, which is not installed: pip install 'dumpcmp[ray]'")
+        if self.executor == "ray" and self.jobs != 1:
+            # NOTE: on a cluster the nodes' CPUs decide how many tasks run at once.
+            raise OptionError(f"--jobs {self.jobs}: for the local executor only; with --executor ray each node "
+                              "runs as many tasks as Ray gives it CPUs")
         if not 0.0 <= self.min_compared <= 1.0:
             raise OptionError(f"--min-compared {self.min_compared:g}: must be a fraction from 0 to 1, e.g. 0.5 "
                               "(half of the rows compared), 0 to turn the gate off")
@@ -254,7 +282,8 @@ class CompareOptions:
         allow_skip: str | None = None, steps: str | None = None, baseline_steps: str | None = None,
         names: str | None = None, exclude: str | None = None, name_map: str | os.PathLike[str] | None = None,
         override_dims: list[str] | tuple[str, ...] = (), jobs: int = 1, verify_checksums: bool = False,
-        routing: bool = True, moe_outputs: str | None = None, min_compared: float = 0.5,
+        routing: bool = True, moe_outputs: str | None = None, min_compared: float = 0.5, executor: str = "local",
+        address: str | None = None,
     ) -> "CompareOptions":
         """Build from plain strings (CLI values); raises OptionError (or AlignerError) naming the bad one."""
         from aligners import MetadataNames
@@ -276,4 +305,6 @@ class CompareOptions:
             routing=RoutingOptions(enabled=routing) if moe_outputs is None else RoutingOptions(
                 enabled=routing, moe_outputs=compile_pattern(moe_outputs, "--moe-outputs")),
             min_compared=min_compared,
+            executor=executor,  # type: ignore[arg-type]  # checked in __post_init__
+            address=address,
         )

@@ -1,7 +1,7 @@
 """``jobs > 1``: execute work items in worker processes, results in order.
 
 Each worker builds its executor with the same factory as the serial path
-(comparator/execute.py ``make_executor``), from the same options, so ``--jobs 1`` and
+(comparator/execute.py ``make_executor``, through ``WorkerSetup``), from the same options, so ``--jobs 1`` and
 ``--jobs N`` give the same report.
 """
 
@@ -12,32 +12,23 @@ import threading
 from concurrent.futures import Future
 from typing import Iterator, Sequence
 
-from comparator.execute import Executor, make_executor
+from comparator.execute import Executor, WorkerSetup
 from comparator.options import CompareOptions
 from comparator.plan import WorkItem
 from comparator.results import Pair, TensorResult
-from dumper.reader import open_run
 from dumper.run import Run
 
 _worker: Executor | None = None
 
 
-def _worker_run(path: str, root: str, run_format: str) -> Run:
-    # NOTE: workers only load data; the parent already read and planned the indexes.
-    # Other formats (SGLang .pt dumps) load through their own reader.
-    return Run(path=path, info=None, ranks=[], root=root) if run_format == "dumpcmp" else open_run(path)
-
-
-def _init_worker(paths: Pair[str], roots: Pair[str], formats: Pair[str], options: CompareOptions,
-                 axis_sizes: dict[str, int]) -> None:
+def _init_worker(setup: WorkerSetup) -> None:
     global _worker
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent alone reports it
 
     torch.set_num_threads(1)
-    _worker = make_executor(Pair(_worker_run(paths.baseline, roots.baseline, formats.baseline),
-                                 _worker_run(paths.target, roots.target, formats.target)), options, axis_sizes)
+    _worker = setup.make_executor()
 
 
 def _work(item: WorkItem) -> TensorResult:
@@ -55,8 +46,7 @@ def run_parallel(items: Sequence[WorkItem], runs: Pair[Run], options: CompareOpt
 
     window = 2 * options.jobs
     context = multiprocessing.get_context("spawn")
-    initargs = (runs.map(lambda run: run.path), runs.map(lambda run: run.root), runs.map(lambda run: run.format),
-                options, axis_sizes)
+    initargs = (WorkerSetup.of(runs, options, axis_sizes),)
     with ProcessPoolExecutor(max_workers=options.jobs, mp_context=context, initializer=_init_worker,
                              initargs=initargs) as pool:
         pending: deque[Future[TensorResult]] = deque()

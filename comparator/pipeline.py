@@ -9,7 +9,8 @@ Pipeline, planned on metadata first, then executed one logical tensor at a time:
    (comparator/plan.py);
 4. per unit, in execution order: load the shards (memory-mapped), unshard, align,
    measure in float64 chunks, judge, hint; then release the tensors
-   (comparator/execute.py; comparator/parallel.py with ``jobs > 1``);
+   (comparator/execute.py; comparator/parallel.py with ``jobs > 1``; Ray tasks next to
+   the shards with ``executor="ray"``, comparator/ray_executor.py);
 5. mark allowed failures, sources and propagated failures, the first divergence,
    the exit code, and the collectives each rank ran around the first divergence.
 
@@ -62,7 +63,11 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         # NOTE: every executor (and worker process) makes the aligner the plan was made with.
         options = dataclasses.replace(options, aligner=plan.aligner)  # type: ignore[arg-type]  # a name of ALIGNERS
         produced: Iterable[TensorResult]
-        if options.jobs > 1 and plan.measurable > 1:
+        if options.executor == "ray":
+            from comparator.ray_executor import RayExecutor  # imports Ray itself, only now
+
+            produced = RayExecutor(runs, options, plan.axis_sizes).results(plan.items)
+        elif options.jobs > 1 and plan.measurable > 1:
             produced = run_parallel(plan.items, runs, options, plan.axis_sizes)
         else:
             executor = make_executor(runs, options, plan.axis_sizes)

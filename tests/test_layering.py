@@ -191,6 +191,22 @@ def test_importing_dumper_pulls_no_cli_or_heavy_libraries():
     assert json.loads(result.stdout) == []
 
 
+def test_ray_is_imported_only_when_asked_for():
+    """Ray is an optional extra (dumpcmp[ray]): the core, the CLI and the Ray executor's module import without it."""
+    code = (
+        "import json, sys\n"
+        "from dumper import dumper\n"
+        "import comparator, comparator.pipeline, comparator.cli.app, comparator.cli.compare\n"
+        "import comparator.ray_executor, comparator.locality\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DUMPCMP_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
 # ----------------------------------------------------------------------------- the checker itself
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():

@@ -49,7 +49,16 @@ def compare_command(
     name_map: Optional[Path] = typer.Option(None, "--name-map", help="YAML: target names/tags -> baseline names/tags."),
     override_dims: List[str] = typer.Option(
         [], "--override-dims", help="[baseline:|target:]NAME=DIMS; NAME is a regex matched in full. Repeatable."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes comparing tensors in parallel."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes comparing tensors in parallel "
+                             "(local executor)."),
+    executor: str = typer.Option(
+        "local", "--executor", metavar="local|ray",
+        help="Where tensors are compared: local (this machine, --jobs processes) or ray (Ray tasks on a cluster, "
+        "each on the node holding its shards; needs pip install 'dumpcmp[ray]'; docs/scale.md)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", metavar="ADDR",
+        help="The Ray cluster for --executor ray (HOST:PORT or ray://HOST:PORT). Default: RAY_ADDRESS, else the "
+        "cluster 'ray start' runs on this machine, else a new Ray instance on this machine alone."),
     verify: bool = typer.Option(False, "--verify-checksums", help="Check every tensor's checksum while loading."),
     no_routing: bool = typer.Option(
         False, "--no-routing", help="Judge top-k ids and MoE outputs like any tensor (no routing-flip analysis)."),
@@ -90,6 +99,8 @@ def compare_command(
       dumpcmp compare runs/nightly-baseline runs/tonight --format junit --output junit.xml
 
       dumpcmp compare runs/tp1 runs/tp2 --output-dir reports --format json,junit,html
+
+      dumpcmp compare runs/tp1 '/local/dumps/tp8-node*' --executor ray --address head:6379
     """
     setup_logging(verbose)
     import logging
@@ -115,7 +126,8 @@ def compare_command(
             allow_skip=_any_of(allow_skip), steps=steps,
             baseline_steps=baseline_steps, names=names, exclude=exclude, name_map=name_map,
             override_dims=override_dims, jobs=jobs, verify_checksums=verify,
-            routing=not no_routing, moe_outputs=moe_outputs, min_compared=min_compared,
+            routing=not no_routing, moe_outputs=moe_outputs, min_compared=min_compared, executor=executor,
+            address=address,
         )
         if not verbose:
             # The report lists the runs' problems itself.
