@@ -69,13 +69,27 @@ def cluster(tmp_path_factory, nodes_root) -> Iterator[LocalCluster]:
             yield started
 
 
+@pytest.fixture(scope="module")
+def driver(cluster) -> Iterator[None]:
+    """This process joined to the cluster once: compare() keeps a caller's connection, and the nodes'
+    worker processes (each importing torch) then last from one comparison to the next. The CLI test
+    covers connecting and disconnecting."""
+    import ray
+
+    ray.init(address=cluster.address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory) -> Path:
     return example_runs_root(tmp_path_factory) / "demo" / "baseline"
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_ray_gives_the_local_report(cluster, nodes_root, baseline, scenario):
+def test_ray_gives_the_local_report(cluster, driver, nodes_root, baseline, scenario):
     target = str(nodes_root / SCENARIOS[scenario])
     local = compare(baseline, target)
     on_cluster = compare(baseline, target, executor="ray", address=cluster.address)
@@ -95,7 +109,7 @@ def test_ray_gives_the_local_report(cluster, nodes_root, baseline, scenario):
         assert unreadable and all("broken-node1" in r.reason for r in unreadable)
 
 
-def test_tasks_run_on_the_node_holding_their_shards(cluster, nodes_root, baseline):
+def test_tasks_run_on_the_node_holding_their_shards(cluster, driver, nodes_root, baseline):
     import ray
 
     from comparator.ray_executor import RayExecutor
@@ -106,14 +120,10 @@ def test_tasks_run_on_the_node_holding_their_shards(cluster, nodes_root, baselin
         plan = plan_comparison(runs, options)
         executor = RayExecutor(runs, CompareOptions(executor="ray", address=cluster.address, aligner=plan.aligner),
                                plan.axis_sizes)
-        ray.init(address=cluster.address)  # kept open: the executor leaves a caller's connection alone
-        try:
-            results = list(executor.results(plan.items))
-            holders = {node["NodeID"]: {name for name in node["Resources"] if name.startswith("dumpcmp_dir:")}
-                       for node in ray.nodes() if node["Alive"]}
-            assert ray.is_initialized()
-        finally:
-            ray.shutdown()
+        results = list(executor.results(plan.items))
+        assert ray.is_initialized()  # the executor leaves a caller's connection alone
+        holders = {node["NodeID"]: {name for name in node["Resources"] if name.startswith("dumpcmp_dir:")}
+                   for node in ray.nodes() if node["Alive"]}
     assert len(results) == len(plan.items) == len(executor.placements) > 50
     for placement in executor.placements:
         assert placement.directory is not None and Path(placement.directory).parent == nodes_root
@@ -126,9 +136,9 @@ def test_the_cli_compares_on_the_cluster(cluster, nodes_root, baseline):
     """The command line connects to --address, compares, and leaves the cluster as it was."""
     target = str(nodes_root / "ep2-node*")
     env = clean_env(**cluster.env)
-    local = subprocess.run([*DUMPCMP, "compare", str(baseline), target, "--format", "json"], env=env,
-                           capture_output=True, text=True, timeout=300)
-    on_cluster = subprocess.run([*DUMPCMP, "compare", str(baseline), target, "--format", "json", "--executor", "ray",
-                                 "--address", cluster.address], env=env, capture_output=True, text=True, timeout=300)
-    assert on_cluster.returncode == local.returncode == 0, on_cluster.stderr[-3000:]
-    assert json.loads(on_cluster.stdout) == json.loads(local.stdout)
+    command = [*DUMPCMP, "compare", str(baseline), target, "--format", "json"]
+    processes = [subprocess.Popen(arguments, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for arguments in (command, [*command, "--executor", "ray", "--address", cluster.address])]
+    (local, _), (on_cluster, errors) = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], errors[-3000:]
+    assert json.loads(on_cluster) == json.loads(local)
