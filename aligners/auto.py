@@ -106,7 +106,9 @@ def read_run(aux: AuxLoader, steps: Sequence[int], names: MetadataNames, side: S
                 table = read_step_tokens(aux, step, names=names, side=side, aligner="auto", need_keys=True)
             except MissingMetadataError:
                 table = read_step_tokens(aux, step, names=names, side=side, aligner="auto", need_keys=False)
-            view = StepView(step=step, table=table, positions=_real(aux(names.positions, step, {}), table),
+            found = aux(names.positions, step, {})
+            found = aux(names.position_ids, step, {}) if found is None else found
+            view = StepView(step=step, table=table, positions=_real(found, table),
                             input_ids=_real(aux(names.input_ids, step, {}), table))
         except DumpcmpError as exc:
             problem = problem or str(exc)
@@ -176,7 +178,7 @@ def _difference(baseline: StepView, target: StepView, shared_ids: bool) -> str |
     where = (f"step {target.step}" if baseline.step == target.step
              else f"target step {target.step} (baseline step {baseline.step})")
     if b_count != t_count:
-        return f"{where} holds {b_count} tokens in the baseline, {t_count} in the target"
+        return f"{where} holds {_tokens(b_count)} in the baseline, {t_count} in the target"
     # NOTE: input ids are no evidence here: a run that diverged generates other tokens at
     # the same positions, and that is for the comparison to find, not a batching difference.
     # With ids of one scheme, the requests themselves; else which tokens share a request.
@@ -184,8 +186,12 @@ def _difference(baseline: StepView, target: StepView, shared_ids: bool) -> str |
                 else (_grouping(baseline.keys), _grouping(target.keys)))
     for what, b, t in (("positions", baseline.positions, target.positions), ("requests", *requests)):
         if b is not None and t is not None and b != t:
-            return f"{where} holds {b_count} tokens in both runs, of other {what}"
+            return f"{where} holds {_tokens(b_count)} in both runs, of other {what}"
     return None
+
+
+def _tokens(count: int) -> str:
+    return "1 token" if count == 1 else f"{count} tokens"
 
 
 def _grouping(keys: tuple[TokenKey, ...] | None) -> tuple[int, ...] | None:

@@ -112,8 +112,14 @@ class ByRequestAligner(StepTablePlanner):
                 return tensor
             return tensor.index_select(dim, torch.tensor(rows, dtype=torch.long, device=tensor.device))
 
-        return finish(self.name, context, pick(b_tensor, b_index, b_dim), pick(t_tensor, t_index, t_dim), b_note, t_note,
-                      tokens=len(common))
+        target_rows, detail = pick(t_tensor, t_index, t_dim), None
+        if self.request_map and context.name in (self.names.token_req_ids, *self.names.req_ids):
+            # NOTE: the runs name the same requests otherwise (matched by input ids): their
+            # request-id dumps agree once the target's ids are the baseline's.
+            target_rows = _renumbered(target_rows, self.request_map)
+            detail = "the target's request ids renamed to the baseline's (requests matched by input ids)"
+        return finish(self.name, context, pick(b_tensor, b_index, b_dim), target_rows, b_note, t_note,
+                      tokens=len(common), detail=detail)
 
     def _keyed_rows(self, side: Side, context: AlignContext, tensors: Sequence["torch.Tensor"], steps: tuple[int, ...],
                     tables: tuple[StepTokens, ...]) -> tuple["torch.Tensor", tuple[TokenKey, ...], SideAlignment, int] | None:
@@ -152,6 +158,14 @@ def _index(aligner: str, side: str, name: str, keys: tuple[TokenKey, ...], *,
                                f"(rows {index[key]} and {row}); by_request needs each token once per run")
         index[key] = row
     return index
+
+
+def _renumbered(tensor: "torch.Tensor", request_map: dict[int, int]) -> "torch.Tensor":
+    """Request-id values mapped through ``request_map`` (padding -1 and unknown ids kept)."""
+    import torch
+
+    values = [request_map.get(int(v), int(v)) if int(v) >= 0 else int(v) for v in tensor.reshape(-1).tolist()]
+    return torch.tensor(values, dtype=tensor.dtype, device=tensor.device).reshape(tensor.shape)
 
 
 def _renamed(table: StepTokens, request_map: dict[int, int]) -> StepTokens:

@@ -45,6 +45,7 @@ class MetadataNames:
 
     input_ids: str = "input_ids"  # [tokens] token ids
     positions: str = "positions"  # [tokens] position of each token in its sequence
+    position_ids: str = "position_ids"  # the same, under transformers' name: read when no 'positions' is dumped
     token_req_ids: str = "token_req_ids"  # [tokens] request id of each token, -1 on a padding row
     req_ids: tuple[str, ...] = ("req_ids", "rids")  # [requests] request ids, in batch order
     seq_lens: str = "seq_lens"  # [requests] tokens in the cache after the step
@@ -147,6 +148,8 @@ def read_step_tokens(aux: AuxLoader | None, step: int, *, names: MetadataNames, 
     token_req_ids = fetch(names.token_req_ids)
     input_ids = fetch(names.input_ids)
     positions = fetch(names.positions)
+    if positions is None:
+        positions = fetch(names.position_ids)
     where = f"{side} run, step {step}"
     per_token = {n: v for n, v in ((names.token_req_ids, token_req_ids), (names.input_ids, input_ids),
                                    (names.positions, positions)) if v is not None}

@@ -186,7 +186,7 @@ def choose_aligner(tensors: Pair[list[LogicalTensor]], aux: Pair[AuxLoader], opt
     from aligners.auto import choose, read_run
 
     names = options.aligner_metadata or MetadataNames()
-    per_step = {names.input_ids, names.positions, names.token_req_ids, names.num_tokens_per_dp_rank}
+    per_step = {names.input_ids, names.positions, names.position_ids, names.token_req_ids, names.num_tokens_per_dp_rank}
     views = []
     for side, side_tensors in tensors.items():
         chosen = options.steps if side == "target" else options.baseline_range

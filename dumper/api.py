@@ -35,10 +35,6 @@ if TYPE_CHECKING:  # imported when first needed: importing dumper stays cheap
 log = logging.getLogger(__name__)
 
 
-
-
-
-
 class Dumper:
     def __init__(self) -> None:
         # Hot-path flag: dump() tests only this when off.
@@ -320,6 +316,21 @@ class Dumper:
             return checkpoint_digest(path)
         except Exception:  # noqa: BLE001 - a fingerprint is optional; never break the engine
             return None
+
+    # ------------------------------------------------------------ request ids
+    @staticmethod
+    def token_request_ids(request_ids: Any, **layout: Any) -> Any:
+        """Each row's request as an int64, -1 on padding: a preset's ``token_req_ids`` (dumper/request_ids.py)."""
+        from dumper.request_ids import token_request_ids
+
+        return token_request_ids(request_ids, **layout)
+
+    @staticmethod
+    def sequence_request_ids(owner: Any, positions: Any) -> Any:
+        """[batch, tokens] request numbers of a whole-sequence batch, counted on ``owner`` (dumper/request_ids.py)."""
+        from dumper.request_ids import sequence_request_ids
+
+        return sequence_request_ids(owner, positions)
 
     def _write_fingerprint(self) -> None:
         rank_session.write_fingerprint(self)

@@ -22,7 +22,7 @@ def compare_command(
         "which and why), none, concat_steps, by_request."),
     aligner_meta: Optional[str] = typer.Option(
         None, "--aligner-meta", help="Token metadata dump names for the aligners, KEY=NAME[,KEY=NAME] "
-        "(keys: input_ids, positions, token_req_ids, req_ids, seq_lens, extend_lens, num_tokens_per_dp_rank)."),
+        "(keys: input_ids, positions, position_ids, token_req_ids, req_ids, seq_lens, extend_lens, num_tokens_per_dp_rank)."),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", "-t", help="YAML rules: name regex -> limits (first match wins); its stats: section judges stats-only comparisons."),
     allow_fail: Optional[list[str]] = typer.Option(
         None, "--allow-fail", help="Regex of tensor names whose failures/errors do not fail the gate (repeatable: any matches)."),

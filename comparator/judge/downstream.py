@@ -193,6 +193,7 @@ def _keys_from_positions(aux: Any, step: int, names: Any) -> list[RowKey] | None
     steps = []
     for earlier in range(step + 1):
         tensor = aux(names.positions, earlier, {})
+        tensor = aux(names.position_ids, earlier, {}) if tensor is None else tensor
         if tensor is not None:
             steps.append((earlier, [int(v) for v in tensor.reshape(-1).tolist()]))
     if not steps or steps[-1][0] != step:

@@ -26,7 +26,8 @@ KV_CACHE_BYTES = 64 * 1024 * 1024
 
 def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX_TOKENS,
              compile: bool = False, dtype: str = "float32", prompts: int = len(PROMPTS),
-             disabled_custom_ops: tuple[str, ...] = ()) -> list[list[int]]:
+             disabled_custom_ops: tuple[str, ...] = (), max_num_seqs: int = 1,
+             max_num_batched_tokens: int | None = None) -> list[list[int]]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -35,6 +36,9 @@ def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX
         # --disable-custom-op NAME: vLLM runs NAME's PyTorch code (forward_native) instead
         # of its CPU kernel; DeepSeek-V2's MLA needs it for rotary_embedding (README, section 6).
         options["compilation_config"] = {"custom_ops": [f"-{name}" for name in disabled_custom_ops]}
+    if max_num_batched_tokens:
+        # Small: prompts are prefilled in chunks of at most this many tokens per step.
+        options["max_num_batched_tokens"] = max_num_batched_tokens
     llm = LLM(
         model=model,
         skip_tokenizer_init=True,
@@ -45,7 +49,10 @@ def generate(model: str, *, tensor_parallel_size: int = 1, max_tokens: int = MAX
         max_model_len=128,
         tensor_parallel_size=tensor_parallel_size,
         seed=0,
-        max_num_seqs=1,
+        # 1 (the default here): one request at a time, the same steps in every run.
+        # More: vLLM batches requests as they arrive, so runs differ in their steps and
+        # --aligner auto matches tokens by request (docs/aligners.md).
+        max_num_seqs=max_num_seqs,
         # NOTE: an explicit KV-cache size skips vLLM's CPU check that a fraction of
         # the machine's memory is free (it fails on a busy shared machine).
         kv_cache_memory_bytes=KV_CACHE_BYTES,
@@ -70,9 +77,14 @@ def main() -> None:
     parser.add_argument("--disable-custom-op", action="append", default=[], metavar="NAME",
                         help="run vLLM's PyTorch code for this custom op instead of its kernel (repeatable), "
                              "e.g. rotary_embedding for DeepSeek-V2's MLA on the CPU")
+    parser.add_argument("--max-num-seqs", type=int, default=1,
+                        help="requests batched per step (1: one after another)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="tokens per step (small: chunked prefill)")
     args = parser.parse_args()
     tokens = generate(args.model, tensor_parallel_size=args.tp, max_tokens=args.max_tokens, compile=args.compile,
-                      dtype=args.dtype, prompts=args.prompts, disabled_custom_ops=tuple(args.disable_custom_op))
+                      dtype=args.dtype, prompts=args.prompts, disabled_custom_ops=tuple(args.disable_custom_op),
+                      max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     print("GENERATED " + json.dumps(tokens))
 
 

@@ -140,6 +140,21 @@ def test_auto_matches_requests_by_input_ids_when_ids_differ(data):
         assert choice.aligner == "none"
     compared = compare_all(baseline, target, choice)
     assert sorted(compared) == real
+    if choice.aligner == "by_request":
+        # The request-id dump itself agrees once the target's ids are renamed to the baseline's.
+        assert_request_ids_agree(baseline, target, choice)
+
+
+def assert_request_ids_agree(baseline: Side, target: Side, choice) -> None:  # type: ignore[no-untyped-def]
+    aligner = choice.make(NAMES)
+    ctx = context(baseline, target, name="token_req_ids", dims="t")
+    for unit in aligner.plan(step_pairs(baseline, target), ctx):
+        if not unit.baseline_steps or not unit.target_steps:
+            continue
+        aligned = aligner.align(unit, [baseline.aux["token_req_ids", s] for s in unit.baseline_steps],
+                                [target.aux["token_req_ids", s] for s in unit.target_steps], ctx)
+        assert torch.equal(aligned.baseline, aligned.target)
+        assert "request ids renamed" in (aligned.note.detail or "")
 
 
 @SETTINGS
@@ -164,3 +179,12 @@ def test_match_sequences_exact_then_longest_common_prefix(data):
     assert match.unmatched == 0 and match.exact + match.by_prefix == len(target)
     stranger = {99: (42,)}  # shares no first token with any baseline request
     assert dict(match_sequences(baseline, stranger).request_map)[99] not in baseline
+
+
+def test_the_reason_counts_one_token_in_the_singular():
+    # vLLM started its first step before the second request arrived in the target only.
+    baseline = build_side([[[(0, 0, 1)]], [[(0, 1, 1)]], [[(1, 0, 3)]]])
+    target = build_side([[[(0, 0, 1)]], [[(0, 1, 1), (1, 0, 3)]]])
+    choice = decide(baseline, target)
+    assert choice.aligner == "by_request"
+    assert choice.reason == "by_request: step 1 holds 1 token in the baseline, 4 in the target"

@@ -127,3 +127,12 @@ def test_request_rows_must_match_the_metadata():
     baseline, target = two_orders()
     with pytest.raises(AlignerError, match="target logits at step 0 has 2 request rows, but the step's metadata names 1"):
         align(baseline, target, baseline.per_request, [torch.zeros(2, 4)] * 3, name="logits", dims="r v")
+
+
+def test_transformers_position_ids_stand_for_positions():
+    """transformers' preset dumps its positions as ``position_ids``: read when no ``positions`` is dumped."""
+    baseline, target = two_orders()
+    for step in baseline.steps:
+        baseline.aux["position_ids", step] = baseline.aux.pop(("positions", step))
+    aligned = align(baseline, target, baseline.local, target.gathered)
+    assert torch.equal(aligned.baseline, aligned.target) and aligned.note.tokens == 8

@@ -57,3 +57,15 @@ def deepseek_v2_runs(tmp_path_factory) -> DeepseekV2Runs:
         "hf": engine_run(paths["hf"], ["transformers/deepseek_v2"], ["examples.vllm.run_transformers", model])[0],
     }
     return DeepseekV2Runs(model=model, paths=paths, tokens=tokens)
+
+
+# Five prompts of different lengths (7, 5, 4, 6, 3 tokens), 4 new tokens each.
+FIVE_PROMPTS = ("--prompts", "5")
+
+
+@pytest.fixture(scope="session")
+def vllm_tp1_five_prompts(vllm_model, tmp_path_factory) -> tuple[str, list[list[int]]]:
+    """vLLM TP=1, five prompts one after another (max_num_seqs=1), preset + routing.yaml: 20 steps."""
+    path = str(tmp_path_factory.mktemp("vllm_tp1_five") / "tp1")
+    tokens, _ = engine_run(path, [PRESET, ROUTING], ["examples.vllm.run_vllm", vllm_model, "--tp", "1", *FIVE_PROMPTS])
+    return path, tokens

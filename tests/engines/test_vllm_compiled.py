@@ -34,9 +34,9 @@ PRESET = "patches/presets/vllm/qwen3_moe.yaml"
 ROUTING = "examples/vllm/routing.yaml"
 BUG = "examples/vllm/bug_skip_moe_allreduce.yaml"
 # 2 prompts x 4 new tokens, one at a time: 8 forward passes of 2 layers; per step
-# input_ids, positions and 7 dumps per layer (routing.yaml adds topk_ids).
+# input_ids, positions, token_req_ids and 7 dumps per layer (routing.yaml adds topk_ids).
 STEPS, LAYERS = 8, 2
-TENSORS = STEPS * (2 + 7 * LAYERS)
+TENSORS = STEPS * (3 + 7 * LAYERS)
 TIMEOUT = 900
 
 

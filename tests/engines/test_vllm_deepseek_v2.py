@@ -29,8 +29,8 @@ STEPS, LAYERS, DENSE_LAYERS = 8, 3, 1
 DENSE_SITES = {"layer_input", "attn_output", "mlp_output", "layer_output"}
 MOE_SITES = {"layer_input", "attn_output", "router_logits", "topk_ids", "routed_expert_output",
              "shared_expert_output", "moe_output", "layer_output"}
-# Per step: input_ids and positions, then each layer's dump points.
-VLLM_TENSORS = STEPS * (2 + len(DENSE_SITES) * DENSE_LAYERS + len(MOE_SITES) * (LAYERS - DENSE_LAYERS))
+# Per step: input_ids, positions and token_req_ids, then each layer's dump points.
+VLLM_TENSORS = STEPS * (3 + len(DENSE_SITES) * DENSE_LAYERS + len(MOE_SITES) * (LAYERS - DENSE_LAYERS))
 
 
 def compare(baseline: str, target: str, *options: str) -> tuple[int, dict]:
@@ -55,7 +55,7 @@ def test_healthy_tp2_matches_tp1_and_every_site_fires(deepseek_v2_runs):
     assert code == 0 and report["first_divergence"] is None, report["first_divergence"]
     assert report["summary"]["passed"] == report["summary"]["total"] == VLLM_TENSORS
     # The dense first layer has an MLP and no experts; the later layers the MoE block's parts.
-    expected = {("input_ids", None), ("positions", None)}
+    expected = {("input_ids", None), ("positions", None), ("token_req_ids", None)}
     expected |= {(name, layer) for layer in range(DENSE_LAYERS) for name in DENSE_SITES}
     expected |= {(name, layer) for layer in range(DENSE_LAYERS, LAYERS) for name in MOE_SITES}
     assert sites(report) == expected

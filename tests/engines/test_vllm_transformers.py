@@ -34,8 +34,8 @@ THRESHOLDS = ["--thresholds", "examples/vllm/thresholds_cross_engine.yaml"]
 CROSS_ENGINE = [*THRESHOLDS, "--allow-skip", "^topk_ids$"]
 # 2 prompts x 4 new tokens, one prompt at a time: 8 forward passes of 2 layers.
 STEPS, LAYERS = 8, 2
-# Per step: input_ids, positions and 6 dump points per layer, plus routing.yaml's topk_ids.
-VLLM_TENSORS = STEPS * (2 + 7 * LAYERS)
+# Per step: input_ids, positions, token_req_ids and 6 dump points per layer, plus routing.yaml's topk_ids.
+VLLM_TENSORS = STEPS * (3 + 7 * LAYERS)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_transformers_hooks_reference_against_vllm_tp2(runs):
     paths, _ = runs
     code, report = compare(paths["hf_hooks"], paths["tp2"], "--name-map",
                            "examples/vllm/names_transformers_hooks.yaml", *THRESHOLDS,
-                           "--allow-skip", r"^(input_ids|positions|layer_input|topk_ids)$|\.output\.[12]$")
+                           "--allow-skip", r"^(input_ids|positions|token_req_ids|layer_input|topk_ids)$|\.output\.[12]$")
     assert code == 0, report["first_divergence"]
     compared = [r for r in report["results"] if r["status"] == "pass"]
     assert {r["name"] for r in compared} == {"attn_output", "router_logits", "routed_expert_output", "moe_output",
@@ -144,7 +144,7 @@ def test_transformers_hooks_reference_against_vllm_tp2(runs):
     assert {r["baseline"]["name"] for r in by_name(report, "moe_output")} == {
         f"model.layers.{layer}.mlp.output" for layer in range(LAYERS)}
     skipped = {r["name"] for r in report["results"] if r["status"] == "skip"}
-    assert {"input_ids", "positions", "layer_input", "topk_ids"} <= skipped
+    assert {"input_ids", "positions", "token_req_ids", "layer_input", "topk_ids"} <= skipped
 
 
 def test_a_planted_bug_still_stands_out_against_the_transformers_reference(runs):

@@ -62,6 +62,6 @@ def test_transformers_presets_match_and_dump_from_a_tiny_model(tmp_path):
         names = {record.name for record in run.records}
         steps = {record.step for record in run.records}
         layers = {record.tags.get("layer") for record in run.records if "layer" in record.tags}
-    assert names == {"input_ids", "position_ids", "layer_input", "attn_output", "router_logits",
+    assert names == {"input_ids", "position_ids", "token_req_ids", "layer_input", "attn_output", "router_logits",
                      "routed_expert_output", "moe_output", "layer_output"}
     assert steps == {0, 1} and layers == {0, 1}
