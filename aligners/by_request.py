@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 EXAMPLES = 3  # tokens named per side in a note
+RowKey = tuple[int, int, int]  # (step, request id, position)
 
 
 class ByRequestAligner(StepTablePlanner):
@@ -65,6 +66,26 @@ class ByRequestAligner(StepTablePlanner):
                 target_tokens=(table,) if holding else (),
             ))
         return units
+
+    def row_keys(self, unit: AlignUnit) -> tuple[tuple[RowKey, ...], tuple[RowKey, ...]] | None:
+        """(step, request id, position) of each row ``align`` gives, for tokens and for request rows
+        (dims 'r'); the step is the target's. None: a unit without token tables on both sides.
+
+        NOTE: the comparator's routing masks (comparator/judge/downstream.py) name the rows of
+        an aligned tensor with these; by_request's rows are in (request, position) order, not
+        in the steps' order, and hold only the tokens both runs have.
+        """
+        if not unit.baseline_tokens or not unit.target_tokens:
+            return None
+        found = []
+        for attribute in ("keys", "request_rows"):
+            baseline = {key for table in unit.baseline_tokens for key in getattr(table, attribute) or ()}
+            target_step: dict[TokenKey, int] = {}
+            for table in unit.target_tokens:
+                for key in getattr(table, attribute) or ():
+                    target_step.setdefault(key, table.step)
+            found.append(tuple((target_step[key], *key) for key in sorted(baseline & target_step.keys())))
+        return found[0], found[1]
 
     def table(self, context: AlignContext, side: Side, step: int) -> StepTokens:
         table = super().table(context, side, step)

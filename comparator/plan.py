@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from aligners import AlignContext, Aligner, AlignmentNote, AlignUnit, AuxLoader
 from comparator.errors import UnshardError
@@ -175,7 +175,8 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner |
         for unit in aligner.plan(series.step_pairs, context):
             items.append(_plan_unit(series, unit, options))
     items.sort(key=lambda item: item.place.order)
-    items = attach_downstream(attach_routing(items, options.routing), aux.baseline, options)
+    items = attach_downstream(attach_routing(items, options.routing), aux.baseline, options,
+                              row_keys=getattr(aligner, "row_keys", None))
     log.debug("plan: %d work items in %.2f s", len(items), time.perf_counter() - started)
     return ComparisonPlan(items=tuple(items), axis_sizes=axis_sizes, aligner=aligner.name, aligner_reason=reason)
 
@@ -224,15 +225,19 @@ def attach_routing(items: Sequence[WorkItem], options: RoutingOptions) -> list[W
     return attached
 
 
-def attach_downstream(items: Sequence[WorkItem], aux: AuxLoader, options: CompareOptions) -> list[WorkItem]:
+def attach_downstream(items: Sequence[WorkItem], aux: AuxLoader, options: CompareOptions, *,
+                      row_keys: Callable[[AlignUnit], Any] | None = None) -> list[WorkItem]:
     """Tensor work after a top-k ids tensor gets the routing sources before it and its row keys
-    (comparator/judge/downstream.py): the executor leaves out the rows benign flips reach."""
+    (comparator/judge/downstream.py): the executor leaves out the rows benign flips reach.
+
+    ``row_keys``: the aligner's own names of its aligned rows (by_request keeps the tokens
+    both runs hold, in request order); else the rows are the baseline steps' real tokens."""
     if not options.routing.enabled:
         return list(items)
     from aligners import MetadataNames
 
     names = options.aligner_metadata or MetadataNames()
-    cache: dict[tuple[int, ...], tuple[tuple[RowKey, ...] | None, tuple[RowKey, ...] | None, str | None]] = {}
+    cache: dict[Any, tuple[tuple[RowKey, ...] | None, tuple[RowKey, ...] | None, str | None]] = {}
     upstream: list[RoutingSources] = []
     planned: dict[tuple[float, ...], TensorWork] = {}  # by order: the items as attached here
     attached: list[WorkItem] = []
@@ -243,9 +248,13 @@ def attach_downstream(items: Sequence[WorkItem], aux: AuxLoader, options: Compar
         is_topk = item.routing is not None and item.routing.role == "topk_ids"
         if (upstream or is_topk) and item.unit.baseline_steps:
             steps = item.unit.baseline_steps
-            if steps not in cache:
-                cache[steps] = step_row_keys(aux, steps, names)
-            keys, request_keys, why_not = cache[steps]
+            aligned = row_keys(item.unit) if row_keys is not None else None
+            if aligned is not None:
+                keys, request_keys, why_not = aligned[0], aligned[1], None
+            else:
+                if steps not in cache:
+                    cache[steps] = step_row_keys(aux, steps, names)
+                keys, request_keys, why_not = cache[steps]
             item = dataclasses.replace(item, downstream=DownstreamSources(
                 upstream=tuple(upstream), keys=keys, request_keys=request_keys, why_not=why_not))
         planned[item.place.order] = item

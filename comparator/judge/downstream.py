@@ -16,10 +16,10 @@ positions) are never masked: a flip that changes the generated token still fails
 
 Each row is identified by ``(step, request id, position)`` from the token metadata the
 aligners read (comparator's token metadata: ``token_req_ids`` and ``positions``, or
-``req_ids`` with ``seq_lens``/``extend_lens``). Runs that dump only ``positions`` (the
-vLLM presets) get their requests from the positions: within a step a request's tokens
-have consecutive positions, and a request in the next step continues at the next
-position (:func:`requests_from_positions`).
+``req_ids`` with ``seq_lens``/``extend_lens``; under ``by_request``, the aligner's own
+row keys). Runs that dump only ``positions`` get their requests from the positions:
+within a step a request's tokens have consecutive positions, and a request in the next
+step continues at the next position (:func:`requests_from_positions`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from aligners import AlignerError, MissingMetadataError, get_aligner
+from aligners.by_request import ByRequestAligner
 from tests.aligners.synthetic import build_side, context, step_pairs, stream_features
 
 
@@ -136,3 +137,18 @@ def test_transformers_position_ids_stand_for_positions():
         baseline.aux["position_ids", step] = baseline.aux.pop(("positions", step))
     aligned = align(baseline, target, baseline.local, target.gathered)
     assert torch.equal(aligned.baseline, aligned.target) and aligned.note.tokens == 8
+
+
+def test_row_keys_name_the_aligned_rows_in_order():
+    """The routing masks name by_request's rows with row_keys: (target step, request, position) of each."""
+    baseline, target = two_orders()
+    target = build_side([[[(1, 0, 2)], []], [[(1, 2, 2)], [(0, 0, 3)]]])  # request 0's decode token never runs
+    for aligner in (get_aligner("by_request"), ByRequestAligner(per_target_step=True)):
+        ctx = context(baseline, target)
+        for unit in aligner.plan(step_pairs(baseline, target), ctx):
+            aligned = aligner.align(unit, [baseline.local[s] for s in unit.baseline_steps],
+                                    [target.gathered[s] for s in unit.target_steps], ctx)
+            token_keys, request_keys = aligner.row_keys(unit)
+            assert torch.equal(aligned.target, stream_features([(r, p) for _, r, p in token_keys]))
+            assert all(step in unit.target_steps for step, _, _ in token_keys)
+            assert {(r, p) for _, r, p in request_keys} <= {(r, p) for _, r, p in token_keys}

@@ -33,6 +33,8 @@ JOBS = {
     # Weights of seed 7 with 4 layers: a benign flip in layer 1, felt by the layers after it.
     "deep_baseline": "--dtype bfloat16 --seed 7 --layers 4",
     "deep_tp2_ep2": "--dtype bfloat16 --seed 7 --layers 4 --tp 2 --ep 2",
+    # The same, batched otherwise: requests 0-2 together, then request 3 (auto: by_request).
+    "deep_tp2_ep2_in_threes": "--dtype bfloat16 --seed 7 --layers 4 --tp 2 --ep 2 --max-batch 3",
     # --nondeterministic: split-K sums in a run-seeded order; seeds 5, 7 and 8 flip at near-ties.
     **{f"nd{seed}_{side}": f"--dtype bfloat16 --seed {seed} --layers 4 --nondeterministic{args}"
        for seed in (5, 7, 8) for side, args in (("baseline", ""), ("tp2_ep2", " --tp 2 --ep 2"))},
@@ -89,6 +91,30 @@ def test_tensors_downstream_of_a_benign_flip_are_judged_without_its_request(runs
     assert all(r.tags.get("layer", 99) > 1 for r in later)  # layers up to the flip's are untouched
     json_result = report_to_json(report)["results"][report.results.index(layer2)]
     assert json_result["downstream"]["excluded_rows"] == list(range(8, 15))
+
+
+def test_downstream_masks_follow_by_request_rows_in_a_run_batched_otherwise(runs):
+    """by_request keeps the tokens both runs hold, in (request, position) order: the masks name those rows.
+
+    The target's step 0 holds requests 0-2 (15 of the baseline step's 17 tokens); the
+    same near-tie flips request 2's first token at layer 1. Every later layer of step 0
+    is judged without request 2's 7 tokens (rows 8-14), each later step without its one
+    token (row 2 of requests 0-2's decode step), instead of failing unmasked.
+    """
+    report = compare(runs["deep_baseline"], runs["deep_tp2_ep2_in_threes"], thresholds=THRESHOLDS)
+    assert report.aligner == "by_request"
+    (flip,) = result_for(report, "topk_ids", 1).routing.benign
+    assert flip.token == 8
+    step0 = [r for r in report.results if r.step == 0]
+    assert all(r.status == "pass" for r in step0), failing(report)
+    for result in (r for r in step0 if r.tags.get("layer", 0) >= 2):
+        assert result.downstream is not None and result.downstream.rows == tuple(range(8, 15)), result.name
+        assert result.downstream.tokens == 15
+        (origin,) = result.downstream.origins
+        assert (origin.request, origin.position) == (2, 0)
+    decode = [r for r in report.results if r.step in (1, 2, 3) and r.tags.get("layer", 0) >= 2]
+    assert decode and all(r.downstream is not None and r.downstream.rows == (2,) for r in decode)
+    assert all(r.status == "pass" for r in decode)
 
 
 @pytest.mark.parametrize("seed", [5, 7, 8])
