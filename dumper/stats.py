@@ -18,6 +18,8 @@ from dumper.format import TensorStats, finite_or_none
 # Elements per float64 chunk: bounds the scratch memory to 2 x 8 MB per thread.
 _CHUNK = 1 << 20
 _scratch = threading.local()
+# Below this share of sum(x^2), sum(x^2) - n mean^2 has lost too many digits: two passes.
+_CANCELLATION = 1e-3
 
 
 def raw_bytes(tensor: torch.Tensor) -> memoryview:
@@ -84,10 +86,15 @@ def _add_chunk(moments: _Moments, x: torch.Tensor, scratch: torch.Tensor) -> tup
     if math.isfinite(squares) and math.isfinite(total):
         # Fast path: every value finite and small enough to square.
         chunk_mean = total / n
-        torch.sub(x, chunk_mean, out=scratch)
-        chunk_m2 = float(torch.dot(scratch, scratch))
+        # NOTE: sum((x - mean)^2) = sum(x^2) - n mean^2 saves two passes over the chunk; it
+        # loses precision when the mean dwarfs the spread (the difference cancels), and
+        # then the two-pass sum is taken instead.
+        chunk_m2 = squares - total * chunk_mean
+        if not chunk_m2 > _CANCELLATION * squares:
+            torch.sub(x, chunk_mean, out=scratch)
+            chunk_m2 = float(torch.dot(scratch, scratch))
         low, high = (float(v) for v in torch.aminmax(x))
-        abs_sum = float(torch.abs(x, out=scratch).sum())
+        abs_sum = float(torch.linalg.vector_norm(x, 1))  # one pass, no temporary
         moments.add(n, chunk_mean, chunk_m2, low, high, abs_sum, 1.0, squares)
         return 0, 0
     nan = int(torch.isnan(x).sum())

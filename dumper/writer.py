@@ -22,6 +22,7 @@ from dumper.format import (
     IndexRecord,
     RankInfo,
     RecordHead,
+    TensorStats,
     data_file_name,
     rewrite_json_in_place,
     write_json_atomic,
@@ -52,12 +53,12 @@ _RANK_INFO_PAD = 8192
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A digested batch on its way to disk: the records that keep data, their file, the index lines."""
+    """A digested batch on its way to disk: the records that keep data, their file, their stats."""
 
     batch: list[PendingRecord]
     kept: list[PendingRecord]
     file_name: str | None
-    lines: list[str]
+    digests: list[tuple[TensorStats, str | None]]  # per record: stats, and its checksum unless still to compute
     escalated: bool
 
 
@@ -297,15 +298,19 @@ class RankWriter:
         return self._digest_workers or None
 
     def _prepare(self, batch: list[PendingRecord]) -> _Prepared:
-        """Stats, checksums and index lines of a batch, and which records keep their data."""
+        """Stats (and checksums, unless the file stage computes them) of a batch, and which records keep data."""
         # Imported here so that importing dumper never pays for them.
         from dumper.stats import checksum, tensor_stats
 
+        pool = self._digest_pool()
+        # NOTE: with the file stage on its own thread, checksums are computed there (xxh3
+        # releases the GIL): the two stages then take about the same time per MB.
+        late_checksums = self._files is not None and pool is None
+
         def digest(snapshot: Snapshot):
             tensor = snapshot.wait()
-            return tensor_stats(tensor), checksum(tensor)
+            return tensor_stats(tensor), None if late_checksums else checksum(tensor)
 
-        pool = self._digest_pool()
         digests = [pool.submit(digest, item.snapshot) for item in batch] if pool is not None else None
         kept = batch if self._mode == "tensor" else []
         escalated = False
@@ -314,24 +319,15 @@ class RankWriter:
         file_name = data_file_name(self._next_file) if kept else None
         if file_name:
             self._next_file += 1
-        kept_seqs = {item.seq for item in kept}
-        lines = []
-        for position, item in enumerate(batch):
-            tensor = item.snapshot.wait()
-            stats, check = digests[position].result() if digests is not None else digest(item.snapshot)
-            record = IndexRecord(
-                **item.head_fields(),
-                dtype=str(tensor.dtype).removeprefix("torch."),
-                shape=tuple(tensor.shape),
-                stats=stats,
-                checksum=check,
-                file=file_name if item.seq in kept_seqs else None,
-                key=f"{item.seq}" if item.seq in kept_seqs else None,
-            )
-            lines.append(record.to_json_line())
-        return _Prepared(batch=batch, kept=kept, file_name=file_name, lines=lines, escalated=escalated)
+        done = [digests[position].result() if digests is not None else digest(item.snapshot)
+                for position, item in enumerate(batch)]
+        return _Prepared(batch=batch, kept=kept, file_name=file_name, digests=done, escalated=escalated)
 
     def _write_prepared(self, prepared: _Prepared) -> None:
+        from dumper.stats import checksum
+
+        checksums = [check if check is not None else checksum(item.snapshot.wait())
+                     for item, (_, check) in zip(prepared.batch, prepared.digests)]
         if prepared.file_name:
             final_path = os.path.join(self.rank_dir, prepared.file_name)
             tmp_path = final_path + ".tmp"
@@ -344,7 +340,21 @@ class RankWriter:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_path)
                 raise
-        self._index.write("\n".join(prepared.lines) + "\n")
+        kept_seqs = {item.seq for item in prepared.kept}
+        lines = []
+        for item, (stats, _), check in zip(prepared.batch, prepared.digests, checksums):
+            tensor = item.snapshot.tensor
+            kept = item.seq in kept_seqs
+            lines.append(IndexRecord(
+                **item.head_fields(),
+                dtype=str(tensor.dtype).removeprefix("torch."),
+                shape=tuple(tensor.shape),
+                stats=stats,
+                checksum=check,
+                file=prepared.file_name if kept else None,
+                key=f"{item.seq}" if kept else None,
+            ).to_json_line())
+        self._index.write("\n".join(lines) + "\n")
         self._index.flush()
         self._records_written += len(prepared.batch)
         self._last_step = prepared.batch[-1].step

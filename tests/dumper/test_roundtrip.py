@@ -79,3 +79,16 @@ def test_steps_and_execution_order(run):
 def test_huge_values_do_not_overflow_stats():
     stats = tensor_stats(torch.tensor([1e300, -1e300, 3.0], dtype=torch.float64))
     assert math.isfinite(stats.l2) and stats.l2 == pytest.approx(math.sqrt(2) * 1e300)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e8])
+def test_stats_stay_exact_when_the_mean_dwarfs_the_spread(offset):
+    """The one-pass variance (sum of squares minus n mean^2) falls back to two passes where it would cancel."""
+    noise = torch.randn(2_500_000, dtype=torch.float64, generator=torch.Generator().manual_seed(3))  # 3 chunks
+    for tensor in (noise + offset, (noise * 0.01 + offset).float()):
+        stats = tensor_stats(tensor)
+        reference = tensor.double()
+        assert stats.std == pytest.approx(float(reference.std(correction=0)), rel=1e-9)
+        assert stats.mean == pytest.approx(float(reference.mean()), rel=1e-12, abs=1e-12)
+        assert stats.abs_mean == pytest.approx(float(reference.abs().mean()), rel=1e-12)
+        assert stats.l2 == pytest.approx(float(reference.norm()), rel=1e-10)
