@@ -41,8 +41,12 @@ class LogicalTensor:
 
     @functools.cached_property
     def key(self) -> TensorKey:
-        # Cached: matching and planning ask for it several times per tensor (120k tensors).
+        # Cached (and set by group_records): matching and planning ask for it several times per tensor (120k tensors).
         return (self.name, self.step, tags_key(self.tags))
+
+    @property
+    def tags_key(self) -> TagsKey:
+        return self.key[2]
 
     @property
     def label(self) -> str:
@@ -79,13 +83,13 @@ def group_records(records: Iterable[IndexRecord], *, ignore_tags: frozenset[str]
         if previous is not None and previous != key and previous not in predecessors[key]:
             predecessors[key].append(previous)
         last_on_rank[lane] = key
-    return [
-        LogicalTensor(
-            name=key[0], step=key[1], tags=tags_of[key], records=tuple(found), position=position,
-            predecessors=tuple(predecessors.get(key, ())),
-        )
-        for position, (key, found) in enumerate(grouped.items())
-    ]
+    tensors = []
+    for position, (key, found) in enumerate(grouped.items()):
+        tensor = LogicalTensor(name=key[0], step=key[1], tags=tags_of[key], records=tuple(found), position=position,
+                               predecessors=tuple(predecessors.get(key, ())))
+        tensor.__dict__["key"] = key  # the cached property, known here: tags keyed once per tags dict
+        tensors.append(tensor)
+    return tensors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,11 +134,13 @@ def match_runs(baseline: list[LogicalTensor], target: list[LogicalTensor], optio
     partner_of: dict[tuple[str, TagsKey], tuple[str, TagsKey]] = {}
     series_baseline: dict[tuple[str, TagsKey], dict[int, LogicalTensor]] = defaultdict(dict)
     for tensor in target:
-        key = (tensor.name, tags_key(tensor.tags))
+        key = (tensor.name, tensor.tags_key)
         series_target[key][tensor.step] = tensor
-        partner_of[key] = (name_map.baseline_name(tensor.name, tensor.tags), tags_key(name_map.baseline_tags(tensor.tags)))
+        if key not in partner_of:  # one series, many steps: map its name and tags once
+            partner_of[key] = (name_map.baseline_name(tensor.name, tensor.tags),
+                               tags_key(name_map.baseline_tags(tensor.tags)))
     for tensor in baseline:
-        series_baseline[(tensor.name, tags_key(tensor.tags))][tensor.step] = tensor
+        series_baseline[(tensor.name, tensor.tags_key)][tensor.step] = tensor
     sharing: dict[tuple[str, TagsKey], int] = defaultdict(int)
     for partner in partner_of.values():
         sharing[partner] += 1

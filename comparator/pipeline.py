@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 from typing import Any, Callable, Iterable, Iterator
 
@@ -35,7 +36,7 @@ from comparator.judge.routing import annotate_downstream
 from comparator.judge.verdicts import finalize
 from comparator.options import CompareOptions
 from comparator.parallel import run_parallel
-from comparator.plan import plan_comparison
+from comparator.plan import TensorWork, plan_comparison
 from comparator.results import Pair, Report, TensorResult
 from dumper.errors import RunNotFoundError
 from dumper.reader import open_run
@@ -53,13 +54,19 @@ def compare(baseline: str | os.PathLike[str], target: str | os.PathLike[str], *,
         options = CompareOptions.from_values(**option_values)
     elif option_values:
         raise TypeError("pass either options= or option keywords, not both")
-    with _single_threaded_torch(), open_run(baseline) as baseline_run, open_run(target) as target_run:
+    with contextlib.ExitStack() as stack:
+        planned = stack.enter_context(_index_objects_untracked())
+        baseline_run = stack.enter_context(open_run(baseline))
+        target_run = stack.enter_context(open_run(target))
         runs = Pair(baseline_run, target_run)
         for _, run in runs.items():
             if not any(rank.records for rank in run.ranks):
                 found = f" ({run.problems[0]})" if run.problems else ""
                 raise RunNotFoundError(f"{run.path}: the run holds no dumped tensors{found}")
         plan = plan_comparison(runs, options)
+        planned()
+        if any(isinstance(item, TensorWork) for item in plan.items):
+            stack.enter_context(_single_threaded_torch())
         # NOTE: every executor (and worker process) makes the aligner the plan was made with.
         options = dataclasses.replace(options, aligner=plan.aligner)  # type: ignore[arg-type]  # a name of ALIGNERS
         produced: Iterable[TensorResult]
@@ -137,6 +144,34 @@ def _graph_replay_hints(results: list[TensorResult], replayed: Pair[dict[str, tu
         return results
     return [r if r.status != "fail" or r.hint else dataclasses.replace(
         r, hint=graph_replay_hint(r.name, r.step, replayed.baseline, replayed.target)) for r in results]
+
+
+@contextlib.contextmanager
+def _index_objects_untracked() -> Iterator[Callable[[], None]]:
+    """No cyclic garbage collection while the runs are read and planned; restored after.
+
+    NOTE: a million-record run is millions of long-lived objects (records, logical
+    tensors, work items) and no cyclic garbage; each full collection while they are being
+    made visits all of them: planning 100k records took 4-8 s with the collector on and
+    1-2 s without (issue 23). The pipeline freezes them once planned (``gc.freeze``), so the
+    collections while comparing skip them too.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+
+    def planned() -> None:
+        gc.freeze()  # the records and the plan live until the end: later collections need not visit them
+        if enabled:
+            gc.enable()
+
+    try:
+        yield planned
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+        else:
+            gc.disable()
 
 
 @contextlib.contextmanager

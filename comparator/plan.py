@@ -25,6 +25,7 @@ from comparator.options import CompareOptions
 from comparator.results import (Coverage, Judgement, Measurement, NotMeasured, Pair, SideInfo, Status, TensorResult,
                                 Unmeasured)
 from comparator.unshard import UnshardPlan, execute_unshard, plan_unshard
+from comparator.unshard_plans import UnshardPlanner
 from dumper.format import IndexRecord
 from dumper.run import Run
 
@@ -167,13 +168,14 @@ def plan_comparison(runs: Pair[Run], options: CompareOptions, aligner: Aligner |
     elif aligner is None:
         aligner = options.make_aligner()
     items: list[WorkItem] = []
+    planner = UnshardPlanner()  # each layout planned once, not each step's tensor
     for series in match_runs(tensors.baseline, tensors.target, options):
         # NOTE: token aligners read the runs' token metadata here, before any big tensor
         # is loaded; a missing metadata dump stops the comparison with one clear line.
         context = AlignContext(name=series.name, tags=series.tags, baseline_token_dim=None, target_token_dim=None,
                                baseline_aux=aux.baseline, target_aux=aux.target)
         for unit in aligner.plan(series.step_pairs, context):
-            items.append(_plan_unit(series, unit, options))
+            items.append(_plan_unit(series, unit, options, planner))
     items.sort(key=lambda item: item.place.order)
     items = attach_downstream(attach_routing(items, options.routing), aux.baseline, options,
                               row_keys=getattr(aligner, "row_keys", None))
@@ -274,7 +276,7 @@ def attach_downstream(items: Sequence[WorkItem], aux: AuxLoader, options: Compar
 
 def _aux_loader(run: Run, tensors: list[LogicalTensor], options: CompareOptions, side: str) -> AuxLoader:
     """(name, step, tags) -> that unsharded tensor of ``run`` (small token metadata), or None if not dumped."""
-    by_key = {(t.name, t.step, tags_key(t.tags)): t for t in tensors}
+    by_key = {t.key: t for t in tensors}
     cache: dict[tuple[Any, ...], "torch.Tensor | None"] = {}
     loader = TensorLoader(run, verify_checksums=options.verify_checksums)
 
@@ -303,7 +305,7 @@ def _axis_sizes(runs: Pair[Run]) -> dict[str, int]:
     return sizes
 
 
-def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions) -> WorkItem:
+def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions, planner: UnshardPlanner) -> WorkItem:
     tensors = Pair([series.baseline[s] for s in unit.baseline_steps], [series.target[s] for s in unit.target_steps])
     plans: Pair[list[UnshardPlan]] = Pair([], [])
     errors: list[str] = []
@@ -311,7 +313,7 @@ def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions) -> Work
         for tensor in side_tensors:
             try:
                 plans.side(side).append(
-                    plan_unshard(f"{side} {tensor.label}", tensor.records, dims=options.dims_for(tensor.name, side)))
+                    planner.plan(f"{side} {tensor.label}", tensor.records, dims=options.dims_for(tensor.name, side)))
             except UnshardError as exc:
                 errors.append(str(exc))
     place = Placement(
@@ -319,8 +321,8 @@ def _plan_unit(series: Series, unit: AlignUnit, options: CompareOptions) -> Work
         order=series.unit_order(unit.target_steps, unit.baseline_steps),
         keys=tuple(t.key for t in tensors.target),
         predecessors=tuple(p for t in tensors.target for p in t.predecessors),
-        sides=Pair(_side_info(series.baseline_name, unit.baseline_steps, tensors.baseline, plans.baseline),
-                   _side_info(series.name, unit.target_steps, tensors.target, plans.target)),
+        sides=Pair(_side_info(series.baseline_name, unit.baseline_steps, tensors.baseline, plans.baseline, planner),
+                   _side_info(series.name, unit.target_steps, tensors.target, plans.target, planner)),
     )
     if not tensors.target or not tensors.baseline:
         where, other, missing = (("baseline", "target", series.name) if tensors.baseline
@@ -348,16 +350,17 @@ def _execution_context(series: Series, plans: Pair[tuple[UnshardPlan, ...]]) -> 
 
 
 def _side_info(name: str, steps: tuple[int, ...], tensors: Sequence[LogicalTensor],
-               plans: Sequence[UnshardPlan]) -> SideInfo | None:
+               plans: Sequence[UnshardPlan], planner: UnshardPlanner) -> SideInfo | None:
     if not tensors:
         return None
     records: list[IndexRecord] = [r for t in tensors for r in t.records]
     plan = plans[0] if len(plans) == len(tensors) and plans else None
+    # NOTE: 120k work items describe a few hundred layouts: one copy of each description.
     return SideInfo(
-        name=name, steps=steps,
+        name=name, steps=planner.shared(steps),
         shape=plan.shape if plan is not None else None,
         dtype=records[0].dtype,
-        ranks=tuple(sorted({r.rank for r in records})),
+        ranks=planner.shared(tuple(sorted({r.rank for r in records}))),
         dims=records[0].dims if plan is None or plan.dims is None else plan.dims.text,
-        plan=plan.describe() if plan is not None else None,
+        plan=planner.shared(plan.describe()) if plan is not None else None,
     )

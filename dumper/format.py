@@ -224,10 +224,11 @@ class SharedParts:
     parallel dicts are the reader's: callers must not mutate a record's dicts.
     """
 
-    __slots__ = ("_parallel", "_strings", "_tags")
+    __slots__ = ("_parallel", "_shapes", "_strings", "_tags")
 
     def __init__(self) -> None:
         self._strings: dict[str, str] = {}
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._tags: dict[str, dict[str, Any]] = {}
         self._parallel: dict[tuple[tuple[str, int, int], ...], dict[str, AxisInfo]] = {}
 
@@ -277,7 +278,8 @@ class SharedParts:
         shared_tags = tags if tags_key is None else self._tags.setdefault(tags_key, tags)
         return IndexRecord(
             seq=seq, step=step, name=intern(name), tags=shared_tags, rank=rank, world_size=world_size,
-            parallel=axes, dtype=intern(dtype), shape=tuple(shape), dims=None if dims is None else intern(dims),
+            parallel=axes, dtype=intern(dtype), shape=self._shapes.setdefault(sizes := tuple(shape), sizes),
+            dims=None if dims is None else intern(dims),
             stats=TensorStats(numel=numel, min=floats[0], max=floats[1], mean=floats[2], abs_mean=floats[3],
                               std=floats[4], l2=floats[5], nan=nan, inf=inf),
             checksum=checksum, file=None if file is None else intern(file), key=key, nbytes=nbytes,

@@ -12,13 +12,14 @@ failing the whole run.
 
 from __future__ import annotations
 
+import gc
 import glob
 import io
 import json
 import logging
 import os
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from dumper.errors import DumpcmpError, RunFormatError, RunNotFoundError
 from dumper.format import (
@@ -112,6 +113,21 @@ def read_index(path: str, *, source: str, root: str | None = None) -> tuple[list
                 accept(number, raw, None, True)
         batch.clear()
 
+    # NOTE: records hold no reference cycles, and each full collection while they are
+    # made visits every record read so far: a third or more of reading a million records.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _read_lines(path, root, batch, accept, flush, problems)
+    finally:
+        if collecting:
+            gc.enable()
+    return records, torn, problems
+
+
+def _read_lines(path: str, root: str | None, batch: list[tuple[int, bytes]],
+                accept: Callable[[int, bytes | None, Any, bool], None], flush: Callable[[], None],
+                problems: list[str]) -> None:
     with io.BufferedReader(open_regular(path, limit=INDEX_LIMIT, what="index", root=root)) as handle:
         number = 0
         while True:
@@ -133,7 +149,6 @@ def read_index(path: str, *, source: str, root: str | None = None) -> tuple[list
                 flush()
                 accept(number, raw, None, False)
         flush()
-    return records, torn, problems
 
 
 _BATCH_LINES = 2048

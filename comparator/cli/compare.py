@@ -139,6 +139,11 @@ def compare_command(
                                 allow_dtype_change=options.thresholds.allow_dtype_change)
         report = _run_with_progress(compare, baseline, target, options) if show_progress else compare(baseline, target, options=options)
         report = dataclasses.replace(report, runs=runs)
+        # NOTE: the report of a million records is a few million objects, all kept until
+        # the process exits: collections while it is rendered would visit them all again.
+        import gc
+
+        gc.freeze()
         checks = None
         if check_target:
             from comparator.check import CheckOptions, check_run

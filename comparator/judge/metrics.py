@@ -20,8 +20,14 @@ import dataclasses
 import math
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# NOTE: torch is imported where a tensor is measured, not with this module: judging a
+# stats-mode run (the index's stats only) never needs it, and importing it costs 1-2 s
+# and ~200 MB of resident memory on the 2-core development box.
 
 # Values per float64 chunk: 256 Ki values = 2 MB per buffer, three buffers. Small
 # enough to stay in cache between the passes over a chunk, large enough that Python's
@@ -99,19 +105,25 @@ class _Scratch(threading.local):
 
     def __init__(self) -> None:
         self.size = 0
-        self.b = self.t = self.d = self.s = torch.empty(0, dtype=torch.float64)
+        self.buffers: "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None" = None
 
-    def views(self, numel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if numel > self.size:
+    def views(self, numel: int) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]":
+        import torch
+
+        if numel > self.size or self.buffers is None:
             self.size = max(numel, CHUNK_ELEMENTS)
-            self.b, self.t, self.d, self.s = (torch.empty(self.size, dtype=torch.float64) for _ in range(4))
-        return self.b[:numel], self.t[:numel], self.d[:numel], self.s[:numel]
+            self.buffers = (torch.empty(self.size, dtype=torch.float64), torch.empty(self.size, dtype=torch.float64),
+                            torch.empty(self.size, dtype=torch.float64), torch.empty(self.size, dtype=torch.float64))
+        b, t, d, s = self.buffers
+        return b[:numel], t[:numel], d[:numel], s[:numel]
 
 
 _scratch = _Scratch()
 
 
 def _upcast_into(out: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    import torch
+
     if chunk.dtype == torch.bool:
         chunk = chunk.to(torch.uint8)
     out.view(chunk.shape).copy_(chunk)
@@ -119,6 +131,8 @@ def _upcast_into(out: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
 
 
 def _row_squares(rows: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    import torch
+
     """Sum of squares of each row (faster than linalg.vecdot on CPU)."""
     squared = scratch.view(rows.shape)
     torch.mul(rows, rows, out=squared)
@@ -130,6 +144,8 @@ def _accumulate(sums: _Sums, b_raw: torch.Tensor, t_raw: torch.Tensor, offset: i
 
     Returns per-row (|t-b|^2, |b|^2) for 2-D chunks, for the per-token error.
     """
+    import torch
+
     buf_b, buf_t, buf_d, buf_s = _scratch.views(b_raw.numel())
     b = _upcast_into(buf_b, b_raw)
     t = _upcast_into(buf_t, t_raw)
@@ -213,6 +229,8 @@ def compute_metrics(baseline: torch.Tensor, target: torch.Tensor, *, token_dim: 
 
 
 def _max_finite_abs(tensor: torch.Tensor) -> float:
+    import torch
+
     largest = 0.0
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), CHUNK_ELEMENTS):
@@ -224,6 +242,8 @@ def _max_finite_abs(tensor: torch.Tensor) -> float:
 
 
 def _compute(baseline: torch.Tensor, target: torch.Tensor, *, token_dim: int | None, scale: float) -> Metrics:
+    import torch
+
     shape = tuple(baseline.shape)
     numel = baseline.numel()
     sums = _Sums(scale)
