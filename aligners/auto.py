@@ -6,6 +6,8 @@ The two runs' per-step token metadata (the presets dump it at the engine's step 
 tokens at every paired step:
 
 - the same tokens at every step, laid out alike: ``none`` (today's default, step by step);
+  but when the runs name their requests otherwise (SGLang's random rids), ``by_request``
+  with the requests matched by input ids, so that the request-id dumps compare renamed;
 - the same tokens at every step, laid out differently (DP-attention padding, another
   DP split): ``concat_steps``;
 - other step boundaries or batch composition (another scheduler, ``max_num_seqs``,
@@ -144,6 +146,10 @@ def choose(baseline: RunView, target: RunView, *, offset: int) -> AutoChoice:
     difference = next((d for d in (_difference(b, t, shared_ids) for b, t in pairs) if d is not None), None)
     if difference is None and baseline.keyed and target.keyed:
         difference = _recomputed(baseline, target, offset)
+    if difference is None and baseline.keyed and target.keyed and not shared_ids:
+        renamed = _renamed_requests(baseline, target, len(pairs))
+        if renamed is not None:
+            return renamed
     if difference is None:
         relaid = next(((b, t) for b, t in pairs if b.layout != t.layout), None)
         if relaid is None:
@@ -166,6 +172,23 @@ def choose(baseline: RunView, target: RunView, *, offset: int) -> AutoChoice:
     return AutoChoice(aligner="none", reason=(
         f"none: {difference}: the runs were batched differently, but the {lacking} run's metadata does not say "
         f"which request each token belongs to; {WHAT_TO_DUMP}"))
+
+
+def _renamed_requests(baseline: RunView, target: RunView, steps: int) -> AutoChoice | None:
+    """The same tokens at every step, but the runs name their requests otherwise (SGLang's random rids).
+
+    NOTE: compared step by step, the request-id dumps themselves would fail; ``by_request``
+    (one comparison per target step, as ``none`` makes) compares them renamed to the
+    baseline's ids. None when the requests cannot be matched by input ids.
+    """
+    from aligners.requests import match_requests
+
+    matched = match_requests(baseline, target)
+    if not matched.request_map:
+        return None
+    return AutoChoice(aligner="by_request", reason=(
+        f"by_request: both runs hold the same tokens at each of {steps} steps{matched.describe()}"),
+        request_map=matched.request_map)
 
 
 def _ids(run: RunView) -> set[int]:

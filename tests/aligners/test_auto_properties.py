@@ -133,16 +133,14 @@ def test_auto_matches_requests_by_input_ids_when_ids_differ(data):
     choice = decide(baseline, target)
     real = sorted((r, p) for step in target_schedule for segments in step for r, s, n in segments
                   for p in range(s, s + n))
-    if choice.aligner == "by_request":
-        assert dict(choice.request_map) == {new: old for old, new in mapping.items()}
-        assert "requests matched by input ids" in choice.reason
-    else:  # batched alike: compared step by step, ids do not matter
-        assert choice.aligner == "none"
+    # Batched alike or not: by_request, so that the request-id dumps compare renamed.
+    assert choice.aligner == "by_request", choice.reason
+    assert dict(choice.request_map) == {new: old for old, new in mapping.items()}
+    assert "requests matched by input ids" in choice.reason
     compared = compare_all(baseline, target, choice)
     assert sorted(compared) == real
-    if choice.aligner == "by_request":
-        # The request-id dump itself agrees once the target's ids are renamed to the baseline's.
-        assert_request_ids_agree(baseline, target, choice)
+    # The request-id dump itself agrees once the target's ids are renamed to the baseline's.
+    assert_request_ids_agree(baseline, target, choice)
 
 
 def assert_request_ids_agree(baseline: Side, target: Side, choice) -> None:  # type: ignore[no-untyped-def]
@@ -188,3 +186,18 @@ def test_the_reason_counts_one_token_in_the_singular():
     choice = decide(baseline, target)
     assert choice.aligner == "by_request"
     assert choice.reason == "by_request: step 1 holds 1 token in the baseline, 4 in the target"
+
+
+def test_runs_batched_alike_whose_ids_differ_compare_by_request_with_ids_renamed():
+    """Two SGLang runs batched alike: the same tokens at every step, random rids hashed otherwise."""
+    schedule = [[[(0, 0, 3), (1, 0, 2)]], [[(0, 3, 1), (1, 2, 1)]]]
+    baseline = build_side(schedule)
+    target = rename(build_side(schedule), {0: 7001, 1: 7002})
+    choice = decide(baseline, target)
+    assert choice.aligner == "by_request" and dict(choice.request_map) == {7001: 0, 7002: 1}
+    assert choice.reason == ("by_request: both runs hold the same tokens at each of 2 steps; the runs do not share "
+                             "request ids: requests matched by input ids (2 exactly)")
+    assert_request_ids_agree(baseline, target, choice)
+    # One comparison per target step, as none makes.
+    units = choice.make(NAMES).plan(step_pairs(baseline, target), context(baseline, target))
+    assert [(u.baseline_steps, u.target_steps) for u in units] == [((0,), (0,)), ((1,), (1,))]
