@@ -84,3 +84,22 @@ def test_ls_reads_the_index_summaries_and_lists_what_the_lines_say(run_dir, tmp_
     from_lines = runner.invoke(app, ["ls", str(without), "--format", "json"])
     assert with_summaries.exit_code == from_lines.exit_code == 0
     assert json.loads(with_summaries.stdout) == {**json.loads(from_lines.stdout), "path": str(run_dir)}
+
+
+def test_ls_prints_a_long_tensor_table_as_plain_columns(tmp_path):
+    """More rows than rich lays out quickly (render_ls.PLAIN_ROWS): one aligned line a row, every name shown."""
+    from comparator.inspect.render_ls import PLAIN_ROWS
+    from tests.comparator.test_unshard_plans import _synth_run_module
+
+    synth = _synth_run_module()
+    synth.write_run(str(tmp_path / "run"), synth.Layout(tp=2, ep=1, dp=1), layers=40, steps=2, tokens=4, hidden=8)
+    result = runner.invoke(app, ["ls", str(tmp_path / "run")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index(f"tensors ({40 * 6})")
+    assert 40 * 6 > PLAIN_ROWS and lines[start + 1].split() == ["name", "tags", "dtype", "shape", "dims", "steps",
+                                                                 "ranks", "bytes"]
+    rows = lines[start + 3:start + 3 + 40 * 6]
+    assert rows[0].split()[:3] == ["attn.qkv", "layer=0", "float32"] and rows[-1].split()[:2] == ["layer.out", "layer=39"]
+    assert len({row.index("float32") for row in rows}) == 1  # aligned columns
+    assert all(row.split()[-4:-2] == ["0-1", "0-1"] for row in rows)  # steps, ranks
