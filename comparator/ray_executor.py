@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -79,6 +80,13 @@ def connect(ray: Any, address: str | None) -> bool:
     """
     if ray.is_initialized():
         return False
+    named = address if address not in (None, "auto") else os.environ.get("RAY_ADDRESS")
+    if named and named not in ("auto", "local") and "://" not in named:
+        # NOTE: Ray retries an address where nothing listens for minutes, deaf to Ctrl-C.
+        problem = _unanswered(named)
+        if problem is not None:
+            raise ClusterError(f"cannot connect to the Ray cluster at {named}: nothing answers there ({problem}); "
+                               "start its head with ray start --head, or give its address with --address")
     try:
         # NOTE: workers' logs stay in Ray's session logs; results carry every reason.
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -86,6 +94,18 @@ def connect(ray: Any, address: str | None) -> bool:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ClusterError(f"cannot connect to the Ray cluster at {address or 'auto'}: {first}") from None
     return True
+
+
+def _unanswered(address: str, timeout: float = 10.0) -> str | None:
+    """Why nothing answers at ``HOST:PORT`` (None: something listens, or Ray is left to read the address)."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
 
 
 _cached: tuple[str, Executor] | None = None  # in a Ray worker process: (token, executor) of the latest comparison

@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 
 from comparator import compare
+from comparator.errors import ClusterError
 from comparator.locality import directory_resource
 from comparator.options import CompareOptions
 from comparator.plan import plan_comparison
@@ -142,3 +143,11 @@ def test_the_cli_compares_on_the_cluster(cluster, nodes_root, baseline):
     (local, _), (on_cluster, errors) = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], errors[-3000:]
     assert json.loads(on_cluster) == json.loads(local)
+
+
+def test_a_node_of_another_dumpcmp_version_is_one_line(cluster, driver, nodes_root, baseline, monkeypatch):
+    """The comparing machine's version travels with the setup; a node of another version refuses it."""
+    monkeypatch.setattr("comparator.ray_executor.TOOL_VERSION", "0.0.1-other")
+    with pytest.raises(ClusterError, match=r"^node \w+ runs dumpcmp \S+, the comparing machine 0\.0\.1-other: "
+                                           r"install one version on every node$"):
+        compare(baseline, str(nodes_root / "ep2-node*"), executor="ray", address=cluster.address)

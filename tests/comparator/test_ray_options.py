@@ -5,6 +5,7 @@ The Ray executor itself runs in tests/comparator/test_ray_executor.py, on a loca
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from comparator import compare
 from comparator.errors import ClusterError, OptionError
 from comparator.options import CompareOptions
+from tests.conftest import require_engine
 from tests.helpers.example_runs import DUMPCMP
 from tests.helpers.procs import clean_env
 
@@ -57,3 +59,14 @@ def test_the_library_raises_the_typed_error_before_reading_the_runs(tmp_path, mo
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
     with pytest.raises(ClusterError, match=r"pip install 'dumpcmp\[ray\]'"):
         compare(tmp_path / "missing", tmp_path / "also-missing", executor="ray")
+
+
+@pytest.mark.engine
+def test_an_address_where_nothing_answers_is_one_line_at_once(runs):
+    require_engine("ray", "pip install 'dumpcmp[ray]'")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening: nothing answers
+        with pytest.raises(ClusterError) as raised:
+            compare(runs["tp1"], runs["tp2"], executor="ray", address=address)
+    assert str(raised.value).startswith(f"cannot connect to the Ray cluster at {address}: nothing answers there (")

@@ -10,6 +10,7 @@ environment: the caller's, else a fresh one), so nothing is read from or written
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -28,7 +29,8 @@ from tests.helpers.procs import clean_env
 
 RAY_CLI = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
 STARTED = "Ray runtime started"
-OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's minimum is 75 MiB; results are small
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+PR_SET_PDEATHSIG = 1  # linux/prctl.h  # Ray's minimum is 75 MiB; results are small
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _end_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even killed (Linux), so no node outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start(arguments: list[str], log: Path, env: dict[str, str], timeout: float = 90) -> subprocess.Popen[bytes]:
     with log.open("wb") as handle:
         process = subprocess.Popen([*RAY_CLI, "start", "--block", *arguments], env=env, stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_end_with_parent)
     deadline = time.monotonic() + timeout
     while STARTED not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
