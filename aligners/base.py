@@ -46,6 +46,9 @@ class AlignUnit:
     # (by_request as --aligner auto plans it): those steps hold other steps' tokens too,
     # which are not "only in the baseline", and a token recomputed there counts once.
     baseline_partial: bool = False
+    # target request id -> baseline request id, when the runs name their requests otherwise
+    # (``auto`` matched them by input ids): the target's request-id dumps are compared renamed.
+    request_map: tuple[tuple[int, int], ...] = ()
 
     @property
     def step(self) -> int:

@@ -15,6 +15,7 @@ per-DP-rank token counts are compared as the total over all steps.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 from aligners.base import AlignContext, Aligned, AlignUnit, Side, SideAlignment, StepPair, TokenKey
@@ -45,6 +46,14 @@ class ByRequestAligner(StepTablePlanner):
         self.per_target_step = per_target_step
 
     def plan(self, steps: Sequence[StepPair], context: AlignContext) -> list[AlignUnit]:
+        units = self._plan(steps, context)
+        if not self.request_map:
+            return units
+        # NOTE: executors (worker processes too) make their aligner by name: the units carry the map.
+        renames = tuple(sorted(self.request_map.items()))
+        return [replace(unit, request_map=renames) for unit in units]
+
+    def _plan(self, steps: Sequence[StepPair], context: AlignContext) -> list[AlignUnit]:
         if not self.per_target_step or is_layout_metadata(context.name, self.names):
             # The per-DP-rank counts describe the batching itself: compared as totals over the run.
             return super().plan(steps, context)
@@ -59,6 +68,10 @@ class ByRequestAligner(StepTablePlanner):
         units = []
         for step in target_steps:
             table = self.table(context, "target", step)
+            if table.num_real == 0:
+                # A dummy pass (an idle DP rank's, SGLang's idle batch): no token to compare, and
+                # none only in the target either; dropped whole, as concat_steps drops it.
+                continue
             holding = tuple(sorted({where[key] for key in table.keys or () if key in where}))
             units.append(AlignUnit(
                 baseline_steps=holding, target_steps=(step,), baseline_partial=True,
@@ -134,10 +147,10 @@ class ByRequestAligner(StepTablePlanner):
             return tensor.index_select(dim, torch.tensor(rows, dtype=torch.long, device=tensor.device))
 
         target_rows, detail = pick(t_tensor, t_index, t_dim), None
-        if self.request_map and context.name in (self.names.token_req_ids, *self.names.req_ids):
+        if unit.request_map and context.name in (self.names.token_req_ids, *self.names.req_ids):
             # NOTE: the runs name the same requests otherwise (matched by input ids): their
             # request-id dumps agree once the target's ids are the baseline's.
-            target_rows = _renumbered(target_rows, self.request_map)
+            target_rows = _renumbered(target_rows, dict(unit.request_map))
             detail = "the target's request ids renamed to the baseline's (requests matched by input ids)"
         return finish(self.name, context, pick(b_tensor, b_index, b_dim), target_rows, b_note, t_note,
                       tokens=len(common), detail=detail)
@@ -190,8 +203,6 @@ def _renumbered(tensor: "torch.Tensor", request_map: dict[int, int]) -> "torch.T
 
 
 def _renamed(table: StepTokens, request_map: dict[int, int]) -> StepTokens:
-    from dataclasses import replace
-
     def rename(keys: tuple[TokenKey, ...] | None) -> tuple[TokenKey, ...] | None:
         return None if keys is None else tuple((request_map.get(r, r), p) for r, p in keys)
 
@@ -199,6 +210,4 @@ def _renamed(table: StepTokens, request_map: dict[int, int]) -> StepTokens:
 
 
 def _with_only(note: SideAlignment, only: list[TokenKey]) -> SideAlignment:
-    from dataclasses import replace
-
     return replace(note, only_here=len(only), only_here_examples=tuple(only[:EXAMPLES]))
