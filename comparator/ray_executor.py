@@ -1,9 +1,10 @@
 """``--executor ray``: the per-tensor work as Ray tasks, each next to its shards; results in order.
 
 The comparing process opens the runs and plans as always (indexes and small metadata);
-each work item that loads tensor data becomes one Ray task, sent to a node that
+the work items that load tensor data go to Ray tasks, each item to a node that
 advertises the directory holding most of its bytes (comparator/locality.py), or to any
-node. Every task builds its executor from one :class:`WorkerSetup` (the factory of the
+node; items bound for one directory share a task, up to ``BATCH_ITEMS`` of them or
+``BATCH_BYTES`` of shards. Every task builds its executor from one :class:`WorkerSetup` (the factory of the
 serial path and of ``--jobs``), sent once per comparison and kept by each Ray worker
 process, so the report is the local executor's. Items that load no data (stats-only,
 one-sided, unplannable) are judged here: a task would only add a round trip.
@@ -19,7 +20,7 @@ import os
 import socket
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from comparator.errors import ClusterError
@@ -36,7 +37,11 @@ from dumper.run import Run
 
 log = logging.getLogger(__name__)
 
-TASKS_PER_CPU = 2  # tasks in flight per cluster CPU: each node always has its next item queued
+TASKS_PER_CPU = 2  # tasks in flight per cluster CPU: each node always has its next batch queued
+# A task compares up to BATCH_ITEMS work items, or fewer holding BATCH_BYTES of shards (a big
+# tensor is a task of its own): small tensors amortise Ray's cost per task, big ones spread.
+BATCH_ITEMS = 16
+BATCH_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,11 +62,32 @@ class _Setup:
     worker: WorkerSetup
 
 
-@dataclass(frozen=True)
-class _Submitted:
-    ref: Any  # ray.ObjectRef
-    label: str
+@dataclass(eq=False)
+class _Batch:
+    """Work items bound for one node directory, sent as one task: Ray adds milliseconds a task."""
+
     directory: str | None
+    items: list[WorkItem] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    nbytes: int = 0
+    ref: Any = None  # ray.ObjectRef, once submitted
+    results: list[TensorResult] | None = None  # once collected
+    node: str = ""
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= BATCH_ITEMS or self.nbytes >= BATCH_BYTES
+
+    def describe(self) -> str:
+        return self.labels[0] + (f" and {len(self.labels) - 1} more" if len(self.labels) > 1 else "")
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A work item's place in the plan's order: its batch and its index there."""
+
+    batch: _Batch
+    index: int
 
 
 def import_ray() -> Any:
@@ -111,8 +137,8 @@ def _unanswered(address: str, timeout: float = 10.0) -> str | None:
 _cached: tuple[str, Executor] | None = None  # in a Ray worker process: (token, executor) of the latest comparison
 
 
-def compare_on_node(token: str, setup_box: list[Any], item: WorkItem) -> tuple[TensorResult, str]:
-    """The Ray task: one work item's result, and the node that made it.
+def compare_on_node(token: str, setup_box: list[Any], items: list[WorkItem]) -> tuple[list[TensorResult], str]:
+    """The Ray task: the work items' results, in order, and the node that made them.
 
     ``setup_box`` holds the setup's object ref inside a list, so that Ray hands the ref
     over unresolved: a worker fetches the setup once per comparison, not once per task.
@@ -130,7 +156,8 @@ def compare_on_node(token: str, setup_box: list[Any], item: WorkItem) -> tuple[T
 
         torch.set_num_threads(1)  # as comparator/pipeline.py: parallelism comes from tasks
         _cached = (token, setup.worker.make_executor())
-    return _cached[1].run(item), ray.get_runtime_context().get_node_id()
+    executor = _cached[1]
+    return [executor.run(item) for item in items], ray.get_runtime_context().get_node_id()
 
 
 class RayExecutor:
@@ -143,11 +170,13 @@ class RayExecutor:
         self.directories = sorted({os.path.abspath(directory) for _, run in runs.items()
                                    for directory in (run.directories or (run.root,))})
         self.placements: list[TaskPlacement] = []
+        self._open: dict[str | None, _Batch] = {}  # per directory, the batch being filled
+        self._in_flight: list[_Batch] = []  # submitted, not yet collected
 
     def results(self, items: Sequence[WorkItem]) -> Iterator[TensorResult]:
         ray = import_ray()
         started = connect(ray, self.options.address)
-        pending: deque[TensorResult | _Submitted] = deque()
+        pending: deque[TensorResult | _Slot] = deque()
         try:
             resources = ray.cluster_resources()
             advertised = advertised_directories(resources)
@@ -156,45 +185,63 @@ class RayExecutor:
             token = uuid.uuid4().hex
             setup_box = [ray.put(_Setup(token=token, tool_version=TOOL_VERSION, worker=self.setup))]
             task = ray.remote(compare_on_node)
-            in_flight = 0
+
+            def submit(batch: _Batch) -> None:
+                wanted = {directory_resource(batch.directory): RESOURCE_PER_TASK} if batch.directory else {}
+                batch.ref = task.options(num_cpus=1, resources=wanted).remote(token, setup_box, batch.items)
+                self._in_flight.append(batch)
+                if self._open.get(batch.directory) is batch:
+                    del self._open[batch.directory]
+
+            def take(head: TensorResult | _Slot) -> TensorResult:
+                if isinstance(head, TensorResult):
+                    return head
+                if head.batch.ref is None:
+                    submit(head.batch)  # the plan's order needs it now
+                if head.batch.results is None:
+                    self._collect(ray, head.batch)
+                    self._in_flight.remove(head.batch)
+                return head.batch.results[head.index]  # type: ignore[index]  # set by _collect
+
             for item in items:
                 if not reads_data(item):
                     pending.append(self.local.run(item))
                     continue
                 label = tensor_label(item.place.name, item.place.step, item.place.tags)
-                directory = choose_directory(bytes_by_directory(item, self.setup.roots), advertised, label)
-                wanted = {directory_resource(directory): RESOURCE_PER_TASK} if directory is not None else {}
-                pending.append(_Submitted(task.options(num_cpus=1, resources=wanted).remote(token, setup_box, item),
-                                          label, directory))
-                in_flight += 1
-                while in_flight >= window:
-                    head = pending.popleft()
-                    in_flight -= isinstance(head, _Submitted)
-                    yield self._collect(ray, head)
+                held = bytes_by_directory(item, self.setup.roots)
+                directory = choose_directory(held, advertised, label)
+                batch = self._open.setdefault(directory, _Batch(directory))
+                pending.append(_Slot(batch, len(batch.items)))
+                batch.items.append(item)
+                batch.labels.append(label)
+                batch.nbytes += sum(held.values())
+                if batch.full:
+                    submit(batch)
+                while len(self._in_flight) >= window:
+                    yield take(pending.popleft())
+            for batch in list(self._open.values()):
+                submit(batch)
             while pending:
-                yield self._collect(ray, pending.popleft())
+                yield take(pending.popleft())
             self._log_summary()
         finally:
-            for left in pending:
-                if isinstance(left, _Submitted):
-                    ray.cancel(left.ref)
+            for batch in self._in_flight:
+                ray.cancel(batch.ref)
             if started:
                 ray.shutdown()
 
-    def _collect(self, ray: Any, head: TensorResult | _Submitted) -> TensorResult:
-        if isinstance(head, TensorResult):
-            return head
+    def _collect(self, ray: Any, batch: _Batch) -> None:
         try:
-            result, node = ray.get(head.ref)
+            batch.results, batch.node = ray.get(batch.ref)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, DumpcmpError):  # a user error on the node (e.g. another dumpcmp version)
                 raise exc.cause from None
             raise  # a bug: its traceback, from the node
         except ray.exceptions.RayError as exc:  # a worker or node lost, the object store full
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ClusterError(f"the Ray cluster lost the task comparing {head.label}: {first}") from None
-        self.placements.append(TaskPlacement(label=result.label, directory=head.directory, node=node))
-        return result
+            raise ClusterError(f"the Ray cluster lost the task comparing {batch.describe()}: {first}") from None
+        self.placements.extend(TaskPlacement(label=label, directory=batch.directory, node=batch.node)
+                               for label in batch.labels)
 
     def _log_locality(self, advertised: frozenset[str]) -> None:
         unplaced = [directory for directory in self.directories if directory not in advertised]

@@ -110,6 +110,15 @@ def test_ray_gives_the_local_report(cluster, driver, nodes_root, baseline, scena
         assert unreadable and all("broken-node1" in r.reason for r in unreadable)
 
 
+@pytest.mark.parametrize("batch_items", [1, 5])
+def test_any_batch_size_gives_the_local_report(cluster, driver, nodes_root, baseline, monkeypatch, batch_items):
+    """Tasks of one item, or of a few (batches filling at different paces per directory), in the plan's order."""
+    monkeypatch.setattr("comparator.ray_executor.BATCH_ITEMS", batch_items)
+    target = str(nodes_root / SCENARIOS["seeded_divergence"])
+    on_cluster = compare(baseline, target, executor="ray", address=cluster.address)
+    assert report_to_json(on_cluster) == report_to_json(compare(baseline, target))
+
+
 def test_tasks_run_on_the_node_holding_their_shards(cluster, driver, nodes_root, baseline):
     import ray
 
