@@ -7,7 +7,9 @@
     (page cache, no fsync);
 (c) engine stall per dump (host time inside ``dump()``, writer warm, queue not full)
     vs a warm bare copy: on CUDA ``t.to("cpu", non_blocking=True)`` after the caching
-    host allocator holds its blocks; on CPU ``t.clone()`` (the least a snapshot costs).
+    host allocator holds its blocks; on CPU ``t.clone()`` (the least a snapshot costs);
+    and again with the writer held back until the step's dumps are in (what the dump
+    path costs without GIL hand-offs to a busy writer).
 
 Each round runs the plain baseline and then every variant once, so that the machine's
 drift hits all of them alike; the first round only warms up. The table gives each
@@ -31,6 +33,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -143,11 +146,35 @@ def plain_write(host, steps: int, work_dir: str) -> tuple[float, float]:
     return written, on_disk
 
 
-def per_call_stall(tensors, dumper: Dumper | None, device: str) -> float:
+class WriterGate:
+    """Holds a dumper's writer thread back while the engine dumps a step (diagnostic).
+
+    With the gate closed the writer takes its batch but does not work on it, so the
+    engine thread's time inside dump() is the dump path alone, without the GIL
+    hand-offs to a busy writer; the difference to the open-gate figure is their cost.
+    """
+
+    def __init__(self, dumper: Dumper) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        writer = dumper._writer  # a private attribute: a benchmark's diagnostic hook
+        take = writer._take_batch
+
+        def gated_take():
+            batch = take()
+            self.open.wait()
+            return batch
+
+        writer._take_batch = gated_take
+
+
+def per_call_stall(tensors, dumper: Dumper | None, device: str, gate: WriterGate | None = None) -> float:
     """Median host seconds per call over one step: dumper.dump(), or the bare copy when ``dumper`` is None."""
     times = []
     kept = []
     sync(device)
+    if gate is not None:
+        gate.open.clear()
     for index, tensor in enumerate(tensors):
         t0 = time.perf_counter()
         if dumper is not None:
@@ -158,6 +185,8 @@ def per_call_stall(tensors, dumper: Dumper | None, device: str) -> float:
             kept.append(tensor.clone())
         times.append(time.perf_counter() - t0)
     sync(device)
+    if gate is not None:
+        gate.open.set()
     if dumper is not None:
         dumper.step()
         dumper.flush()  # the writer drains between steps (not timed): the queue is never full here
@@ -224,13 +253,17 @@ def main() -> None:
     for _ in range(3):
         per_call_stall(tensors, None, args.device)
         per_call_stall(tensors, stall_dumper, args.device)
-    bare_calls, dump_calls, stall_ratios = [], [], []
+    gate = WriterGate(stall_dumper)
+    bare_calls, dump_calls, stall_ratios, held_calls, held_ratios = [], [], [], [], []
     for _ in range(args.stall_rounds):
         bare = per_call_stall(tensors, None, args.device)
         dumped = per_call_stall(tensors, stall_dumper, args.device)
+        held = per_call_stall(tensors, stall_dumper, args.device, gate)
         bare_calls.append(bare)
         dump_calls.append(dumped)
         stall_ratios.append(dumped / bare)
+        held_calls.append(held)
+        held_ratios.append(held / bare)
     stall_dumper.close()
     shutil.rmtree(os.path.join(work_dir, "stall"), ignore_errors=True)
 
@@ -254,6 +287,8 @@ def main() -> None:
     bare_label = "warm bare .to('cpu', non_blocking=True)" if cuda else "t.clone()"
     print(f"| (c) stall per dump vs {bare_label} | default | {spread(stall_ratios)}x | "
           f"{spread([t * 1e6 for t in dump_calls], '{:.1f}')} us | {spread([t * 1e6 for t in bare_calls], '{:.1f}')} us |")
+    print(f"| (c) same, writer held back during the step (diagnostic: no GIL hand-offs to it) | default | "
+          f"{spread(held_ratios)}x | {spread([t * 1e6 for t in held_calls], '{:.1f}')} us | same |")
     if args.dir is None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
