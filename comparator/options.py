@@ -235,13 +235,13 @@ class CompareOptions:
             raise OptionError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTOR_NAMES)}")
         if self.executor != "ray" and self.address is not None:
             raise OptionError(f"--address {self.address}: names a Ray cluster, for --executor ray only")
-        if self.executor == "ray" and not _installed("ray"):
-            # NOTE: found, not imported: importing Ray takes seconds; comparator/ray_executor.py does it.
-            raise ClusterError("--executor ray needs Ray, which is not installed: pip install 'dumpcmp[ray]'")
         if self.executor == "ray" and self.jobs != 1:
             # NOTE: on a cluster the nodes' CPUs decide how many tasks run at once.
             raise OptionError(f"--jobs {self.jobs}: for the local executor only; with --executor ray each node "
                               "runs as many tasks as Ray gives it CPUs")
+        if self.executor == "ray" and not _installed("ray"):
+            # NOTE: found, not imported: importing Ray takes seconds; comparator/ray_executor.py does it.
+            raise ClusterError("--executor ray needs Ray, which is not installed: pip install 'dumpcmp[ray]'")
         if not 0.0 <= self.min_compared <= 1.0:
             raise OptionError(f"--min-compared {self.min_compared:g}: must be a fraction from 0 to 1, e.g. 0.5 "
                               "(half of the rows compared), 0 to turn the gate off")
