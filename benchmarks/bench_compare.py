@@ -81,7 +81,8 @@ def timed_child(command: list[str], tree: Path = REPO) -> tuple[float, int, int,
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUMPCMP_")}
     env["PYTHONPATH"] = str(tree)
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # NOTE: run from the tree itself: ``python -m`` puts the working directory first on the path.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tree)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=None, help="another source tree, timed in alternation")
     args = parser.parse_args()
     elements = int(args.mb * (1 << 20)) // 4
-    root = args.dir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    root = (args.dir or Path(tempfile.mkdtemp(prefix="bench-compare-"))).resolve()
     try:
         baseline, target = root / "baseline", root / "target"
         for path in (baseline, target):

@@ -67,8 +67,9 @@ def without_summaries(run: Path, out: Path) -> Path:
 def timed_ls(tree: Path, run: Path, fmt: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one ``ls`` child."""
     start = time.perf_counter()
+    # NOTE: run from the tree itself: ``python -m`` puts the working directory first on the path.
     process = subprocess.Popen([sys.executable, "-m", "comparator.cli", "ls", str(run), "--format", fmt], env=_env(tree),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree)
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"ls {run} failed with {os.waitstatus_to_exitcode(status)}")
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--format", default="json", choices=("json", "table"))
     args = parser.parse_args()
     for records in (int(r) for r in args.records.split(",")):
-        point = args.dir / f"records{records}"
+        point = args.dir.resolve() / f"records{records}"
         write_runs(point, STEPS[records])
         run = point / "target"
         variants = [("after", REPO, run), ("after, no summary", REPO, without_summaries(run, point / "no-summary"))]

@@ -10,7 +10,6 @@ what the step before it produced).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,19 +29,16 @@ def tags_key(tags: dict[str, Any]) -> TagsKey:
     return tuple(sorted((str(k), json.dumps(v, sort_keys=True, default=str)) for k, v in tags.items()))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogicalTensor:
     name: str
     step: int
     tags: dict[str, Any]
     records: tuple[IndexRecord, ...]
     position: int  # execution order within its run
+    # (name, step, tags key): computed once by group_records, where tags are keyed once per tags dict.
+    key: TensorKey
     predecessors: tuple[TensorKey, ...] = ()
-
-    @functools.cached_property
-    def key(self) -> TensorKey:
-        # Cached (and set by group_records): matching and planning ask for it several times per tensor (120k tensors).
-        return (self.name, self.step, tags_key(self.tags))
 
     @property
     def tags_key(self) -> TagsKey:
@@ -85,10 +81,8 @@ def group_records(records: Iterable[IndexRecord], *, ignore_tags: frozenset[str]
         last_on_rank[lane] = key
     tensors = []
     for position, (key, found) in enumerate(grouped.items()):
-        tensor = LogicalTensor(name=key[0], step=key[1], tags=tags_of[key], records=tuple(found), position=position,
-                               predecessors=tuple(predecessors.get(key, ())))
-        tensor.__dict__["key"] = key  # the cached property, known here: tags keyed once per tags dict
-        tensors.append(tensor)
+        tensors.append(LogicalTensor(name=key[0], step=key[1], tags=tags_of[key], records=tuple(found),
+                                     position=position, key=key, predecessors=tuple(predecessors.get(key, ()))))
     return tensors
 
 

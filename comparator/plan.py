@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from comparator.judge.routing import RoutingCheck
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Placement:
     """Which tensor a work item compares and where it sits: what its result repeats."""
 
@@ -69,7 +69,7 @@ class Placement:
                            alignment=alignment)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class OneSided:
     """Present in one run only: reported as ``skip`` with the reason."""
 
@@ -77,7 +77,7 @@ class OneSided:
     reason: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Unplannable:
     """The shards cannot be put back together (from the index alone): reported as ``error``."""
 
@@ -85,7 +85,7 @@ class Unplannable:
     reason: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TensorWork:
     """Both sides hold tensor data: load, unshard, align, measure, judge."""
 
@@ -116,7 +116,7 @@ class TensorWork:
         return target if target is not None else self.plans.baseline[0].token_dim
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StatsWork:
     """A side has no tensor data (stats mode): judged from the index's stats and checksums."""
 

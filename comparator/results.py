@@ -36,7 +36,7 @@ T = TypeVar("T", covariant=True)
 U = TypeVar("U")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair(Generic[T]):
     """One value per run: the baseline's and the target's (code written once for both sides)."""
 
@@ -54,7 +54,7 @@ class Pair(Generic[T]):
         yield "target", self.target
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SideInfo:
     """What one run holds for a logical tensor."""
 
@@ -77,7 +77,7 @@ NO_SIDES: Pair[SideInfo | None] = Pair(None, None)
 
 
 # ------------------------------------------------------------------- measurements
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TensorMeasurement:
     """Metrics of both sides' tensors, unsharded and aligned, and how far replicas disagreed."""
 
@@ -85,7 +85,7 @@ class TensorMeasurement:
     replica_disagreement: dict[str, float] = field(default_factory=dict)  # axis -> worst rel_diff between copies
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StatsMeasurement:
     """Measured from the index's stats and checksums only (a side was dumped in stats mode)."""
 
@@ -103,7 +103,7 @@ Unmeasured = Literal[
 ]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NotMeasured:
     """Why nothing was measured; the result's ``reason`` says it in words."""
 
@@ -113,7 +113,7 @@ class NotMeasured:
 Measurement = TensorMeasurement | StatsMeasurement | NotMeasured
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Judgement:
     """Which rule judged a tensor, its limits, which failed, and the limits that would pass."""
 
@@ -134,7 +134,7 @@ class Judgement:
         }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TensorResult:
     """The verdict on one logical tensor. Truthy when it passed."""
 
@@ -212,7 +212,7 @@ class TensorResult:
         return tensor_label(self.name, self.step, self.tags)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Coverage:
     """How much of a tensor was compared: rows of its token (or request) dim, else its elements.
 

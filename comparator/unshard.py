@@ -42,7 +42,7 @@ OpKind = Literal["pick", "sum", "concat"]
 Coords = tuple[int, ...]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AxisOp:
     axis: str  # the run's parallel axis
     size: int
@@ -60,7 +60,7 @@ class AxisOp:
         return f"pick one {self.axis} replica of {self.size}, verify the rest"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UnshardPlan:
     label: str  # the tensor, for messages
     ops: tuple[AxisOp, ...]

@@ -7,6 +7,7 @@ dumps) build it; tensors are loaded on demand through dumper/loader.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Literal
 
 from dumper.format import IndexRecord, RankInfo, RunInfo
@@ -15,6 +16,9 @@ from dumper.loader import TensorLoader
 
 if TYPE_CHECKING:
     import torch
+
+
+_SEQ, _SOURCE, _RANK, _STEP = attrgetter("seq"), attrgetter("source"), attrgetter("rank"), attrgetter("step")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +79,10 @@ class Run:
     def records(self) -> list[IndexRecord]:
         """Every record, ordered by step, then rank, then execution order on the rank."""
         everything = [record for rank in self.ranks for record in rank.records]
-        everything.sort(key=lambda r: (r.step, r.rank, r.source, r.seq))
+        # NOTE: four stable sorts, least significant key first, give the order of one sort by
+        # (step, rank, source, seq) without a key tuple per record (70 MB for a million records).
+        for key in (_SEQ, _SOURCE, _RANK, _STEP):
+            everything.sort(key=key)
         return everything
 
     @property

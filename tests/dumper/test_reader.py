@@ -191,3 +191,21 @@ def test_the_fast_path_reads_what_the_validating_path_reads(run_dir):
     records, _, problems = read_index(str(index), source="rank-00000")
     slow = [IndexRecord.from_json(json.loads(line), source="rank-00000") for line in index.read_text().splitlines()]
     assert not problems and records == slow and len(records) == 6
+
+
+def test_run_records_are_ordered_by_step_rank_source_seq(written):
+    """Run.records sorts by (step, rank, source, seq) with stable single-key sorts: same order as one tuple-key sort."""
+    import random
+
+    from dumper.run import RankContents, Run
+
+    with open_run(written) as run:
+        base = run.records
+    generator = random.Random(0)
+    made = [replace(base[i % len(base)], seq=generator.randrange(50), step=generator.randrange(3),
+                    rank=generator.randrange(2), source=generator.choice(["rank-00000", "proc-7"]))
+            for i in range(200)]
+    ranks = [RankContents(directory=f"d{i}", rank=0, info=None, records=made[i::3]) for i in range(3)]
+    ordered = Run(path=str(written), info=None, ranks=ranks).records
+    expected = sorted([r for rank in ranks for r in rank.records], key=lambda r: (r.step, r.rank, r.source, r.seq))
+    assert [id(r) for r in ordered] == [id(r) for r in expected]  # ties (equal keys) too: both sorts are stable
