@@ -127,7 +127,7 @@ class SteadyFlush:
             if _SYNC_RANGE is not None:
                 _SYNC_RANGE(pending.file.fd, pending.offset, pending.length, _WAIT)
             elif pending.file.ranges == 1:  # the file's last range: all of it, at once
-                os.fdatasync(pending.file.fd)
+                getattr(os, "fdatasync", os.fsync)(pending.file.fd)  # macOS has only fsync
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(pending.file.fd, pending.offset, pending.length, os.POSIX_FADV_DONTNEED)
         finally:

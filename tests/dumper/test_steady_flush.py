@@ -118,3 +118,15 @@ def test_the_setting():
     assert config_from_env({"DUMPCMP_FLUSH_MB": "64"}).flush_bytes == 64 << 20
     with pytest.raises(ConfigError, match="DUMPCMP_FLUSH_MB='fast' is not a number of megabytes"):
         config_from_env({"DUMPCMP_FLUSH_MB": "fast"})
+
+
+def test_without_sync_file_range_whole_files_are_synced_behind_the_lag(tmp_path, monkeypatch):
+    """Other systems than Linux: fdatasync of each file once it falls behind the lag; same bytes."""
+    off = _dump(tmp_path / "off", 0)
+    synced: list[int] = []
+    real = getattr(os, "fdatasync", os.fsync)
+    monkeypatch.setattr(steady_flush, "_SYNC_RANGE", None)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1], raising=False)
+    on = _dump(tmp_path / "on", 1 << 20)
+    assert _files(on) == _files(off)
+    assert 1 <= len(synced) < 3  # the files more than 1 MB behind the newest byte; not the last one
