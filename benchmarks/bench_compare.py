@@ -58,7 +58,7 @@ def write_run(path: Path, *, tensors: int, elements: int, noise: float, tree: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUMPCMP_")}
     env.update(DUMPCMP_DIR=str(path), BENCH_TENSORS=str(tensors), BENCH_ELEMENTS=str(elements), BENCH_NOISE=str(noise),
                PYTHONPATH=str(tree))
-    subprocess.run([sys.executable, "-c", WRITER], env=env, check=True)
+    subprocess.run([sys.executable, "-c", WRITER], env=env, check=True, cwd=tree)  # -c: the working directory comes first
 
 
 def read_once(paths: list[Path]) -> tuple[float, int]:
