@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
     from dumper.run import Run
 
-# Parsed headers kept (a run can have thousands of data files).
+# Parsed headers kept (a run can have thousands of data files), and checked data file paths.
 _HEADERS_CACHED = 256
+_PATHS_CACHED = 4096
 
 
 class TensorLoader:
@@ -35,6 +36,7 @@ class TensorLoader:
         self.run = run
         self.verify_checksums = verify_checksums
         self._headers: OrderedDict[str, dict[str, HeaderEntry | RunFormatError] | RunFormatError] = OrderedDict()
+        self._paths: dict[str, str] = {}  # record's data file (relative) -> checked real path
 
     def check(self, record: IndexRecord) -> None:
         """Raise RunFormatError if the record's data cannot be read (reads headers only)."""
@@ -86,7 +88,14 @@ class TensorLoader:
     def _path(self, record: IndexRecord) -> str:
         if record.file is None or record.key is None:
             raise RunFormatError(f"{record.name} (step {record.step}, rank {record.rank}) has no data: run dumped in stats mode")
-        return inside(self.run.root, os.path.join(record.source, record.file))
+        relative = os.path.join(record.source, record.file)
+        path = self._paths.get(relative)
+        if path is None:
+            # NOTE: realpath costs an lstat per path component; a data file holds many records.
+            path = self._paths[relative] = inside(self.run.root, relative)
+            if len(self._paths) > _PATHS_CACHED:
+                self._paths.pop(next(iter(self._paths)))
+        return path
 
     def _entry(self, record: IndexRecord) -> HeaderEntry:
         path = self._path(record)
