@@ -23,6 +23,7 @@ import collections
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,12 @@ class SteadyFlush:
     def wrote(self, end: int) -> None:
         """The current file holds ``end`` bytes now."""
         if self.enabled and self._file is not None and end - self._requested_to >= self._chunk:
-            self._guarded(self._request, end)
+            self._guarded(self._request, self._file, end)
 
     def end(self, end: int) -> None:
         """The current file is complete at ``end`` bytes; the writer is about to close its descriptor."""
         if self.enabled and self._file is not None:
-            self._guarded(self._end, end)
+            self._guarded(self._end, self._file, end)
 
     def close(self) -> None:
         """Forget what is pending (the kernel writes it back on its own); close our descriptors."""
@@ -101,23 +102,21 @@ class SteadyFlush:
         self._file = _File(fd=os.dup(fd))
         self._requested_to = 0
 
-    def _request(self, end: int) -> None:
-        assert self._file is not None
+    def _request(self, file: _File, end: int) -> None:
         offset, length = self._requested_to, end - self._requested_to
         if length <= 0:
             return
         if _SYNC_RANGE is not None:
-            _SYNC_RANGE(self._file.fd, offset, length, _START)
-        self._file.ranges += 1
-        self._pending.append(_Range(self._file, offset, length))
+            _SYNC_RANGE(file.fd, offset, length, _START)
+        file.ranges += 1
+        self._pending.append(_Range(file, offset, length))
         self._pending_bytes += length
         self._requested_to = end
         while self._pending and self._pending_bytes - self._pending[0].length >= self.lag_bytes:
             self._settle(self._pending.popleft())
 
-    def _end(self, end: int) -> None:
-        assert self._file is not None
-        self._request(end)
+    def _end(self, file: _File, end: int) -> None:
+        self._request(file, end)
         self._drop_current()
 
     def _settle(self, pending: _Range) -> None:
@@ -138,9 +137,9 @@ class SteadyFlush:
         if pending.file.ranges == 0 and pending.file.closed_by_writer:
             _close(pending.file.fd)
 
-    def _guarded(self, action, argument: int) -> None:
+    def _guarded(self, action, *arguments: Any) -> None:
         try:
-            action(argument)
+            action(*arguments)
         except Exception as exc:  # noqa: BLE001 - the engine must never see it; the data is written anyway
             self.enabled = False
             log.warning("dumpcmp: steady flush of data files failed (%s: %s); turned off for this run "
