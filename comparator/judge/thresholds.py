@@ -90,6 +90,8 @@ class Criteria:
     limits: dict[str, Limit]
     calibrated: dict[str, float] = field(default_factory=dict)
     checksum: bool = False  # stats: the checksums must match
+    # The metrics whose limits are the dtype's defaults, not a rule's (comparator/judge/small_tensors.py).
+    defaulted: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,8 +111,9 @@ class RuleSet:
                 merged.update(rule.limits)
                 where = rule.source if self.kind == "tensor" else f"{rule.source} (stats)"
                 return Criteria(rule=f"{where} over {default}", limits=_active(merged),
-                                calibrated=dict(rule.calibrated), checksum=rule.checksum)
-        return Criteria(rule=default, limits=_active(merged))
+                                calibrated=dict(rule.calibrated), checksum=rule.checksum,
+                                defaulted=frozenset(merged).difference(rule.limits))
+        return Criteria(rule=default, limits=_active(merged), defaulted=frozenset(merged))
 
 
 def _active(limits: dict[str, Limit | None]) -> dict[str, Limit]:

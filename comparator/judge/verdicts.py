@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from comparator.judge.limits import Limit
 from comparator.judge.metrics import Metrics
+from comparator.judge.small_tensors import widen
 from comparator.judge.thresholds import Criteria
 from comparator.options import CompareOptions
 from comparator.results import FirstDivergence, Judgement, StatsMeasurement, Summary, TensorMeasurement, TensorResult
@@ -58,9 +59,11 @@ def judge(measurement: Measured, criteria: Criteria) -> Judgement:
     rule demands bitwise-identical data and the checksums differ or cannot be compared).
     """
     values = measured_values(measurement)
+    limits, factor = widen(criteria.limits, criteria.defaulted, _numel(measurement))
+    rule = criteria.rule if factor == 1.0 else f"{criteria.rule}, widened x{factor:.3g} for {_numel(measurement)} elements"
     failed: list[str] = []
     required: dict[str, Limit] = {}
-    for metric, limit in criteria.limits.items():
+    for metric, limit in limits.items():
         value = values.get(metric)
         if value is None:
             continue
@@ -73,8 +76,14 @@ def judge(measurement: Measured, criteria: Criteria) -> Judgement:
     if criteria.checksum and not (isinstance(measurement, StatsMeasurement) and measurement.stats.checksum_match):
         failed.append("checksum")
     calibrated = dict(criteria.calibrated)
-    return Judgement(rule=criteria.rule, limits=dict(criteria.limits), failed=tuple(failed), required=required,
+    return Judgement(rule=rule, limits=limits, failed=tuple(failed), required=required,
                      calibrated=calibrated, floor_ratio=floor_ratio(values, calibrated))
+
+
+def _numel(measurement: Measured) -> int:
+    if isinstance(measurement, StatsMeasurement):
+        return min(measurement.stats.baseline.numel, measurement.stats.target.numel)
+    return measurement.metrics.numel
 
 
 def floor_ratio(values: dict[str, float | None], calibrated: dict[str, float]) -> float | None:

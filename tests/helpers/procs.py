@@ -55,7 +55,10 @@ def torchrun_like(run_dir: os.PathLike[str] | str, code: str, *, world_size: int
     for rank in range(world_size):
         child_env = clean_env(
             DUMPCMP_DIR=str(run_dir), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **env,
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+            # NOTE: a rank once died of SIGABRT at exit, once in many runs: if it happens
+            # again, every thread's Python stack lands in the assertion message below.
+            PYTHONFAULTHANDLER="1", **env,
         )
         procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=child_env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
