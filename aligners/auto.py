@@ -45,6 +45,8 @@ class AutoChoice:
     reason: str
     # target request id -> baseline request id, when the runs do not share ids (matched by input ids)
     request_map: tuple[tuple[int, int], ...] = ()
+    # concat_steps with one comparison per step: the runs' steps hold the same tokens
+    per_step: bool = False
 
     def describe(self) -> str:
         return f"auto: {self.reason}"
@@ -56,6 +58,10 @@ class AutoChoice:
 
         if self.aligner == "by_request":
             return ByRequestAligner(names, request_map=dict(self.request_map), per_target_step=True)
+        if self.aligner == "concat_steps" and self.per_step:
+            from aligners.concat_steps import ConcatStepsAligner
+
+            return ConcatStepsAligner(names, per_step=True)
         return get_aligner(self.aligner, metadata=names)
 
 
@@ -156,8 +162,8 @@ def choose(baseline: RunView, target: RunView, *, offset: int) -> AutoChoice:
             return AutoChoice(aligner="none", reason=f"none: both runs hold the same tokens at each of {len(pairs)} "
                                                      "steps, laid out alike")
         b, t = relaid
-        return AutoChoice(aligner="concat_steps", reason=(
-            f"concat_steps: the same tokens at every step, laid out differently (step {t.step}: "
+        return AutoChoice(aligner="concat_steps", per_step=True, reason=(
+            f"concat_steps, step by step: the same tokens at every step, laid out differently (step {t.step}: "
             f"{_layout_text(b)} in the baseline, {_layout_text(t)} in the target)"))
     if baseline.keyed and target.keyed:
         from aligners.requests import match_requests

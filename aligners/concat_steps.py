@@ -10,13 +10,19 @@ into chunks over more steps.
 Tensors without a token dim ``t``: per-request rows (``r``, e.g. logits) are
 concatenated along ``r`` (they carry no padding); anything else is flattened and
 concatenated. The per-DP-rank token counts are compared as each step's total.
+
+``auto`` makes it per step (``per_step``) when both runs hold the same tokens at every
+step and only lay them out differently: each step is then its own comparison, so a
+failure is reported at the step and tensor where it starts. Merged, a bug in the
+prefill made every tensor of the run fail at once, and the first of them (the
+``input_ids``, whose decode tokens the bug changed) was reported first.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from aligners.base import AlignContext, Aligned, AlignUnit, SideAlignment
+from aligners.base import AlignContext, Aligned, AlignUnit, SideAlignment, StepPair
 from aligners.metadata import MetadataNames
 from aligners.steps import (
     StepTablePlanner, check_unit, concat_plain, finish, is_layout_metadata, keep_real_rows, real_tokens_per_step,
@@ -31,8 +37,25 @@ class ConcatStepsAligner(StepTablePlanner):
     name = "concat_steps"
     need_keys = False
 
-    def __init__(self, names: MetadataNames | None = None) -> None:
+    def __init__(self, names: MetadataNames | None = None, *, per_step: bool = False) -> None:
         super().__init__(names)
+        self.per_step = per_step
+
+    def plan(self, steps: Sequence[StepPair], context: AlignContext) -> list[AlignUnit]:
+        if not self.per_step or is_layout_metadata(context.name, self.names):
+            return super().plan(steps, context)
+        units = []
+        for pair in steps:
+            b, t = pair.baseline_step, pair.target_step
+            if b is None or t is None:
+                units.append(AlignUnit(baseline_steps=() if b is None else (b,), target_steps=() if t is None else (t,)))
+                continue
+            b_table, t_table = self.table(context, "baseline", b), self.table(context, "target", t)
+            if b_table.num_real == 0 and t_table.num_real == 0:
+                continue  # a dummy pass on both sides: no token to compare
+            units.append(AlignUnit(baseline_steps=(b,), target_steps=(t,), baseline_tokens=(b_table,),
+                                   target_tokens=(t_table,)))
+        return units
 
     def align(self, unit: AlignUnit, baseline: Sequence["torch.Tensor"], target: Sequence["torch.Tensor"],
               context: AlignContext) -> Aligned:

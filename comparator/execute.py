@@ -21,6 +21,7 @@ from comparator.judge.hints import (batching_hint, layout_hint, nonfinite_hint, 
                                     stats_replica_hint)
 from comparator.judge.limits import MeasurementKind
 from comparator.judge.metrics import Metrics, compute_metrics, identical_metrics
+from comparator.judge.precision import judged_dtypes
 from aligners.axes import dim_index
 from comparator.judge.downstream import DownstreamMask, FlipTracker, drop_rows
 from comparator.judge.routing import RoutingCheck, RoutingJudge, keep_agreeing_tokens, topk_verdict
@@ -187,6 +188,10 @@ class Executor:
             token_dim = aligned.token_dim if aligned.token_dim is not None else token_dim
             if tuple(baseline_tensor.shape) != tuple(target_tensor.shape):
                 return self._shape_mismatch(item, notes, alignment, baseline_tensor, target_tensor, token_dim, criteria)
+            narrowed = judged_dtypes(dtypes.baseline, dtypes.target, baseline_tensor, target_tensor)
+            if narrowed is not None:
+                criteria = self.thresholds.criteria_for("tensor", item.place.name, item.place.tags, *narrowed[:2])
+                notes.append(narrowed[2])
             total_rows = self._rows(item, baseline_tensor, token_dim)
             if item.downstream is not None and (item.routing is not None or baseline_tensor.is_floating_point()):
                 # NOTE: integer tensors (token ids) stay whole: a flip that changes a token still fails.

@@ -15,11 +15,16 @@ between them with those tags), ``dumpcmp::step`` (``dumper.step()`` inside the r
 and ``dumpcmp::not_dumped`` (a site that cannot be dumped from compiled code: reported
 once at runtime with its name and the reason).
 
-NOTE: every operator is registered as an ORDERED effect (torch's effect-token machinery,
-``CustomOpDef.register_effect``): AOTAutograd threads a token through them, so inductor
-neither drops them as dead code (they return nothing) nor reorders them among
-themselves; the data dependency on the dumped tensor orders each dump after its
-producer, and before any later in-place write to that tensor.
+NOTE: every operator mutates one token tensor of the process (``_ORDER``). A mutation is
+the one ordering inductor's scheduler always keeps (a write after a write), so the
+operators run in program order among themselves: a record's ``seq`` is the eager
+run's, and the first divergence a compare reports is the first in the program. The
+ORDERED effect registration (torch's effect tokens) orders them in the graph AOTAutograd
+hands inductor, but inductor 2.13 does not keep that order: two dumps of one fused
+kernel's outputs ran swapped. The data dependency on the dumped tensor orders each
+dump after its producer, and before any later in-place write to that tensor. The
+token has no elements, lives on the engine's device (a CPU tensor would make inductor's
+own CUDA graphs skip the graph) and is marked static, so a CUDA graph may mutate it.
 
 NOTE: this module imports torch. ``dumper.api`` imports it only while dynamo traces a
 dump call, so ``from dumper import dumper`` stays free of torch.
@@ -33,6 +38,18 @@ from typing import Any
 
 import torch
 from torch._library.effects import EffectType
+
+
+def _order_token() -> torch.Tensor:
+    # NOTE: imported while dynamo traces the first dump call, after the engine chose its
+    # device; CUDA is never initialised here for the token's sake.
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_initialized() else torch.device("cpu")
+    token = torch.empty(0, device=device)
+    torch._dynamo.mark_static_address(token)
+    return token
+
+
+_ORDER = _order_token()
 
 # Separates the fields of the tags string (tags are keyword names and constants).
 _FIELD = "\x1f"
@@ -53,14 +70,14 @@ def trace_dump(owner: Any, name: str, value: Any, dims: str | None, tags: dict[s
     merged.update(tags)
     encoded, problem = encode_tags(merged)
     if problem is not None:
-        torch.ops.dumpcmp.not_dumped(name, problem)
+        torch.ops.dumpcmp.not_dumped(name, problem, _ORDER)
         return
     _trace_value(name, value, dims, encoded)
 
 
 def _trace_value(name: str, value: Any, dims: str | None, encoded: str) -> None:
     if isinstance(value, torch.Tensor):
-        torch.ops.dumpcmp.dump(value, name, dims, encoded)
+        torch.ops.dumpcmp.dump(value, name, dims, encoded, _ORDER)
     elif isinstance(value, (tuple, list)):
         for position, item in enumerate(value):
             if item is not None:
@@ -71,17 +88,17 @@ def _trace_value(name: str, value: Any, dims: str | None, encoded: str) -> None:
                 _trace_value(f"{name}.{key}", item, dims, encoded)
     elif isinstance(value, (bool, int, float, torch.SymInt, torch.SymFloat, torch.SymBool)):
         # A number of the traced code (a constant, or a dynamic size): a 0-d tensor, as in eager mode.
-        torch.ops.dumpcmp.dump(torch.tensor(value), name, dims, encoded)
+        torch.ops.dumpcmp.dump(torch.tensor(value), name, dims, encoded, _ORDER)
     elif value is None:
         return
     elif callable(value):
         torch.ops.dumpcmp.not_dumped(
-            name, "a lazy callable is not evaluated inside torch.compile (dump the tensor itself)"
+            name, "a lazy callable is not evaluated inside torch.compile (dump the tensor itself)", _ORDER
         )
     else:
         torch.ops.dumpcmp.not_dumped(
-            name, f"a {type(value).__name__} is not a tensor (pass a tensor, a tuple/list/dict of tensors or a number)"
-        )
+            name, f"a {type(value).__name__} is not a tensor (pass a tensor, a tuple/list/dict of tensors or a number)",
+            _ORDER)
 
 
 # The tags of the ``with dumper.tags(...)`` blocks dynamo is tracing, innermost last.
@@ -96,19 +113,19 @@ def trace_push_tags(tags: dict[str, Any]) -> None:
     encoded, problem = encode_tags(tags)
     if problem is not None:
         # The tags cannot travel as constants; push none, so that pop stays paired.
-        torch.ops.dumpcmp.not_dumped("dumper.tags", problem)
+        torch.ops.dumpcmp.not_dumped("dumper.tags", problem, _ORDER)
         encoded = ""
-    torch.ops.dumpcmp.push_tags(encoded)
+    torch.ops.dumpcmp.push_tags(encoded, _ORDER)
 
 
 def trace_pop_tags() -> None:
     if _traced_tags:
         _traced_tags.pop()
-    torch.ops.dumpcmp.pop_tags()
+    torch.ops.dumpcmp.pop_tags(_ORDER)
 
 
 def trace_step() -> None:
-    torch.ops.dumpcmp.step()
+    torch.ops.dumpcmp.step(_ORDER)
 
 
 def encode_tags(tags: dict[str, Any]) -> tuple[str, str | None]:
@@ -169,8 +186,8 @@ def _dumper() -> Any:
     return process_dumper
 
 
-@torch.library.custom_op("dumpcmp::dump", mutates_args=())
-def _dump_op(value: torch.Tensor, name: str, dims: str | None, tags: str) -> None:
+@torch.library.custom_op("dumpcmp::dump", mutates_args=("order",))
+def _dump_op(value: torch.Tensor, name: str, dims: str | None, tags: str, order: torch.Tensor) -> None:
     owner = _dumper()
     # NOTE: fake-tensor mode runs operators on constant inputs while dynamo traces
     # (a dumped Python number is a constant tensor): only a real run dumps.
@@ -182,7 +199,7 @@ def _dump_op(value: torch.Tensor, name: str, dims: str | None, tags: str) -> Non
 
 
 @_dump_op.register_fake
-def _(value: torch.Tensor, name: str, dims: str | None, tags: str) -> None:
+def _(value: torch.Tensor, name: str, dims: str | None, tags: str, order: torch.Tensor) -> None:
     return None
 
 
@@ -204,8 +221,8 @@ def _fence(owner: Any, value: torch.Tensor) -> None:
 _pushed = threading.local()
 
 
-@torch.library.custom_op("dumpcmp::push_tags", mutates_args=())
-def _push_tags_op(tags: str) -> None:
+@torch.library.custom_op("dumpcmp::push_tags", mutates_args=("order",))
+def _push_tags_op(tags: str, order: torch.Tensor) -> None:
     stack = _tag_stack()
     context = _dumper().tags(**dict(decode_tags(tags)))
     context.__enter__()
@@ -213,19 +230,19 @@ def _push_tags_op(tags: str) -> None:
 
 
 @_push_tags_op.register_fake
-def _(tags: str) -> None:
+def _(tags: str, order: torch.Tensor) -> None:
     return None
 
 
-@torch.library.custom_op("dumpcmp::pop_tags", mutates_args=())
-def _pop_tags_op() -> None:
+@torch.library.custom_op("dumpcmp::pop_tags", mutates_args=("order",))
+def _pop_tags_op(order: torch.Tensor) -> None:
     stack = _tag_stack()
     if stack:
         stack.pop().__exit__(None, None, None)
 
 
 @_pop_tags_op.register_fake
-def _() -> None:
+def _(order: torch.Tensor) -> None:
     return None
 
 
@@ -236,25 +253,25 @@ def _tag_stack() -> list:
     return stack
 
 
-@torch.library.custom_op("dumpcmp::step", mutates_args=())
-def _step_op() -> None:
+@torch.library.custom_op("dumpcmp::step", mutates_args=("order",))
+def _step_op(order: torch.Tensor) -> None:
     _dumper().step()
 
 
 @_step_op.register_fake
-def _() -> None:
+def _(order: torch.Tensor) -> None:
     return None
 
 
-@torch.library.custom_op("dumpcmp::not_dumped", mutates_args=())
-def _not_dumped_op(name: str, reason: str) -> None:
+@torch.library.custom_op("dumpcmp::not_dumped", mutates_args=("order",))
+def _not_dumped_op(name: str, reason: str, order: torch.Tensor) -> None:
     owner = _dumper()
     if owner.enabled:
         owner.report_not_dumped(name, f"{reason} [under torch.compile]")
 
 
 @_not_dumped_op.register_fake
-def _(name: str, reason: str) -> None:
+def _(name: str, reason: str, order: torch.Tensor) -> None:
     return None
 
 

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 # A fitted scale k "is" a candidate when within this relative distance.
 SCALE_MATCH = 0.02
 # The target is a pure multiple of the baseline when |t - k b| / |t| is below this.
-SCALE_RESIDUAL = 1e-2
+# NOTE: bf16 noise alone leaves a residual of about 1e-2: a doubled bf16 moe_output of
+# the example engine (seed 12, --ep 2 --bug double_reduce) fitted k = 2.002 with residual
+# 1.04e-2, and 1e-2 left it without a hint. Unrelated tensors have residuals near 1.
+SCALE_RESIDUAL = 5e-2
 BASE_SCALES = (2, 3, 4, 8, 16)
 # Stats only: the abs-mean must have moved by the norm's k within this relative distance.
 STATS_ABS_MEAN_MATCH = 0.01

@@ -59,8 +59,10 @@ def judge(measurement: Measured, criteria: Criteria) -> Judgement:
     rule demands bitwise-identical data and the checksums differ or cannot be compared).
     """
     values = measured_values(measurement)
-    limits, factor = widen(criteria.limits, criteria.defaulted, _numel(measurement))
-    rule = criteria.rule if factor == 1.0 else f"{criteria.rule}, widened x{factor:.3g} for {_numel(measurement)} elements"
+    numel = _numel(measurement)
+    limits, factor = widen(criteria.limits, criteria.defaulted, numel)
+    rule = criteria.rule if factor == 1.0 else \
+        f"{criteria.rule}, widened x{factor:.3g} for {numel} element{'s' if numel != 1 else ''}"
     failed: list[str] = []
     required: dict[str, Limit] = {}
     for metric, limit in limits.items():

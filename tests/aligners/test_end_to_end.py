@@ -72,7 +72,8 @@ def test_the_default_auto_picks_concat_steps_and_says_why(runs):
     code, report = compare_json(runs)
     assert code == 0, [(r["name"], r["reason"]) for r in report["results"] if r["status"] != "pass"]
     assert report["aligner"] == "concat_steps"
-    assert report["aligner_reason"] == ("auto: concat_steps: the same tokens at every step, laid out differently "
+    assert report["aligner_reason"] == ("auto: concat_steps, step by step: the same tokens at every step, laid out "
+                                        "differently "
                                         "(step 0: 5 rows for 5 tokens in the baseline, 2 DP ranks, 6 rows for 5 "
                                         "tokens in the target)")
 

@@ -132,3 +132,28 @@ def test_a_tag_that_is_not_a_constant_is_a_problem():
 
     _, problem = encode_tags({"layer": torch.tensor(1)})
     assert problem is not None and problem.startswith("tag layer is a Tensor; under torch.compile tags must be constants")
+
+
+MODULE_CASE = ("import runpy, sys; sys.argv = ['compiled_module_case', {mode!r}]; "
+               "runpy.run_module('tests.dumper.compiled_module_case', run_name='__main__')")
+
+
+def test_a_compiled_bf16_module_compares_as_passing_against_eager(tmp_path):
+    """Upcast float32 router logits, int ids, bool masks, views, 0-dim sums; dynamic sizes found by dynamo."""
+    for mode in ("eager", "compiled"):
+        run_python(MODULE_CASE.format(mode=mode), env=clean_env(DUMPCMP_DIR=str(tmp_path / mode)), timeout=600)
+    eager, compiled = records(tmp_path / "eager"), records(tmp_path / "compiled")
+    assert [identity(r) for r in compiled] == [identity(r) for r in eager]
+    assert [r["shape"] for r in compiled if r["name"] == "hidden_t" and r["tags"]["layer"] == 0] == [
+        [16, 4], [16, 9], [16, 1], [16, 6], [16, 13]]
+    proc = dumpcmp("compare", str(tmp_path / "eager"), str(tmp_path / "compiled"), "--format", "json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["summary"]["passed"] == report["summary"]["total"] == 5 * (2 + 3 * 6)
+    # Inductor keeps the gate's float32 accumulator where eager rounds to bf16 first:
+    # the logits are judged at the bf16 limits their eager values carry, and say so.
+    logits = [r for r in report["results"] if r["name"] == "router_logits"]
+    differing = [r for r in logits if r["metrics"]["rel_diff"] > 0]  # (bitwise-equal ones are not measured)
+    assert all("baseline float32 holds bfloat16 values (an upcast): judged at bfloat16 limits" in r["notes"]
+               for r in differing)
+    assert any(r["metrics"]["rel_diff"] > 1e-6 for r in differing)  # the float32 limit would have failed

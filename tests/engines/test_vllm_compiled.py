@@ -125,24 +125,23 @@ def test_compiled_vllm_dumps_what_eager_vllm_dumps(runs):
 
 
 def test_the_planted_bug_is_localised_in_compiled_vllm(runs):
-    """The first failing tensor in program order is the bug's: moe_output of layer 0, step 0.
+    """The report's first divergence is the bug's: moe_output of layer 0, step 0.
 
-    NOTE: in vLLM's compiled TP=2 graph inductor runs the dump operators later than
-    program order (layer 0's dumps after layer 1's router), so the records' seq, and
-    the report's first divergence, follow the compiled order (docs/graphs.md, Limits);
-    the eager baseline gives the program order.
+    The compiled TP=2 run's records are in program order (the dump operators mutate one
+    token, dumper/compiled.py): before, inductor ran layer 0's dumps after layer 1's
+    router, and the first divergence followed that order.
     """
     paths, results, _ = runs
     assert results["compiled_bug"][0] != results["eager"][0]
     code, report = compare(paths["eager"], paths["compiled_bug"])
     assert code == 1
-    program_order = {(r["step"], r["name"], json.dumps(r["tags"], sort_keys=True)): r["seq"]
-                     for r in records(paths["eager"])}
-    failed = sorted((program_order[(r["step"], r["name"], json.dumps(r["tags"], sort_keys=True))], r)
-                    for r in report["results"] if r["status"] == "fail")
-    first = failed[0][1]
+    first = report["first_divergence"]
     assert (first["name"], first["step"], first["tags"]) == ("moe_output", 0, {"layer": 0})
     assert "missing all-reduce over tp" in first["hint"]
+    eager_order = [(r["step"], r["name"], r["tags"]) for r in records(paths["eager"])]
+    for rank in (0, 1):
+        compiled_order = [(r["step"], r["name"], r["tags"]) for r in records(paths["compiled_bug"], rank=rank)]
+        assert compiled_order == eager_order, f"rank {rank}"
     layer0 = [r for r in report["results"] if r["step"] == 0 and r["tags"] == {"layer": 0}]
     assert {r["name"]: r["status"] for r in layer0 if r["name"] != "moe_output"} == {
         "layer_input": "pass", "attn_output": "pass", "router_logits": "pass", "topk_ids": "pass",

@@ -103,8 +103,9 @@ def test_seed5_dp_attention_under_graphs_passes_with_the_default_aligner(runs, b
     report = compare(runs[baseline], runs[target])
     assert report.exit_code == 0, _failing(report)
     assert report.aligner == "concat_steps"
-    moe = [r for r in report.results if r.name == "routed_expert_output"]
-    assert moe and all(r.alignment.target.steps == (0, 1, 2, 3) for r in moe)
+    # Step by step: the replayed decode steps (padded to a captured size) are each compared alone.
+    moe = [r for r in report.results if r.name == "routed_expert_output" and r.tags == {"layer": 1}]
+    assert sorted(r.alignment.target.steps for r in moe) == [(0,), (1,), (2,), (3,)]
 
 
 def test_seed5_dp_attention_under_graphs_without_an_aligner_hints_at_padding(runs):

@@ -125,7 +125,7 @@ def test_seed5_dp_attention_with_the_default_aligner_passes(runs):
     report = compare(runs["baseline"], runs["dp_attention"])
     assert report.exit_code == 0, failing(report)
     assert report.aligner == "concat_steps" and report.aligner_reason.startswith(
-        "auto: concat_steps: the same tokens at every step, laid out differently")
+        "auto: concat_steps, step by step: the same tokens at every step, laid out differently")
 
 
 def test_seed5_dp_attention_without_an_aligner_hints_at_padding(runs):

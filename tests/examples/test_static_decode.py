@@ -47,9 +47,10 @@ def test_static_decode_with_dp_attention_passes_against_eager(runs, baseline, ta
     assert report.exit_code == 0 and report.first_divergence is None, [
         (r.name, r.step, r.tags, r.reason) for r in report.results if r.status != "pass"]
     assert report.aligner == "concat_steps"
-    # concat_steps joins every step's real tokens (the decode steps' included) into one comparison
+    # concat_steps keeps each step's real tokens (the padded decode steps' included), step by step
     moe = [r for r in report.results if r.name == "routed_expert_output"]
-    assert moe and all(r.status == "pass" and r.alignment.target.steps == (0, 1, 2, 3) for r in moe), moe
+    assert all(r.status == "pass" for r in moe), moe
+    assert sorted(r.alignment.target.steps for r in moe if r.tags == {"layer": 1}) == [(0,), (1,), (2,), (3,)]
 
 
 def _experts_and_inputs(rows: int):

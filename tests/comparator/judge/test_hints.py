@@ -20,6 +20,17 @@ def test_scale_hint_matches_group_sizes_and_axis_names():
     assert scale_hint(compute_metrics(x, x + torch.randn(100, generator=generator)), {}) is None
 
 
+def test_scale_hint_holds_through_bf16_noise():
+    """A doubled bf16 tensor whose two runs also differ by bf16 rounding (1-2% per element)."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(17, 64, generator=generator)
+    noisy = (2 * x * (1 + 0.015 * torch.randn(17, 64, generator=generator))).to(torch.bfloat16)
+    metrics = compute_metrics(x.to(torch.bfloat16), noisy)
+    assert metrics.scale_residual > 1e-2
+    assert "target = 2 x baseline" in scale_hint(metrics, {"ep": 2})
+    assert scale_hint(compute_metrics(x, 2 * x + 0.2 * torch.randn(17, 64, generator=generator)), {}) is None
+
+
 def test_shape_hint_spots_an_unannotated_split():
     assert "1/2 of the baseline's" in shape_hint((5, 16), (5, 8), axis_sizes={"tp": 2})
     assert shape_hint((5, 16), (5, 7), axis_sizes={"tp": 2}) is None
