@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from tests.conftest import require_engine
-from tests.engines.vllm_runs import dumpcmp
+from tests.engines.vllm_runs import DEEPSEEK_V2_ENGINE_OPTIONS, DEEPSEEK_V2_PRESET, ROUTING, dumpcmp, engine_run
 from tests.helpers.procs import REPO, clean_env
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -126,3 +126,23 @@ def test_vllm_cpus_rotary_kernel_mis_rotates_mla_views():
         # Token 0 sits at position 0 (no rotation): its key agrees; later tokens' keys do not.
         assert result["key_rel_err"][0] < 1e-6 and min(result["key_rel_err"][1:]) > 0.05
         assert max(result["query_rel_err"]) > 0.1
+
+
+def test_compiled_vllm_dumps_deepseek_v2_as_eager_vllm_does(deepseek_v2_runs, tmp_path):
+    """vLLM's default compilation (torch.compile, inductor) of DeepSeek-V2's MLA and MoE layers:
+    the preset's dumps become graph operators, and the compiled run writes the eager TP=1 run's
+    records, in the same order, and compares as passing against it."""
+    compiled = str(tmp_path / "tp1_compiled")
+    tokens, _ = engine_run(compiled, [DEEPSEEK_V2_PRESET, ROUTING],
+                           ["examples.vllm.run_vllm", deepseek_v2_runs.model, *DEEPSEEK_V2_ENGINE_OPTIONS,
+                            "--tp", "1", "--compile"])
+    eager = deepseek_v2_runs.paths["tp1"]
+    assert tokens == deepseek_v2_runs.tokens["tp1"]
+
+    def order(run_dir: str) -> list[tuple]:
+        with open(os.path.join(run_dir, "rank-00000", "index.jsonl"), encoding="utf-8") as handle:
+            return [(r["step"], r["name"], r["tags"]) for r in map(json.loads, handle)]
+
+    assert order(compiled) == order(eager) and len(order(compiled)) == VLLM_TENSORS
+    code, report = compare(eager, compiled)
+    assert code == 0 and report["summary"]["passed"] == report["summary"]["total"] == VLLM_TENSORS
