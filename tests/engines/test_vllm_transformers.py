@@ -20,6 +20,9 @@ about 80 s).
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 
 import pytest
 
@@ -217,3 +220,25 @@ def test_healthy_bf16_tp2_passes_against_tp1_with_default_limits(model, tmp_path
     assert summary["skipped"] == summary["nothing_compared"]  # only results every row of which was left out
     topk = by_name(report, "topk_ids")
     assert topk and all(r["status"] == "pass" and not r["routing"]["suspicious_flips"] for r in topk)
+
+
+def test_transformers_layers_compiled_dump_what_eager_transformers_dumps(runs, model, tmp_path):
+    """transformers with each decoder layer under torch.compile(fullgraph=True): the preset's
+    dumps become graph operators; the records, and their order, are the eager run's."""
+    paths, tokens = runs
+    compiled = str(tmp_path / "hf_compiled")
+    proc = dumpcmp("run", "--patch", "transformers/qwen3_moe", "--dir", compiled, "--", sys.executable, "-m",
+                   "examples.vllm.run_transformers", model, "--compile")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = dict(re.findall(r"^(GENERATED|COMPILED) (.*)$", proc.stdout, re.MULTILINE))
+    assert json.loads(found["GENERATED"]) == tokens["hf"]
+    dynamo = json.loads(found["COMPILED"])
+    assert dynamo["graphs"] >= 1 and dynamo["graph_breaks"] == 0, dynamo
+
+    def order(run_dir: str) -> list[tuple]:
+        with open(os.path.join(run_dir, "rank-00000", "index.jsonl"), encoding="utf-8") as handle:
+            return [(r["step"], r["name"], r["tags"]) for r in map(json.loads, handle)]
+
+    assert order(compiled) == order(paths["hf"])
+    code, report = compare(paths["hf"], compiled)
+    assert code == 0 and report["summary"]["passed"] == report["summary"]["total"] == len(order(compiled))
