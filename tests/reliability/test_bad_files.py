@@ -269,6 +269,20 @@ def test_ctrl_c_during_parallel_compare_prints_one_line(tmp_path):
     run = tmp_path / "run"
     dump_run(run, "import torch\nfrom dumper import dumper\nfor i in range(3000):\n"
                   "    dumper.dump(f't{i}', torch.randn(64, 64))\n")
+    # NOTE: on a loaded machine the compare (5 s quiet) can end between the last poll and
+    # the signal; that attempt proves nothing about Ctrl-C, so it is made again.
+    for _ in range(3):
+        proc, out, err = _interrupt_compare(run)
+        if not (proc.returncode == 0 and "tensors:" in out):
+            break
+    assert "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.strip()] == ["dumpcmp: interrupted"], \
+        f"exit {proc.returncode}\nstderr:\n{err}\nstdout:\n{out[-2000:]}"
+    assert proc.returncode == 130
+
+
+def _interrupt_compare(run) -> tuple[subprocess.Popen, str, str]:
+    """Start a two-worker compare, Ctrl-C it once its workers run; (process, stdout, stderr)."""
     proc = subprocess.Popen([*DUMPCMP, "compare", str(run), str(run), "--jobs", "2", "--allow-self"], env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -282,9 +296,7 @@ def test_ctrl_c_during_parallel_compare_prints_one_line(tmp_path):
         pytest.fail("compare finished before it could be interrupted; make the run bigger")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     out, err = proc.communicate(timeout=120)
-    assert "Traceback" not in err, err
-    assert [line for line in err.splitlines() if line.strip()] == ["dumpcmp: interrupted"], err
-    assert proc.returncode == 130
+    return proc, out, err
 
 
 @pytest.mark.parametrize("meta", [{"world_size": 10_000_000_000}, {"world_size": 1e10}, {"world_rank": "x"},
