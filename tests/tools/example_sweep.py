@@ -23,6 +23,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.helpers.example_runs import cached_example
+
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-c", "from comparator.cli import main; main()"]
 DTYPES = ("float32", "bfloat16")
@@ -41,17 +43,6 @@ TARGETS = {
     "dp2_seed4": "--tp 2 --ep 2 --dp-attention 2 --dense-tp --dense-layers 1 --bug dense_tp_missing_reduce",
     "dp2_seed2": "--tp 2 --ep 2 --dp-attention 2 --bug double_reduce",
 }
-
-
-def dump(root: Path, name: str, args: str) -> str | None:
-    """Dump one run unless it is there; the error tail when it fails."""
-    path = root / name
-    if (path / "run.json").exists():
-        return None
-    proc = subprocess.run([*CLI, "run", "--mode", "tensor", "--patch", "example/moe_engine", "--dir", str(path),
-                           "--overwrite", "--", sys.executable, "-m", "examples.moe_engine", *args.split()],
-                          cwd=REPO, capture_output=True, text=True)
-    return proc.stderr[-800:] if proc.returncode else None
 
 
 def compare_line(root: Path, seed: int, dtype: str, target: str) -> str:
@@ -83,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs.update({f"{seed}_{dtype}_{name}": f"{common} {extra}" for name, extra in TARGETS.items()})
     args.dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        for name, error in zip(jobs, pool.map(lambda item: dump(args.dir, *item), jobs.items())):
-            if error:
-                print(f"dumping {name} failed:\n{error}", file=sys.stderr)
+        list(pool.map(lambda item: cached_example(args.dir, *item), jobs.items()))
     for seed, dtype in itertools.product(seeds, DTYPES):
         for target in TARGETS:
             print(compare_line(args.dir, seed, dtype, target), flush=True)
